@@ -1,0 +1,226 @@
+//! The only code that talks to kube-apiserver: TokenReview (`authentication.k8s.io/v1`) and
+//! SubjectAccessReview (`authorization.k8s.io/v1`) on a `kube::Client` built from `--kubeconfig` or
+//! the in-cluster configuration.
+//!
+//! One call is one HTTP request: kube's automatic retries are off and every call has the
+//! `--apiserver-timeout` deadline, so a failing API server turns into a prompt `ReviewError`
+//! (which callers answer with 500 and never cache) instead of a hung request.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::authn::Identity;
+use crate::authn::token::{TokenOutcome, TokenReviewer};
+use crate::authz::Decision;
+use crate::authz::sar::AccessReviewer;
+use crate::config::{self, NodeName};
+use crate::kubelet_api::{Subresource, Verb};
+
+/// A future returned by a reviewer.
+pub type ReviewFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ReviewError>> + Send + 'a>>;
+
+/// A review that produced no answer. Never cached; always answered with 500.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The API server did not answer within `--apiserver-timeout`.
+    #[error("the API server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The API server answered with an error status.
+    #[error("the API server answered {code}: {message}")]
+    Status {
+        /// HTTP status.
+        code: u16,
+        /// Its message.
+        message: String,
+    },
+    /// The API server could not be reached, or its answer could not be read.
+    #[error("the API server could not be reached: {0}")]
+    Transport(String),
+    /// The answer contradicts itself (for example both allowed and denied).
+    #[error("the API server's answer is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// The API server could not be set up at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `--kubeconfig` is unreadable or unusable.
+    #[error("--kubeconfig {}: {message}", path.display())]
+    Kubeconfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// No `--kubeconfig` and no in-cluster configuration.
+    #[error("--kubeconfig not given and the in-cluster configuration is unusable: {0}")]
+    InCluster(String),
+}
+
+/// A client for the two review APIs, bound to one node name.
+#[derive(Clone)]
+pub struct ApiServer {
+    client: kube::Client,
+    audiences: Vec<String>,
+    node: NodeName,
+    timeout: Duration,
+}
+
+impl ApiServer {
+    /// Builds the client from `--kubeconfig` or the in-cluster configuration.
+    pub async fn connect(settings: &config::ApiServer, node: NodeName) -> Result<Self, SetupError> {
+        let mut kube_config = match &settings.kubeconfig {
+            Some(path) => from_file(path).await?,
+            None => kube::Config::incluster().map_err(|e| SetupError::InCluster(e.to_string()))?,
+        };
+        kube_config.default_retry = false;
+        kube_config.connect_timeout = Some(settings.timeout);
+        kube_config.read_timeout = Some(settings.timeout);
+        kube_config.reset_reader_on_write = true;
+        let client =
+            kube::Client::try_from(kube_config).map_err(|e| match &settings.kubeconfig {
+                Some(path) => SetupError::Kubeconfig {
+                    path: path.clone(),
+                    message: e.to_string(),
+                },
+                None => SetupError::InCluster(e.to_string()),
+            })?;
+        Ok(Self {
+            client,
+            audiences: settings.audiences.clone(),
+            node,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Runs one API call under the deadline.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, ReviewError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(ReviewError::Timeout(self.timeout)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(kube::Error::Api(status))) => Err(ReviewError::Status {
+                code: status.code,
+                message: status.message,
+            }),
+            Ok(Err(e)) => Err(ReviewError::Transport(e.to_string())),
+        }
+    }
+}
+
+impl TokenReviewer for ApiServer {
+    fn review<'a>(&'a self, token: &'a str) -> ReviewFuture<'a, TokenOutcome> {
+        Box::pin(async move {
+            let request = TokenReview {
+                spec: TokenReviewSpec {
+                    token: Some(token.to_owned()),
+                    audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+                },
+                ..TokenReview::default()
+            };
+            let api = Api::<TokenReview>::all(self.client.clone());
+            let answer = self
+                .call(api.create(&PostParams::default(), &request))
+                .await?;
+            let Some(status) = answer.status else {
+                return Err(ReviewError::Inconsistent(
+                    "TokenReview without status".into(),
+                ));
+            };
+            if status.authenticated != Some(true) {
+                return Ok(TokenOutcome::Rejected);
+            }
+            // As Kubernetes' webhook authenticator: a token minted for other audiences is not ours.
+            if !self.audiences.is_empty()
+                && !status
+                    .audiences
+                    .iter()
+                    .flatten()
+                    .any(|a| self.audiences.contains(a))
+            {
+                return Ok(TokenOutcome::Rejected);
+            }
+            let user = status.user.unwrap_or_default();
+            let Some(name) = user.username.filter(|name| !name.is_empty()) else {
+                return Err(ReviewError::Inconsistent(
+                    "authenticated TokenReview without a username".into(),
+                ));
+            };
+            Ok(TokenOutcome::Authenticated(Arc::new(Identity {
+                name,
+                uid: user.uid.unwrap_or_default(),
+                groups: user.groups.unwrap_or_default(),
+                extra: user.extra.unwrap_or_default(),
+            })))
+        })
+    }
+}
+
+impl AccessReviewer for ApiServer {
+    fn review<'a>(
+        &'a self,
+        who: &'a Identity,
+        verb: Verb,
+        subresource: Subresource,
+    ) -> ReviewFuture<'a, Decision> {
+        Box::pin(async move {
+            let request = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(who.name.clone()),
+                    uid: (!who.uid.is_empty()).then(|| who.uid.clone()),
+                    groups: Some(who.groups.clone()),
+                    extra: (!who.extra.is_empty()).then(|| who.extra.clone()),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(String::new()),
+                        version: Some("v1".into()),
+                        resource: Some("nodes".into()),
+                        subresource: Some(subresource.as_str().into()),
+                        name: Some(self.node.as_str().into()),
+                        verb: Some(verb.as_str().into()),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SubjectAccessReviewSpec::default()
+                },
+                ..SubjectAccessReview::default()
+            };
+            let api = Api::<SubjectAccessReview>::all(self.client.clone());
+            let answer = self
+                .call(api.create(&PostParams::default(), &request))
+                .await?;
+            let Some(status) = answer.status else {
+                return Err(ReviewError::Inconsistent(
+                    "SubjectAccessReview without status".into(),
+                ));
+            };
+            let reason = status.reason.unwrap_or_default();
+            match (status.allowed, status.denied == Some(true)) {
+                (true, true) => Err(ReviewError::Inconsistent("both allowed and denied".into())),
+                (true, false) => Ok(Decision::Allow { reason }),
+                (false, _) => Ok(Decision::Deny { reason }),
+            }
+        })
+    }
+}
+
+async fn from_file(path: &Path) -> Result<kube::Config, SetupError> {
+    let invalid = |message: String| SetupError::Kubeconfig {
+        path: path.to_owned(),
+        message,
+    };
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| invalid(e.to_string()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| invalid(e.to_string()))
+}

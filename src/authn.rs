@@ -1,0 +1,182 @@
+//! Who is calling: a verified client certificate, else a bearer token (TokenReview or the static
+//! token file, both behind one cache), else `system:anonymous` when `--anonymous-auth` allows it.
+//!
+//! Follows KUBELET-API.md section 6 and the order of Kubernetes' union authenticator (x509 first).
+//! This module decides identities only: it never authorizes, never chooses a status code, and never
+//! logs or stores a token (cache keys are SHA-256 digests).
+
+pub mod token;
+pub mod x509;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::apiserver::ReviewError;
+use token::{TokenAuthenticator, TokenOutcome};
+
+/// The group Kubernetes adds to every authenticated user.
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+
+/// An authenticated caller, as sent in SubjectAccessReviews.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// User name.
+    pub name: String,
+    /// User UID, empty when unknown.
+    pub uid: String,
+    /// Groups, in the order the authenticator gave them.
+    pub groups: Vec<String>,
+    /// Extra attributes from the TokenReview.
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// What the caller's TLS connection proved, worked out once per connection.
+#[derive(Clone, Debug)]
+pub enum PeerCertificate {
+    /// No client certificate was presented.
+    Absent,
+    /// A verified certificate naming this identity.
+    Identity(Arc<Identity>),
+    /// A verified certificate that names no user.
+    Unusable(String),
+}
+
+/// Why a caller was not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnError {
+    /// No credential, and anonymous access is off.
+    #[error("no credentials")]
+    NoCredentials,
+    /// An `Authorization` header that is not a bearer token.
+    #[error("malformed Authorization header")]
+    MalformedAuthorization,
+    /// The token was reviewed and is not valid.
+    #[error("invalid bearer token")]
+    InvalidToken,
+    /// The client certificate names no user.
+    #[error("unusable client certificate: {0}")]
+    UnusableCertificate(String),
+    /// The TokenReview failed; nothing is known about the token.
+    #[error("token review failed")]
+    Review(#[source] ReviewError),
+}
+
+/// Authenticates requests.
+pub struct Authenticator {
+    tokens: TokenAuthenticator,
+    anonymous: bool,
+}
+
+impl Identity {
+    /// The identity of a caller without credentials.
+    pub fn anonymous() -> Self {
+        Self {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `system:authenticated` unless it is already there.
+    pub fn authenticated(mut self) -> Self {
+        if !self.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+            self.groups.push(AUTHENTICATED_GROUP.into());
+        }
+        self
+    }
+}
+
+impl Authenticator {
+    /// An authenticator over a token path, with anonymous access on or off.
+    pub fn new(tokens: TokenAuthenticator, anonymous: bool) -> Self {
+        Self { tokens, anonymous }
+    }
+
+    /// Decides who sent a request: the connection's certificate first, then the bearer token.
+    pub async fn authenticate(
+        &self,
+        peer: &PeerCertificate,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Identity>, AuthnError> {
+        match peer {
+            PeerCertificate::Identity(identity) => return Ok(Arc::clone(identity)),
+            PeerCertificate::Unusable(why) => {
+                return Err(AuthnError::UnusableCertificate(why.clone()));
+            }
+            PeerCertificate::Absent => {}
+        }
+        match bearer_token(headers)? {
+            Some(token) => match self
+                .tokens
+                .review(token)
+                .await
+                .map_err(AuthnError::Review)?
+            {
+                TokenOutcome::Authenticated(identity) => Ok(identity),
+                TokenOutcome::Rejected => Err(AuthnError::InvalidToken),
+            },
+            None if self.anonymous => Ok(Arc::new(Identity::anonymous())),
+            None => Err(AuthnError::NoCredentials),
+        }
+    }
+}
+
+/// The bearer token of a request, as Kubernetes' bearertoken authenticator reads it: the first
+/// `Authorization` header, scheme `Bearer` in any case, one non-empty token.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthnError> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthnError::MalformedAuthorization)?;
+    let mut parts = value.split_ascii_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => {
+            Ok(Some(token))
+        }
+        _ => Err(AuthnError::MalformedAuthorization),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_like_kubernetes() {
+        assert_eq!(bearer_token(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(bearer_token(&headers("Bearer abc")).unwrap(), Some("abc"));
+        assert_eq!(bearer_token(&headers("bearer  abc ")).unwrap(), Some("abc"));
+        for bad in ["Basic abc", "Bearer", "Bearer a b", ""] {
+            assert!(bearer_token(&headers(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn authenticated_group_is_added_once() {
+        let identity = Identity {
+            name: "a".into(),
+            uid: String::new(),
+            groups: vec!["g".into()],
+            extra: BTreeMap::new(),
+        };
+        let identity = identity.authenticated().authenticated();
+        assert_eq!(identity.groups, ["g", AUTHENTICATED_GROUP]);
+        assert!(
+            !Identity::anonymous()
+                .groups
+                .iter()
+                .any(|g| g == AUTHENTICATED_GROUP)
+        );
+    }
+}

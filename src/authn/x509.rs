@@ -1,0 +1,46 @@
+//! Client certificate → identity, as Kubernetes' x509 authenticator does it: user = subject CN,
+//! groups = every subject O (KUBELET-API.md section 6). The certificate has already been verified
+//! by rustls against `--client-ca-file`; this only reads names from it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{Identity, PeerCertificate};
+
+/// Reads the identity of the leaf certificate a caller presented, if any.
+pub fn peer_identity(chain: Option<&[CertificateDer<'_>]>) -> PeerCertificate {
+    let Some(leaf) = chain.and_then(|chain| chain.first()) else {
+        return PeerCertificate::Absent;
+    };
+    match identity(leaf) {
+        Ok(identity) => PeerCertificate::Identity(Arc::new(identity.authenticated())),
+        Err(why) => PeerCertificate::Unusable(why),
+    }
+}
+
+fn identity(leaf: &CertificateDer<'_>) -> Result<Identity, String> {
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+        .ok_or("the subject has no common name")?
+        .to_owned();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(str::to_owned)
+        .collect();
+    Ok(Identity {
+        name,
+        uid: String::new(),
+        groups,
+        extra: BTreeMap::new(),
+    })
+}

@@ -1,0 +1,107 @@
+//! May this caller do this: one `(verb, nodes/<subresource>)` review per check of the classified
+//! request, in order, first allow wins (KUBELET-API.md section 1).
+//!
+//! A review that errors stops the walk at once: no fallback to a later check, nothing cached, and
+//! the caller answers 500. This module decides only; it never picks a status code.
+
+pub mod sar;
+
+use std::sync::Arc;
+
+use crate::apiserver::ReviewError;
+use crate::authn::Identity;
+use crate::kubelet_api::{Subresource, Verb};
+use sar::DecisionCache;
+
+/// One review's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The caller may.
+    Allow {
+        /// The authorizer's reason, possibly empty.
+        reason: String,
+    },
+    /// The caller may not.
+    Deny {
+        /// The authorizer's reason, possibly empty.
+        reason: String,
+    },
+}
+
+/// The outcome of every check of one request.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    /// Each check tried, in order, with its decision; the walk stops at the first allow.
+    pub checks: Vec<(Subresource, Decision)>,
+}
+
+/// A review failed, so nothing was decided.
+#[derive(Debug, thiserror::Error)]
+#[error("reviewing {verb} nodes/{} failed", subresource.as_str())]
+pub struct AuthzError {
+    /// The verb being checked.
+    pub verb: Verb,
+    /// The check whose review failed.
+    pub subresource: Subresource,
+    /// Why.
+    #[source]
+    pub source: ReviewError,
+}
+
+/// Walks a request's checks through the decision cache.
+pub struct Authorizer {
+    cache: DecisionCache,
+}
+
+impl Decision {
+    /// Whether this decision allows.
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
+impl Verdict {
+    /// The check that allowed the request, if one did.
+    pub fn allowed_by(&self) -> Option<Subresource> {
+        self.checks
+            .iter()
+            .find(|(_, decision)| decision.is_allow())
+            .map(|(subresource, _)| *subresource)
+    }
+}
+
+impl Authorizer {
+    /// An authorizer over a decision cache.
+    pub fn new(cache: DecisionCache) -> Self {
+        Self { cache }
+    }
+
+    /// Reviews `checks` in order until one allows.
+    pub async fn authorize(
+        &self,
+        who: &Arc<Identity>,
+        verb: Verb,
+        checks: &[Subresource],
+    ) -> Result<Verdict, AuthzError> {
+        let mut verdict = Verdict {
+            checks: Vec::with_capacity(checks.len()),
+        };
+        for &subresource in checks {
+            let decision = self
+                .cache
+                .decide(who, verb, subresource)
+                .await
+                .map_err(|source| AuthzError {
+                    verb,
+                    subresource,
+                    source,
+                })?;
+            let allowed = decision.is_allow();
+            verdict.checks.push((subresource, decision));
+            if allowed {
+                break;
+            }
+        }
+        Ok(verdict)
+    }
+}

@@ -1,0 +1,86 @@
+//! The decision cache in front of whatever answers access reviews (the API server's
+//! SubjectAccessReview or the embedded RBAC policy).
+//!
+//! Keyed by (identity, verb, subresource): the node name and every other attribute are fixed for
+//! the process. Allowed and denied answers live for their own TTLs (the kubelet's
+//! `--authorization-webhook-cache-*-ttl` defaults, 5m and 30s); concurrent misses for one key share
+//! one review; errors are never cached.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::Decision;
+use crate::apiserver::{ReviewError, ReviewFuture};
+use crate::authn::Identity;
+use crate::kubelet_api::{Subresource, Verb};
+
+/// Something that answers one access review for the guard's node.
+pub trait AccessReviewer: Send + Sync {
+    /// May `who` do `verb` on `nodes/<subresource>` of this node? `Err` means no answer.
+    fn review<'a>(
+        &'a self,
+        who: &'a Identity,
+        verb: Verb,
+        subresource: Subresource,
+    ) -> ReviewFuture<'a, Decision>;
+}
+
+/// Cached, coalescing access reviews.
+pub struct DecisionCache {
+    reviewer: Arc<dyn AccessReviewer>,
+    cache: Cache<Key, Decision>,
+}
+
+type Key = (Arc<Identity>, Verb, Subresource);
+
+/// Lifetimes by decision.
+struct Ttls {
+    allowed: Duration,
+    denied: Duration,
+}
+
+impl DecisionCache {
+    /// Caches `reviewer`'s allows for `allowed` and denies for `denied`; zero keeps nothing.
+    pub fn new(reviewer: Arc<dyn AccessReviewer>, allowed: Duration, denied: Duration) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(100_000)
+            .expire_after(Ttls { allowed, denied })
+            .build();
+        Self { reviewer, cache }
+    }
+
+    /// One decision, from the cache when possible.
+    pub async fn decide(
+        &self,
+        who: &Arc<Identity>,
+        verb: Verb,
+        subresource: Subresource,
+    ) -> Result<Decision, ReviewError> {
+        let reviewer = &self.reviewer;
+        self.cache
+            .try_get_with(
+                (Arc::clone(who), verb, subresource),
+                reviewer.review(who, verb, subresource),
+            )
+            .await
+            .map_err(|e| (*e).clone())
+    }
+}
+
+impl Expiry<Key, Decision> for Ttls {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        decision: &Decision,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if decision.is_allow() {
+            self.allowed
+        } else {
+            self.denied
+        })
+    }
+}

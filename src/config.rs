@@ -1,0 +1,541 @@
+//! Command-line flags (and their `KUBELET_GUARD_*` environment twins) parsed and validated into a
+//! typed [`Config`] before any socket is bound or file is read.
+//!
+//! Flag names follow the kubelet and kube-rbac-proxy so operators recognise them. This module only
+//! checks what can be checked without I/O (flag combinations, URL shape, node name); loading the
+//! files the flags name is `tls` and `apiserver`'s job, still before binding.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The command line of the `kubelet-guard` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubelet-guard",
+    version,
+    about = "An authorizing reverse proxy for the kubelet API"
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The binary's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the guarded kubelet API.
+    Serve(Box<ServeArgs>),
+}
+
+/// Flags of `kubelet-guard serve`, as the operator typed them.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the guarded kubelet API listens on.
+    #[arg(long, env = "KUBELET_GUARD_LISTEN", default_value = "0.0.0.0:10250")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain served to callers (usually the kubelet's own serving certificate).
+    #[arg(long, env = "KUBELET_GUARD_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file (PKCS#1, SEC1 or PKCS#8).
+    #[arg(long, env = "KUBELET_GUARD_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// PEM CA bundle; when set, callers may present a client certificate signed by it.
+    #[arg(long, env = "KUBELET_GUARD_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// URL of the real kubelet.
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_UPSTREAM",
+        default_value = "https://127.0.0.1:10250"
+    )]
+    pub upstream: http::Uri,
+    /// PEM CA bundle that verifies the kubelet's serving certificate.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Name to verify in the kubelet's serving certificate (default: the host of --upstream).
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_SERVER_NAME")]
+    pub upstream_server_name: Option<String>,
+    /// PEM client certificate the guard presents to the kubelet.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CLIENT_CERT_FILE")]
+    pub upstream_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --upstream-client-cert-file.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CLIENT_KEY_FILE")]
+    pub upstream_client_key_file: Option<PathBuf>,
+    /// File holding the bearer token the guard presents to the kubelet (re-read when it changes).
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<PathBuf>,
+    /// How long to wait for the kubelet's response headers before answering 504.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Node name sent in every review (default: NODE_NAME, else the host name).
+    #[arg(long, env = "KUBELET_GUARD_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Kubeconfig for TokenReview and SubjectAccessReview (default: in-cluster configuration).
+    #[arg(long, env = "KUBELET_GUARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Comma-separated audiences requested in TokenReviews.
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_AUTH_TOKEN_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub auth_token_audiences: Vec<String>,
+    /// Deadline of one call to the API server.
+    #[arg(long, env = "KUBELET_GUARD_APISERVER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub apiserver_timeout: Duration,
+    /// How long TokenReview results are cached (0s disables the cache).
+    #[arg(long, env = "KUBELET_GUARD_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "2m", value_parser = parse_duration)]
+    pub authentication_token_webhook_cache_ttl: Duration,
+    /// How long allowed SubjectAccessReview results are cached (0s disables).
+    #[arg(long, env = "KUBELET_GUARD_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long denied SubjectAccessReview results are cached (0s disables).
+    #[arg(long, env = "KUBELET_GUARD_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// Treat callers without credentials as system:anonymous (still authorized) instead of 401.
+    #[arg(long, env = "KUBELET_GUARD_ANONYMOUS_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub anonymous_auth: bool,
+    /// Check nodes/proxy after a fine-grained subresource denies (/pods, /healthz, /configz, /runningpods/).
+    #[arg(long, env = "KUBELET_GUARD_PROXY_FALLBACK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub proxy_fallback: bool,
+
+    /// Plain-HTTP admin listener with /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_METRICS_LISTEN",
+        default_value = "127.0.0.1:9250"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// How often certificate, key and token files are checked for new content.
+    #[arg(long, env = "KUBELET_GUARD_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Log format.
+    #[arg(long, env = "KUBELET_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated node name: a non-empty lower-case RFC 1123 subdomain, as Kubernetes requires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeName(String);
+
+/// The validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the guarded API.
+    pub listen: SocketAddr,
+    /// Address of the admin listener.
+    pub metrics_listen: SocketAddr,
+    /// The guard's serving certificate and client CA.
+    pub serving: ServingFiles,
+    /// Where and how to reach the kubelet.
+    pub upstream: Upstream,
+    /// The node every review names.
+    pub node_name: NodeName,
+    /// How to reach the API server.
+    pub apiserver: ApiServer,
+    /// Cache lifetimes.
+    pub cache: CacheTtls,
+    /// Whether callers without credentials are let through to authorization as system:anonymous.
+    pub anonymous_auth: bool,
+    /// Whether step-1 paths fall back to nodes/proxy.
+    pub proxy_fallback: bool,
+    /// How often files are re-read.
+    pub reload_interval: Duration,
+}
+
+/// Files of the guard's own TLS endpoint.
+#[derive(Debug, Clone)]
+pub struct ServingFiles {
+    /// `--tls-cert-file`.
+    pub cert: PathBuf,
+    /// `--tls-private-key-file`.
+    pub key: PathBuf,
+    /// `--client-ca-file`.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The kubelet behind the guard.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Scheme `https` and authority of the kubelet; never a path.
+    pub authority: http::uri::Authority,
+    /// The name verified in the kubelet's certificate.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// `--upstream-ca-file`.
+    pub ca: PathBuf,
+    /// The guard's own credential.
+    pub credential: UpstreamCredential,
+    /// Deadline for the kubelet's response headers.
+    pub timeout: Duration,
+}
+
+/// How the guard proves its own identity to the kubelet.
+#[derive(Debug, Clone)]
+pub enum UpstreamCredential {
+    /// A client certificate and its key.
+    ClientCert {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM key.
+        key: PathBuf,
+    },
+    /// A bearer token read from a file.
+    TokenFile(PathBuf),
+}
+
+/// How TokenReview and SubjectAccessReview reach the API server.
+#[derive(Debug, Clone)]
+pub struct ApiServer {
+    /// `--kubeconfig`, or in-cluster configuration when absent.
+    pub kubeconfig: Option<PathBuf>,
+    /// Audiences requested in TokenReviews.
+    pub audiences: Vec<String>,
+    /// Deadline of one call.
+    pub timeout: Duration,
+}
+
+/// Cache lifetimes; zero disables the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheTtls {
+    /// TokenReview results.
+    pub token: Duration,
+    /// Allowed SubjectAccessReview results.
+    pub authorized: Duration,
+    /// Denied SubjectAccessReview results.
+    pub unauthorized: Duration,
+}
+
+/// A flag, or a combination of flags, that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required flag is absent.
+    #[error("{flag} is required: {why}")]
+    Missing {
+        /// The flag, with its dashes.
+        flag: &'static str,
+        /// What it is needed for.
+        why: &'static str,
+    },
+    /// A flag's value is unusable.
+    #[error("{flag}: {message}")]
+    Invalid {
+        /// The flag, with its dashes.
+        flag: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl NodeName {
+    /// Validates a node name; `flag` names where it came from in the error.
+    pub fn parse(raw: &str, flag: &'static str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { flag, message };
+        if raw.is_empty() {
+            return Err(invalid("the node name is empty".into()));
+        }
+        if raw.len() > 253 {
+            return Err(invalid(format!("{raw:?} is longer than 253 characters")));
+        }
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if !raw.split('.').all(label_ok) {
+            return Err(invalid(format!(
+                "{raw:?} is not a lower-case RFC 1123 subdomain, so no Kubernetes node can have it"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The name as sent in reviews.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ServeArgs {
+    /// Checks every flag that needs no I/O beyond the environment and the host name.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let serving = ServingFiles {
+            cert: self.tls_cert_file.ok_or(ConfigError::Missing {
+                flag: "--tls-cert-file",
+                why: "the guard serves TLS with the kubelet's serving certificate",
+            })?,
+            key: self.tls_private_key_file.ok_or(ConfigError::Missing {
+                flag: "--tls-private-key-file",
+                why: "the key of --tls-cert-file",
+            })?,
+            client_ca: self.client_ca_file,
+        };
+        let node_name = match self.node_name {
+            Some(name) => NodeName::parse(&name, "--node-name")?,
+            None => match std::env::var("NODE_NAME") {
+                Ok(name) => NodeName::parse(&name, "--node-name (from NODE_NAME)")?,
+                Err(_) => NodeName::parse(&host_name(), "--node-name (from the host name)")?,
+            },
+        };
+        let upstream = upstream(
+            &self.upstream,
+            self.upstream_server_name,
+            self.upstream_ca_file,
+            credential(
+                self.upstream_client_cert_file,
+                self.upstream_client_key_file,
+                self.upstream_token_file,
+            )?,
+            self.upstream_timeout,
+        )?;
+        if self.apiserver_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "--apiserver-timeout",
+                message: "must be longer than 0s".into(),
+            });
+        }
+        if self.tls_reload_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "--tls-reload-interval",
+                message: "must be longer than 0s".into(),
+            });
+        }
+        Ok(Config {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            serving,
+            upstream,
+            node_name,
+            apiserver: ApiServer {
+                kubeconfig: self.kubeconfig,
+                audiences: self
+                    .auth_token_audiences
+                    .into_iter()
+                    .filter(|a| !a.is_empty())
+                    .collect(),
+                timeout: self.apiserver_timeout,
+            },
+            cache: CacheTtls {
+                token: self.authentication_token_webhook_cache_ttl,
+                authorized: self.authorization_webhook_cache_authorized_ttl,
+                unauthorized: self.authorization_webhook_cache_unauthorized_ttl,
+            },
+            anonymous_auth: self.anonymous_auth,
+            proxy_fallback: self.proxy_fallback,
+            reload_interval: self.tls_reload_interval,
+        })
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw)
+        .map_err(|e| format!("{raw:?} is not a duration like 500ms, 30s or 2m: {e}"))
+}
+
+/// The kernel's host name, lower-cased as the kubelet does when it names its node.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn credential(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    token: Option<PathBuf>,
+) -> Result<UpstreamCredential, ConfigError> {
+    match (cert, key, token) {
+        (Some(cert), Some(key), None) => Ok(UpstreamCredential::ClientCert { cert, key }),
+        (None, None, Some(token)) => Ok(UpstreamCredential::TokenFile(token)),
+        (Some(_), None, _) => Err(ConfigError::Missing {
+            flag: "--upstream-client-key-file",
+            why: "the key of --upstream-client-cert-file",
+        }),
+        (None, Some(_), _) => Err(ConfigError::Missing {
+            flag: "--upstream-client-cert-file",
+            why: "the certificate of --upstream-client-key-file",
+        }),
+        (Some(_), Some(_), Some(_)) => Err(ConfigError::Invalid {
+            flag: "--upstream-token-file",
+            message: "give either a client certificate or a token file, not both".into(),
+        }),
+        (None, None, None) => Err(ConfigError::Missing {
+            flag: "--upstream-client-cert-file",
+            why: "the guard calls the kubelet as its own identity: give --upstream-client-cert-file \
+                  with --upstream-client-key-file, or --upstream-token-file",
+        }),
+    }
+}
+
+fn upstream(
+    url: &http::Uri,
+    server_name: Option<String>,
+    ca: Option<PathBuf>,
+    credential: UpstreamCredential,
+    timeout: Duration,
+) -> Result<Upstream, ConfigError> {
+    let invalid = |message: &str| ConfigError::Invalid {
+        flag: "--upstream",
+        message: format!("{url}: {message}"),
+    };
+    if url.scheme_str() != Some("https") {
+        return Err(invalid("the kubelet is reached over https only"));
+    }
+    if url.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(invalid(
+            "give only scheme, host and port; request paths are the caller's",
+        ));
+    }
+    let authority = url.authority().cloned().ok_or_else(|| invalid("no host"))?;
+    let server_name = server_name.unwrap_or_else(|| {
+        let host = authority.host();
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    });
+    let server_name =
+        rustls::pki_types::ServerName::try_from(server_name.clone()).map_err(|e| {
+            ConfigError::Invalid {
+                flag: "--upstream-server-name",
+                message: format!("{server_name:?}: {e}"),
+            }
+        })?;
+    let ca = ca.ok_or(ConfigError::Missing {
+        flag: "--upstream-ca-file",
+        why: "the kubelet's serving certificate is verified against it",
+    })?;
+    if timeout.is_zero() {
+        return Err(ConfigError::Invalid {
+            flag: "--upstream-timeout",
+            message: "must be longer than 0s".into(),
+        });
+    }
+    Ok(Upstream {
+        authority,
+        server_name,
+        ca,
+        credential,
+        timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec![
+            "kubelet-guard",
+            "serve",
+            "--tls-cert-file=c",
+            "--tls-private-key-file=k",
+            "--upstream-ca-file=ca",
+            "--upstream-token-file=t",
+            "--node-name=node-1",
+        ];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(serve) = cli.command;
+        serve.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_kubelet() {
+        let config = args(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:10250");
+        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9250");
+        assert_eq!(config.cache.token, Duration::from_secs(120));
+        assert_eq!(config.cache.authorized, Duration::from_secs(300));
+        assert_eq!(config.cache.unauthorized, Duration::from_secs(30));
+        assert_eq!(config.apiserver.timeout, Duration::from_secs(10));
+        assert!(!config.anonymous_auth);
+        assert!(config.proxy_fallback);
+        assert_eq!(config.upstream.server_name.to_str(), "127.0.0.1");
+        assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:10250");
+    }
+
+    #[test]
+    fn durations_and_lists_parse() {
+        let config = args(&[
+            "--authentication-token-webhook-cache-ttl=0s",
+            "--authorization-webhook-cache-authorized-ttl=500ms",
+            "--auth-token-audiences=a,b",
+            "--anonymous-auth",
+        ])
+        .unwrap();
+        assert_eq!(config.cache.token, Duration::ZERO);
+        assert_eq!(config.cache.authorized, Duration::from_millis(500));
+        assert_eq!(config.apiserver.audiences, ["a", "b"]);
+        assert!(config.anonymous_auth);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        for (extra, flag) in [
+            (&["--node-name="][..], "--node-name"),
+            (&["--node-name=Node_1"][..], "--node-name"),
+            (&["--upstream=http://127.0.0.1:10250"][..], "--upstream"),
+            (&["--upstream=https://127.0.0.1:10250/x"][..], "--upstream"),
+            (
+                &["--upstream-client-cert-file=c"][..],
+                "--upstream-client-key-file",
+            ),
+            (&["--apiserver-timeout=0s"][..], "--apiserver-timeout"),
+            (&["--apiserver-timeout=soon"][..], "--apiserver-timeout"),
+        ] {
+            let err = args(extra).unwrap_err();
+            assert!(err.contains(flag), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_credential_for_the_kubelet_is_required() {
+        let cli = Cli::try_parse_from([
+            "kubelet-guard",
+            "serve",
+            "--tls-cert-file=c",
+            "--tls-private-key-file=k",
+            "--upstream-ca-file=ca",
+            "--node-name=n",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = cli.command;
+        let err = serve.validate().unwrap_err().to_string();
+        assert!(err.contains("--upstream-client-cert-file"), "{err}");
+    }
+
+    #[test]
+    fn node_names_are_rfc1123_subdomains() {
+        assert!(NodeName::parse("ip-10-0-0-1.ec2.internal", "f").is_ok());
+        for bad in ["", "-a", "a-", "a..b", "A", "a_b", &"a".repeat(254)] {
+            assert!(NodeName::parse(bad, "f").is_err(), "{bad}");
+        }
+    }
+}

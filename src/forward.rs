@@ -1,0 +1,381 @@
+//! Forwarding an authorized request to the kubelet as the guard's own identity.
+//!
+//! - Header hygiene (RFC 9110 §7.6.1): hop-by-hop fields and the fields `Connection` names are
+//!   dropped both ways, and so is every inbound credential or identity header (`Authorization`,
+//!   `Proxy-Authorization`, `Impersonate-*`, `X-Remote-*`); for an upgrade, `Connection: Upgrade`
+//!   and the caller's `Upgrade` are put back. Everything else, and the request-target with its
+//!   query, goes through byte for byte.
+//! - Bodies stream both ways; nothing is buffered.
+//! - Upgrades (RFC 9110 §7.8): the kubelet's 101 goes back unchanged, then the two upgraded
+//!   connections are spliced with `copy_bidirectional`, no per-frame work.
+//! - The client speaks HTTP/1.1 only (HTTP/2 cannot carry `Upgrade`) and never follows redirects.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::config::{self, UpstreamCredential};
+
+/// The response body type of the whole proxy: the kubelet's streamed body or one of ours.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Why the kubelet's answer could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Connecting or talking to the kubelet failed.
+    #[error("the kubelet is unreachable: {0}")]
+    Unreachable(String),
+    /// No response headers within `--upstream-timeout`.
+    #[error("the kubelet did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The upstream token file could not be read at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("--upstream-token-file {}: {message}", path.display())]
+pub struct TokenFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The kubelet behind the guard and the pooled client that reaches it.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    authority: http::uri::Authority,
+    token: Option<UpstreamToken>,
+    timeout: Duration,
+}
+
+/// The guard's bearer token for the kubelet, re-read from its file by [`UpstreamToken::refresh`].
+#[derive(Clone)]
+pub struct UpstreamToken {
+    path: PathBuf,
+    header: Arc<ArcSwap<HeaderValue>>,
+}
+
+/// Header fields that never cross the proxy, whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Caller credentials and identity assertions the kubelet must never see from a caller.
+const CREDENTIALS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+];
+
+impl Upstream {
+    /// Builds the client for `settings` with the upstream TLS configuration.
+    pub fn new(
+        settings: &config::Upstream,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, TokenFileError> {
+        let token = match &settings.credential {
+            UpstreamCredential::TokenFile(path) => Some(UpstreamToken::load(path.clone())?),
+            UpstreamCredential::ClientCert { .. } => None,
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .with_server_name_resolver(FixedServerNameResolver::new(settings.server_name.clone()))
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Self {
+            client,
+            authority: settings.authority.clone(),
+            token,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// The token source, for the reload task.
+    pub fn token(&self) -> Option<&UpstreamToken> {
+        self.token.as_ref()
+    }
+
+    /// Sends `request` to the kubelet and returns its response, relaying an upgrade if the kubelet
+    /// switches protocols. `upgrade` says whether the caller asked for one.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, ForwardError> {
+        let inbound_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = http::Uri::builder()
+            .scheme("https")
+            .authority(self.authority.clone())
+            .path_and_query(target)
+            .build()
+            .map_err(|e| {
+                ForwardError::Unreachable(format!("cannot build the upstream URI: {e}"))
+            })?;
+        let mut outbound = Request::builder()
+            .method(parts.method)
+            .uri(uri)
+            .version(http::Version::HTTP_11);
+        if let Some(headers) = outbound.headers_mut() {
+            *headers = request_headers(&parts.headers, upgrade);
+            if let Some(token) = &self.token {
+                headers.insert(
+                    header::AUTHORIZATION,
+                    HeaderValue::clone(&token.header.load()),
+                );
+            }
+        }
+        let outbound = outbound.body(body).map_err(|e| {
+            ForwardError::Unreachable(format!("cannot build the upstream request: {e}"))
+        })?;
+
+        let mut response =
+            match tokio::time::timeout(self.timeout, self.client.request(outbound)).await {
+                Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+                Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
+                Ok(Ok(response)) => response,
+            };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match inbound_upgrade {
+            Some(inbound) if switching => {
+                let outbound = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice(inbound, outbound));
+            }
+            _ => {}
+        }
+        let (mut parts, body) = response.into_parts();
+        parts.headers = response_headers(&parts.headers, switching && upgrade);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+impl UpstreamToken {
+    /// Reads the token file; an empty or unreadable file is an error.
+    pub fn load(path: PathBuf) -> Result<Self, TokenFileError> {
+        let header = read_token(&path).map_err(|message| TokenFileError {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(Self {
+            path,
+            header: Arc::new(ArcSwap::from_pointee(header)),
+        })
+    }
+
+    /// Re-reads the file; a broken new file keeps the last good token and says why.
+    pub fn refresh(&self) -> Result<(), TokenFileError> {
+        let header = read_token(&self.path).map_err(|message| TokenFileError {
+            path: self.path.clone(),
+            message,
+        })?;
+        if **self.header.load() != header {
+            self.header.store(Arc::new(header));
+            tracing::info!(path = %self.path.display(), "reloaded --upstream-token-file");
+        }
+        Ok(())
+    }
+}
+
+/// The headers sent to the kubelet for a caller's request headers.
+pub fn request_headers(inbound: &HeaderMap, upgrade: bool) -> HeaderMap {
+    let mut headers = without_hop_by_hop(inbound);
+    for name in CREDENTIALS {
+        headers.remove(name);
+    }
+    let identity: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            name.as_str().starts_with("impersonate-") || name.as_str().starts_with("x-remote-")
+        })
+        .cloned()
+        .collect();
+    for name in identity {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        for value in inbound.get_all(header::UPGRADE) {
+            headers.append(header::UPGRADE, value.clone());
+        }
+    }
+    headers
+}
+
+/// The headers sent back to the caller; a 101 keeps its `Connection` and `Upgrade`.
+pub fn response_headers(upstream: &HeaderMap, switching: bool) -> HeaderMap {
+    let mut headers = without_hop_by_hop(upstream);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    if switching {
+        for name in [header::CONNECTION, header::UPGRADE] {
+            for value in upstream.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    headers
+}
+
+/// Drops the fixed hop-by-hop fields and every field `Connection` names.
+fn without_hop_by_hop(source: &HeaderMap) -> HeaderMap {
+    let mut headers = source.clone();
+    for value in source.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
+/// either side closes.
+async fn splice(inbound: hyper::upgrade::OnUpgrade, outbound: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(inbound, outbound) {
+        Ok((inbound, outbound)) => {
+            let mut inbound = TokioIo::new(inbound);
+            let mut outbound = TokioIo::new(outbound);
+            match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+                Ok((up, down)) => tracing::debug!(
+                    bytes_to_kubelet = up,
+                    bytes_to_caller = down,
+                    "upgraded stream closed"
+                ),
+                Err(e) => tracing::debug!(error = %e, "upgraded stream ended with an error"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "upgrade failed after 101"),
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<HeaderValue, String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token has bytes a header cannot carry".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn credentials_and_identity_headers_never_reach_the_kubelet() {
+        let inbound = map(&[
+            ("authorization", "Bearer secret"),
+            ("proxy-authorization", "Basic x"),
+            ("impersonate-user", "admin"),
+            ("impersonate-group", "system:masters"),
+            ("impersonate-extra-scopes", "x"),
+            ("impersonate-uid", "1"),
+            ("x-remote-user", "admin"),
+            ("x-remote-group", "system:masters"),
+            ("host", "node:10250"),
+            ("accept", "application/json"),
+            ("x-custom", "kept"),
+        ]);
+        let outbound = request_headers(&inbound, false);
+        let mut names: Vec<_> = outbound.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "x-custom"]);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_dropped() {
+        let inbound = map(&[
+            ("connection", "keep-alive, X-Private"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "gone"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-stream-protocol-version", "v4.channel.k8s.io"),
+        ]);
+        let outbound = request_headers(&inbound, false);
+        assert_eq!(
+            outbound.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["x-stream-protocol-version"]
+        );
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_fields() {
+        let inbound = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", "v4.channel.k8s.io"),
+            ("x-stream-protocol-version", "channel.k8s.io"),
+        ]);
+        let outbound = request_headers(&inbound, true);
+        assert_eq!(outbound["connection"], "Upgrade");
+        assert_eq!(outbound["upgrade"], "SPDY/3.1");
+        assert_eq!(
+            outbound.get_all("x-stream-protocol-version").iter().count(),
+            2
+        );
+
+        let answer = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "abc"),
+        ]);
+        let back = response_headers(&answer, true);
+        assert_eq!(back.len(), 3);
+        assert_eq!(response_headers(&answer, false).len(), 1);
+    }
+}

@@ -1,0 +1,96 @@
+//! The `kubelet-guard` binary: argv → `Config` → `run`, tracing, the crypto provider, exit codes
+//! (0 clean stop, 64 bad configuration, 1 anything else).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubelet_guard::config::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a configuration the operator must fix (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing(args.log_format);
+            let config = match args.validate() {
+                Ok(config) => config,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            if rustls::crypto::ring::default_provider()
+                .install_default()
+                .is_err()
+            {
+                tracing::debug!("a crypto provider was already installed");
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => return fail(1, &e),
+            };
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: kubelet_guard::config::Config) -> ExitCode {
+    let running = match kubelet_guard::start(config).await {
+        Ok(running) => running,
+        Err(e) if e.is_configuration() => return fail(EXIT_CONFIG, &e),
+        Err(e) => return fail(1, &e),
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("KUBELET_GUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("kubelet-guard: {error}");
+    ExitCode::from(code)
+}
