@@ -62,15 +62,15 @@ pub fn server_config(files: &ServingFiles) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
-/// Builds the client configuration towards the kubelet: its CA, the guard's client certificate if
-/// that is its credential, and ALPN http/1.1 only (HTTP/2 cannot carry the upgrades exec needs).
+/// Builds the client configuration towards the kubelet: its CA and the guard's client certificate
+/// if that is its credential. ALPN is left to the connector, which offers http/1.1 only.
 pub fn upstream_config(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
     let roots = roots(&upstream.ca, "--upstream-ca-file")?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| error("--upstream-ca-file", &upstream.ca, e))?
         .with_root_certificates(roots);
-    let mut config = match &upstream.credential {
+    let config = match &upstream.credential {
         UpstreamCredential::ClientCert {
             cert,
             key: key_path,
@@ -87,7 +87,6 @@ pub fn upstream_config(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
         }
         UpstreamCredential::TokenFile(_) => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

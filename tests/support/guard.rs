@@ -1,0 +1,147 @@
+//! kubelet-guard itself, started in-process on loopback ports with real flags, between an API
+//! server double and a kubelet double, with one PKI for the whole little cluster.
+//!
+//! The cluster CA signs the API server's and the guard's serving certificates and every caller's
+//! client certificate (as kubeadm's does); the kubelet CA signs the kubelet's serving certificate
+//! and the guard's upstream client certificate.
+
+use std::net::SocketAddr;
+
+use kubelet_guard::Running;
+use kubelet_guard::config::{Cli, Command};
+
+use super::apiserver::ApiServerDouble;
+use super::client::TlsClient;
+use super::kubelet::KubeletDouble;
+use super::pki::{Ca, CertKey};
+
+/// The node name every review must carry.
+pub const NODE: &str = "node-1";
+
+/// A running guard with its doubles.
+pub struct Cluster {
+    /// Signs the API server, the guard's serving certificate and callers' client certificates.
+    pub ca: Ca,
+    /// Signs the kubelet's serving certificate and the guard's client certificate for it.
+    pub kubelet_ca: Ca,
+    /// The API server double.
+    pub api: ApiServerDouble,
+    /// The kubelet double.
+    pub kubelet: KubeletDouble,
+    /// The guard.
+    pub guard: Running,
+}
+
+impl Cluster {
+    /// Starts the doubles and a guard with the default flags plus `extra`.
+    pub async fn start(extra: &[&str]) -> Cluster {
+        super::init();
+        let ca = Ca::new("cluster");
+        let kubelet_ca = Ca::new("kubelet");
+        let api = ApiServerDouble::start(&ca).await;
+        let kubelet = KubeletDouble::start(
+            &kubelet_ca.server_cert(NODE, &["127.0.0.1", "localhost"]),
+            &kubelet_ca,
+        )
+        .await;
+        let guard = start_guard(&ca, &kubelet_ca, &api, &kubelet, extra)
+            .await
+            .unwrap_or_else(|e| panic!("guard did not start: {e}"));
+        Cluster {
+            ca,
+            kubelet_ca,
+            api,
+            kubelet,
+            guard,
+        }
+    }
+
+    /// The guarded API's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.guard.proxy_addr
+    }
+
+    /// A caller that trusts the guard and presents no client certificate.
+    pub fn client(&self) -> TlsClient {
+        TlsClient::new(self.ca.cert_path(), None)
+    }
+
+    /// A caller presenting a client certificate from the cluster CA.
+    pub fn client_with_cert(&self, cn: &str, orgs: &[&str]) -> TlsClient {
+        TlsClient::new(self.ca.cert_path(), Some(&self.ca.client_cert(cn, orgs)))
+    }
+
+    /// GETs `path` with a bearer token and returns status and body.
+    pub async fn get(&self, path: &str, token: &str) -> (http::StatusCode, String) {
+        let (status, _, body) = self.client().get(self.addr(), path, Some(token)).await;
+        (status, body)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(self.guard.admin_addr)
+            .await
+            .expect("admin connect");
+        let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
+            .await
+            .expect("admin write");
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
+            .await
+            .expect("admin read");
+        answer
+    }
+}
+
+/// The flags of a guard wired to the doubles, plus `extra` (later flags win).
+pub fn flags(
+    ca: &Ca,
+    kubelet_ca: &Ca,
+    api: &ApiServerDouble,
+    kubelet: &KubeletDouble,
+    extra: &[&str],
+) -> Vec<String> {
+    let serving: CertKey = ca.server_cert(NODE, &["127.0.0.1", "localhost"]);
+    let upstream = kubelet_ca.client_cert("kubelet-guard", &[]);
+    let mut argv: Vec<String> = vec![
+        "kubelet-guard".into(),
+        "serve".into(),
+        "--listen=127.0.0.1:0".into(),
+        "--metrics-listen=127.0.0.1:0".into(),
+        format!("--tls-cert-file={}", serving.cert_path.display()),
+        format!("--tls-private-key-file={}", serving.key_path.display()),
+        format!("--client-ca-file={}", ca.cert_path().display()),
+        format!("--upstream={}", kubelet.url()),
+        format!("--upstream-ca-file={}", kubelet_ca.cert_path().display()),
+        format!(
+            "--upstream-client-cert-file={}",
+            upstream.cert_path.display()
+        ),
+        format!("--upstream-client-key-file={}", upstream.key_path.display()),
+        format!("--kubeconfig={}", api.write_kubeconfig().display()),
+        format!("--node-name={NODE}"),
+    ];
+    argv.extend(extra.iter().map(|flag| (*flag).to_owned()));
+    argv
+}
+
+/// Parses `flags` exactly as the binary does and starts the guard.
+pub async fn start_with_flags(argv: &[String]) -> Result<Running, String> {
+    let cli = <Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let Command::Serve(args) = cli.command;
+    let config = args.validate().map_err(|e| e.to_string())?;
+    kubelet_guard::start(config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn start_guard(
+    ca: &Ca,
+    kubelet_ca: &Ca,
+    api: &ApiServerDouble,
+    kubelet: &KubeletDouble,
+    extra: &[&str],
+) -> Result<Running, String> {
+    start_with_flags(&flags(ca, kubelet_ca, api, kubelet, extra)).await
+}

@@ -1,0 +1,58 @@
+//! Shared doubles for the behaviour tests: stand-ins for the cluster around kubelet-guard.
+//!
+//! - [`pki`]: the cluster CA and the certificates it issues, generated at test time;
+//! - [`apiserver`]: the Kubernetes API server, speaking TokenReview and SubjectAccessReview JSON;
+//! - [`kubelet`]: a v1.36 kubelet behind mutual TLS, with real WebSocket and SPDY handshakes;
+//! - [`client`]: the callers (kubectl, the API server, scrapers) as TLS clients;
+//! - [`guard`]: kubelet-guard itself between the doubles, started with real flags.
+//!
+//! Every test binary compiles all of it and uses a part, hence the blanket `dead_code` allowance;
+//! the module is private to each test crate, hence `unreachable_pub`.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod apiserver;
+pub mod client;
+pub mod guard;
+pub mod kubelet;
+pub mod pki;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long [`with_deadline`] waits before failing the test.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Prepares the process for a test: ring as rustls' default provider, and tracing to the test output.
+///
+/// Safe to call from every test; later calls do nothing.
+pub fn init() {
+    // Another test in the same binary may have installed it already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+}
+
+/// Creates a fresh, empty directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "kubelet-guard-{tag}-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Awaits `f`, panicking with `what` if it takes longer than [`DEADLINE`].
+pub async fn with_deadline<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: no result within {DEADLINE:?}"),
+    }
+}
