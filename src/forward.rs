@@ -354,6 +354,26 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_token_file_keeps_the_last_good_token() {
+        let path = std::env::temp_dir().join(format!("kubelet-guard-token-{}", std::process::id()));
+        std::fs::write(&path, "first\n").unwrap();
+        let token = UpstreamToken::load(path.clone()).unwrap();
+        assert_eq!(**token.header.load(), "Bearer first");
+        std::fs::write(&path, "  ").unwrap();
+        assert!(token.refresh().unwrap_err().to_string().contains("empty"));
+        assert_eq!(**token.header.load(), "Bearer first");
+        std::fs::write(&path, "second").unwrap();
+        token.refresh().unwrap();
+        assert_eq!(**token.header.load(), "Bearer second");
+        assert!(
+            token.header.load().is_sensitive(),
+            "never printed in debug output"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(UpstreamToken::load(path).is_err());
+    }
+
+    #[test]
     fn upgrades_keep_their_upgrade_fields() {
         let inbound = map(&[
             ("connection", "Upgrade"),

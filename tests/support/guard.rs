@@ -94,7 +94,7 @@ impl Cluster {
     }
 }
 
-/// The flags of a guard wired to the doubles, plus `extra` (later flags win).
+/// The flags of a guard wired to the doubles, plus `extra` (a flag may be given once only).
 pub fn flags(
     ca: &Ca,
     kubelet_ca: &Ca,

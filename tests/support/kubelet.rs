@@ -84,7 +84,9 @@ struct Shared {
 }
 
 impl KubeletDouble {
-    /// Starts the kubelet with `serving` as its certificate, requiring client certs from `client_ca`.
+    /// Starts the kubelet with `serving` as its certificate, verifying client certificates from
+    /// `client_ca`. As a kubelet with webhook authentication, it also takes a bearer token instead
+    /// of a certificate, and answers 401 to a request with neither.
     pub async fn start(serving: &CertKey, client_ca: &Ca) -> KubeletDouble {
         super::init();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -92,6 +94,7 @@ impl KubeletDouble {
             client_ca.root_store(),
             Arc::clone(&provider),
         )
+        .allow_unauthenticated()
         .build()
         .expect("client verifier");
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -189,6 +192,7 @@ async fn route(
     client_cn: Option<String>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let anonymous = client_cn.is_none() && !req.headers().contains_key(http::header::AUTHORIZATION);
     shared.requests.lock().expect("requests").push(Recorded {
         method: req.method().clone(),
         target: req.uri().to_string(),
@@ -196,6 +200,9 @@ async fn route(
         client_cn,
         version: req.version(),
     });
+    if anonymous {
+        return text(StatusCode::UNAUTHORIZED, "text/plain", "Unauthorized");
+    }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
