@@ -44,3 +44,49 @@ fn identity(leaf: &CertificateDer<'_>) -> Result<Identity, String> {
         extra: BTreeMap::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(cn: Option<&str>, org: Option<&str>) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        if let Some(org) = org {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, org);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn common_name_is_the_user_and_organizations_the_groups() {
+        let chain = [certificate(
+            Some("system:node:node-1"),
+            Some("system:nodes"),
+        )];
+        let PeerCertificate::Identity(identity) = peer_identity(Some(&chain)) else {
+            panic!("no identity")
+        };
+        assert_eq!(identity.name, "system:node:node-1");
+        assert_eq!(identity.groups, ["system:nodes", "system:authenticated"]);
+    }
+
+    #[test]
+    fn a_certificate_without_a_common_name_identifies_no_one() {
+        let chain = [certificate(None, Some("system:masters"))];
+        assert!(matches!(
+            peer_identity(Some(&chain)),
+            PeerCertificate::Unusable(_)
+        ));
+        assert!(matches!(peer_identity(None), PeerCertificate::Absent));
+        assert!(matches!(peer_identity(Some(&[])), PeerCertificate::Absent));
+    }
+}
