@@ -5,6 +5,7 @@
 //! This module decides identities only: it never authorizes, never chooses a status code, and never
 //! logs or stores a token (cache keys are SHA-256 digests).
 
+pub mod static_tokens;
 pub mod token;
 pub mod x509;
 

@@ -4,6 +4,7 @@
 //! A review that errors stops the walk at once: no fallback to a later check, nothing cached, and
 //! the caller answers 500. This module decides only; it never picks a status code.
 
+pub mod rbac;
 pub mod sar;
 
 use std::sync::Arc;

@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the guarded kubelet API.
     Serve(Box<ServeArgs>),
+    /// Show what the guard does, with no cluster: a kubelet stand-in, embedded mode, a tour.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Flags of `kubelet-guard serve`, as the operator typed them.
@@ -99,6 +101,12 @@ pub struct ServeArgs {
     /// How long denied SubjectAccessReview results are cached (0s disables).
     #[arg(long, env = "KUBELET_GUARD_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "30s", value_parser = parse_duration)]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// kube-apiserver static token file (token,user,uid,"groups") checked instead of TokenReview.
+    #[arg(long, env = "KUBELET_GUARD_TOKEN_AUTH_FILE")]
+    pub token_auth_file: Option<PathBuf>,
+    /// YAML stream of ClusterRoles and ClusterRoleBindings evaluated instead of SubjectAccessReview.
+    #[arg(long, env = "KUBELET_GUARD_RBAC_POLICY_FILE")]
+    pub rbac_policy_file: Option<PathBuf>,
     /// Treat callers without credentials as system:anonymous (still authorized) instead of 401.
     #[arg(long, env = "KUBELET_GUARD_ANONYMOUS_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub anonymous_auth: bool,
@@ -199,9 +207,14 @@ pub enum UpstreamCredential {
     TokenFile(PathBuf),
 }
 
-/// How TokenReview and SubjectAccessReview reach the API server.
+/// How TokenReview and SubjectAccessReview reach the API server, and the embedded files that
+/// replace either.
 #[derive(Debug, Clone)]
 pub struct ApiServer {
+    /// `--token-auth-file`: static tokens instead of TokenReview.
+    pub token_auth_file: Option<PathBuf>,
+    /// `--rbac-policy-file`: local RBAC instead of SubjectAccessReview.
+    pub rbac_policy_file: Option<PathBuf>,
     /// `--kubeconfig`, or in-cluster configuration when absent.
     pub kubeconfig: Option<PathBuf>,
     /// Audiences requested in TokenReviews.
@@ -332,6 +345,8 @@ impl ServeArgs {
             upstream,
             node_name,
             apiserver: ApiServer {
+                token_auth_file: self.token_auth_file,
+                rbac_policy_file: self.rbac_policy_file,
                 kubeconfig: self.kubeconfig,
                 audiences: self
                     .auth_token_audiences
@@ -462,7 +477,9 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
         serve.validate().map_err(|e| e.to_string())
     }
 
@@ -526,7 +543,9 @@ mod tests {
             "--node-name=n",
         ])
         .unwrap();
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
         let err = serve.validate().unwrap_err().to_string();
         assert!(err.contains("--upstream-client-cert-file"), "{err}");
     }

@@ -10,11 +10,9 @@
 //!   connections are spliced with `copy_bidirectional`, no per-frame work.
 //! - The client speaks HTTP/1.1 only (HTTP/2 cannot carry `Upgrade`) and never follows redirects.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -27,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::{self, UpstreamCredential};
+use crate::reload::{FileError, Watched};
 
 /// The response body type of the whole proxy: the kubelet's streamed body or one of ours.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -42,29 +41,12 @@ pub enum ForwardError {
     Timeout(Duration),
 }
 
-/// The upstream token file could not be read at start-up.
-#[derive(Debug, thiserror::Error)]
-#[error("--upstream-token-file {}: {message}", path.display())]
-pub struct TokenFileError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong.
-    pub message: String,
-}
-
 /// The kubelet behind the guard and the pooled client that reaches it.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
     authority: http::uri::Authority,
-    token: Option<UpstreamToken>,
+    token: Option<Arc<Watched<HeaderValue>>>,
     timeout: Duration,
-}
-
-/// The guard's bearer token for the kubelet, re-read from its file by [`UpstreamToken::refresh`].
-#[derive(Clone)]
-pub struct UpstreamToken {
-    path: PathBuf,
-    header: Arc<ArcSwap<HeaderValue>>,
 }
 
 /// Header fields that never cross the proxy, whatever `Connection` says.
@@ -87,12 +69,13 @@ const CREDENTIALS: [HeaderName; 3] = [
 
 impl Upstream {
     /// Builds the client for `settings` with the upstream TLS configuration.
-    pub fn new(
-        settings: &config::Upstream,
-        tls: rustls::ClientConfig,
-    ) -> Result<Self, TokenFileError> {
+    pub fn new(settings: &config::Upstream, tls: rustls::ClientConfig) -> Result<Self, FileError> {
         let token = match &settings.credential {
-            UpstreamCredential::TokenFile(path) => Some(UpstreamToken::load(path.clone())?),
+            UpstreamCredential::TokenFile(path) => Some(Arc::new(Watched::load(
+                "--upstream-token-file",
+                path,
+                bearer_header,
+            )?)),
             UpstreamCredential::ClientCert { .. } => None,
         };
         let connector = HttpsConnectorBuilder::new()
@@ -112,8 +95,8 @@ impl Upstream {
         })
     }
 
-    /// The token source, for the reload task.
-    pub fn token(&self) -> Option<&UpstreamToken> {
+    /// The polled token file, for the reload task.
+    pub fn token(&self) -> Option<&Arc<Watched<HeaderValue>>> {
         self.token.as_ref()
     }
 
@@ -142,10 +125,7 @@ impl Upstream {
         if let Some(headers) = outbound.headers_mut() {
             *headers = request_headers(&parts.headers, upgrade);
             if let Some(token) = &self.token {
-                headers.insert(
-                    header::AUTHORIZATION,
-                    HeaderValue::clone(&token.header.load()),
-                );
+                headers.insert(header::AUTHORIZATION, HeaderValue::clone(&token.current()));
             }
         }
         let outbound = outbound.body(body).map_err(|e| {
@@ -169,33 +149,6 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         parts.headers = response_headers(&parts.headers, switching && upgrade);
         Ok(Response::from_parts(parts, body.boxed()))
-    }
-}
-
-impl UpstreamToken {
-    /// Reads the token file; an empty or unreadable file is an error.
-    pub fn load(path: PathBuf) -> Result<Self, TokenFileError> {
-        let header = read_token(&path).map_err(|message| TokenFileError {
-            path: path.clone(),
-            message,
-        })?;
-        Ok(Self {
-            path,
-            header: Arc::new(ArcSwap::from_pointee(header)),
-        })
-    }
-
-    /// Re-reads the file; a broken new file keeps the last good token and says why.
-    pub fn refresh(&self) -> Result<(), TokenFileError> {
-        let header = read_token(&self.path).map_err(|message| TokenFileError {
-            path: self.path.clone(),
-            message,
-        })?;
-        if **self.header.load() != header {
-            self.header.store(Arc::new(header));
-            tracing::info!(path = %self.path.display(), "reloaded --upstream-token-file");
-        }
-        Ok(())
     }
 }
 
@@ -275,9 +228,12 @@ async fn splice(inbound: hyper::upgrade::OnUpgrade, outbound: hyper::upgrade::On
     }
 }
 
-fn read_token(path: &std::path::Path) -> Result<HeaderValue, String> {
-    let raw = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let token = raw.trim();
+/// Parses a token file into the `Authorization` value the guard sends (marked sensitive, so it is
+/// never printed).
+fn bearer_header(bytes: &[u8]) -> Result<HeaderValue, String> {
+    let token = std::str::from_utf8(bytes)
+        .map_err(|_| "the token is not UTF-8".to_owned())?
+        .trim();
     if token.is_empty() {
         return Err("the file is empty".into());
     }
@@ -354,23 +310,12 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_token_file_keeps_the_last_good_token() {
-        let path = std::env::temp_dir().join(format!("kubelet-guard-token-{}", std::process::id()));
-        std::fs::write(&path, "first\n").unwrap();
-        let token = UpstreamToken::load(path.clone()).unwrap();
-        assert_eq!(**token.header.load(), "Bearer first");
-        std::fs::write(&path, "  ").unwrap();
-        assert!(token.refresh().unwrap_err().to_string().contains("empty"));
-        assert_eq!(**token.header.load(), "Bearer first");
-        std::fs::write(&path, "second").unwrap();
-        token.refresh().unwrap();
-        assert_eq!(**token.header.load(), "Bearer second");
-        assert!(
-            token.header.load().is_sensitive(),
-            "never printed in debug output"
-        );
-        std::fs::remove_file(&path).unwrap();
-        assert!(UpstreamToken::load(path).is_err());
+    fn the_token_file_becomes_a_sensitive_bearer_header() {
+        let value = bearer_header(b"abc\n").unwrap();
+        assert_eq!(value, "Bearer abc");
+        assert!(value.is_sensitive(), "never printed in debug output");
+        assert!(bearer_header(b" \n").unwrap_err().contains("empty"));
+        assert!(bearer_header(b"a\x01b").is_err());
     }
 
     #[test]

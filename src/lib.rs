@@ -11,6 +11,10 @@ pub mod authn;
 pub mod authz;
 /// Flags into a validated `Config`.
 pub mod config;
+/// `kubelet-guard demo`: a kubelet stand-in, embedded mode and a tour.
+pub mod demo;
+/// Embedded mode: the static token file and the RBAC policy file as reviewers.
+pub mod embedded;
 /// Forwarding to the kubelet: header hygiene, streaming, upgrade splice.
 pub mod forward;
 /// Request classification: verb, subresources, upgrade, canonical target (KUBELET-API.md).
@@ -19,6 +23,8 @@ pub mod kubelet_api;
 pub mod metrics;
 /// The per-request pipeline and the error → response mapping.
 pub mod proxy;
+/// Polling reload of files with keep-last-good semantics.
+pub mod reload;
 /// Listeners, connections, graceful shutdown.
 pub mod server;
 /// PEM loading and rustls configurations.
@@ -33,12 +39,16 @@ use tokio::task::JoinHandle;
 use crate::apiserver::ApiServer;
 use crate::authn::Authenticator;
 use crate::authn::token::TokenAuthenticator;
+use crate::authn::token::TokenReviewer;
 use crate::authz::Authorizer;
+use crate::authz::sar::AccessReviewer;
 use crate::authz::sar::DecisionCache;
 use crate::config::Config;
+use crate::embedded::{PolicyFile, TokenFile};
 use crate::forward::Upstream;
 use crate::metrics::{Metrics, Readiness};
 use crate::proxy::State;
+use crate::reload::{Poll, Watched};
 
 /// Why the guard could not start. Every variant names the flag at fault.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +59,9 @@ pub enum StartError {
     /// The API server client cannot be built.
     #[error(transparent)]
     ApiServer(#[from] apiserver::SetupError),
-    /// The upstream token file is unusable.
+    /// A token, policy or credential file is unusable.
     #[error(transparent)]
-    UpstreamToken(#[from] forward::TokenFileError),
+    File(#[from] reload::FileError),
     /// A listener cannot be bound.
     #[error(transparent)]
     Bind(#[from] std::io::Error),
@@ -82,17 +92,21 @@ pub struct Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let server_tls = Arc::new(tls::server_config(&config.serving)?);
     let upstream = Upstream::new(&config.upstream, tls::upstream_config(&config.upstream)?)?;
-    let api = Arc::new(ApiServer::connect(&config.apiserver, config.node_name.clone()).await?);
+    let mut watched: Vec<Arc<dyn Poll>> = Vec::new();
+    if let Some(token) = upstream.token() {
+        watched.push(token.clone());
+    }
+    let (tokens, access) = reviewers(&config, &mut watched).await?;
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let ready = Readiness::default();
 
     let state = Arc::new(State {
         authenticator: Authenticator::new(
-            TokenAuthenticator::new(api.clone(), config.cache.token),
+            TokenAuthenticator::new(tokens, config.cache.token),
             config.anonymous_auth,
         ),
         authorizer: Authorizer::new(DecisionCache::new(
-            api,
+            access,
             config.cache.authorized,
             config.cache.unauthorized,
         )),
@@ -107,10 +121,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy = server::bind(config.listen, "--listen").await?;
     let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
     let (shutdown, stop) = watch::channel(false);
-    let mut tasks = vec![
+    let tasks = vec![
         tokio::spawn(server::serve_admin(
             admin,
-            metrics,
+            metrics.clone(),
             ready.clone(),
             stop.clone(),
         )),
@@ -120,14 +134,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Arc::clone(&state),
             stop.clone(),
         )),
+        tokio::spawn(reload_files(watched, metrics, config.reload_interval, stop)),
     ];
-    if let Some(token) = state.upstream.token().cloned() {
-        tasks.push(tokio::spawn(reload_token(
-            token,
-            config.reload_interval,
-            stop,
-        )));
-    }
     ready.set(true);
     tracing::info!(%proxy_addr, %admin_addr, node = %config.node_name, "kubelet-guard serving");
     Ok(Running {
@@ -148,19 +156,85 @@ impl Running {
     }
 }
 
-/// Re-reads the upstream token file every `interval` until shutdown.
-async fn reload_token(
-    token: forward::UpstreamToken,
+/// The token and access reviewers: the embedded files where given, else the API server (connected
+/// only when one of the two needs it).
+async fn reviewers(
+    config: &Config,
+    watched: &mut Vec<Arc<dyn Poll>>,
+) -> Result<(Arc<dyn TokenReviewer>, Arc<dyn AccessReviewer>), StartError> {
+    let settings = &config.apiserver;
+    let mut api = None;
+    let tokens: Arc<dyn TokenReviewer> = match &settings.token_auth_file {
+        Some(path) => {
+            let file = Arc::new(Watched::load(
+                "--token-auth-file",
+                path,
+                embedded::parse_tokens,
+            )?);
+            watched.push(file.clone());
+            Arc::new(TokenFile(file))
+        }
+        None => connected(&mut api, config).await?,
+    };
+    let access: Arc<dyn AccessReviewer> = match &settings.rbac_policy_file {
+        Some(path) => {
+            let policy = Arc::new(Watched::load(
+                "--rbac-policy-file",
+                path,
+                embedded::parse_policy,
+            )?);
+            watched.push(policy.clone());
+            Arc::new(PolicyFile {
+                policy,
+                node: config.node_name.clone(),
+            })
+        }
+        None => connected(&mut api, config).await?,
+    };
+    Ok((tokens, access))
+}
+
+/// The API server client, connected on first need and shared after.
+async fn connected(
+    api: &mut Option<Arc<ApiServer>>,
+    config: &Config,
+) -> Result<Arc<ApiServer>, StartError> {
+    if let Some(api) = api {
+        return Ok(Arc::clone(api));
+    }
+    let connected =
+        Arc::new(ApiServer::connect(&config.apiserver, config.node_name.clone()).await?);
+    *api = Some(Arc::clone(&connected));
+    Ok(connected)
+}
+
+/// Polls every watched file each `interval` until shutdown, counting what failed to reload.
+async fn reload_files(
+    watched: Vec<Arc<dyn Poll>>,
+    metrics: Metrics,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    if watched.is_empty() {
+        return;
+    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             () = server::stopped(&mut stop) => return,
         }
-        if let Err(e) = token.refresh() {
-            tracing::warn!(error = %e, "keeping the last good upstream token");
+        for file in &watched {
+            match file.poll() {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(flag = file.flag(), "reloaded");
+                    metrics.reload(file.flag(), true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "keeping the last good content");
+                    metrics.reload(file.flag(), false);
+                }
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            init_tracing(args.log_format);
+            init_tracing(args.log_format, "info");
             let config = match args.validate() {
                 Ok(config) => config,
                 Err(e) => return fail(EXIT_CONFIG, &e),
@@ -43,6 +43,26 @@ fn main() -> ExitCode {
                 Err(e) => return fail(1, &e),
             };
             runtime.block_on(serve(config))
+        }
+        Command::Demo(args) => {
+            init_tracing(LogFormat::Text, "warn");
+            if rustls::crypto::ring::default_provider()
+                .install_default()
+                .is_err()
+            {
+                tracing::debug!("a crypto provider was already installed");
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => return fail(1, &e),
+            };
+            match runtime.block_on(kubelet_guard::demo::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &e),
+            }
         }
     }
 }
@@ -78,9 +98,10 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("KUBELET_GUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to stderr at `default_level`, or as `KUBELET_GUARD_LOG` (an env-filter directive) says.
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_env("KUBELET_GUARD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

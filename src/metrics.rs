@@ -18,6 +18,7 @@ use prometheus::{IntCounterVec, Opts, Registry, TextEncoder};
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    reloads: IntCounterVec,
 }
 
 /// How a request ended, as the `decision` label says it.
@@ -50,7 +51,19 @@ impl Metrics {
             &["verb", "subresource", "decision", "code"],
         )?;
         registry.register(Box::new(requests.clone()))?;
-        Ok(Self { registry, requests })
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "kubelet_guard_file_reloads_total",
+                "Re-reads of changed files, by the flag naming the file and result.",
+            ),
+            &["flag", "result"],
+        )?;
+        registry.register(Box::new(reloads.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            reloads,
+        })
     }
 
     /// Counts one finished request. `verb` and `subresource` are empty when unknown.
@@ -58,6 +71,12 @@ impl Metrics {
         self.requests
             .with_label_values(&[verb, subresource, outcome.as_str(), code.as_str()])
             .inc();
+    }
+
+    /// Counts one re-read of a changed file; a failure kept the last good content.
+    pub fn reload(&self, flag: &str, succeeded: bool) {
+        let result = if succeeded { "success" } else { "error" };
+        self.reloads.with_label_values(&[flag, result]).inc();
     }
 
     /// The registry in Prometheus text format.

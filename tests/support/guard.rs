@@ -129,7 +129,9 @@ pub fn flags(
 /// Parses `flags` exactly as the binary does and starts the guard.
 pub async fn start_with_flags(argv: &[String]) -> Result<Running, String> {
     let cli = <Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
-    let Command::Serve(args) = cli.command;
+    let Command::Serve(args) = cli.command else {
+        return Err("not a serve command".into());
+    };
     let config = args.validate().map_err(|e| e.to_string())?;
     kubelet_guard::start(config)
         .await

@@ -4,7 +4,9 @@
 //! Upgrades are real handshakes (see [`upgrade`]): after the `101` an exec WebSocket greets on
 //! stdout and echoes stdin back on stdout; a SPDY stream echoes raw bytes. `?follow=true`
 //! container logs stream one line per [`KubeletDouble::release_log_line`], so a test can prove
-//! streaming without sleeping. Every request is recorded with the client certificate's CN.
+//! streaming without sleeping. Every request is recorded with the client certificate's CN and its
+//! whole body (read before routing, so a test can prove a body arrived intact; the double never
+//! answers before the request body has ended).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -75,6 +77,8 @@ pub struct Recorded {
     pub client_cn: Option<String>,
     /// The HTTP version.
     pub version: Version,
+    /// The request body, complete and de-chunked (empty for upgrade handshakes).
+    pub body: Bytes,
 }
 
 struct Shared {
@@ -192,6 +196,14 @@ async fn route(
     client_cn: Option<String>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    // Upgrade handshakes have an empty body, so reading it first never holds back a 101.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let req = Request::from_parts(parts, ());
     let anonymous = client_cn.is_none() && !req.headers().contains_key(http::header::AUTHORIZATION);
     shared.requests.lock().expect("requests").push(Recorded {
         method: req.method().clone(),
@@ -199,6 +211,7 @@ async fn route(
         headers: req.headers().clone(),
         client_cn,
         version: req.version(),
+        body: body.clone(),
     });
     if anonymous {
         return text(StatusCode::UNAUTHORIZED, "text/plain", "Unauthorized");
@@ -294,13 +307,7 @@ async fn route(
             "pprof profile bytes",
         ),
         (_, "/debug/flags/v") if method == Method::PUT => {
-            let level = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let level = String::from_utf8_lossy(&level).trim().to_owned();
+            let level = String::from_utf8_lossy(&body).trim().to_owned();
             text(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use super::{Body, EXEC_GREETING, SPDY_PROTOCOLS, Shared, WEBSOCKET_PROTOCOLS, empty, text};
 
 /// `/exec`, `/attach`, `/portForward`: 400 unless the request asks for a WebSocket or SPDY/3.1.
-pub(super) fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
+pub(super) fn upgrade<B>(shared: Arc<Shared>, mut req: Request<B>) -> Response<Body> {
     let upgrade = header_values(req.headers(), header::UPGRADE);
     let wants = |proto: &str| upgrade.iter().any(|v| v.eq_ignore_ascii_case(proto));
     if wants("websocket") {
