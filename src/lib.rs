@@ -5,6 +5,8 @@
 //! `authz::sar::AccessReviewer`); `apiserver` implements both against kube-apiserver.
 
 pub mod apiserver;
+/// The audit trail: `audit.k8s.io/v1` events and their sinks.
+pub mod audit;
 /// Who is calling: certificate, bearer token, or anonymous.
 pub mod authn;
 /// May they: ordered checks through a cached, coalescing decision cache.
