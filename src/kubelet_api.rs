@@ -15,6 +15,9 @@
 //! The `http` crate's [`Uri`] parser runs first: it silently drops a `#fragment` (`/pods#x`
 //! arrives as `/pods`) and refuses control bytes, space and DEL, but accepts `%`, `\` and
 //! non-ASCII UTF-8. Every byte rule is enforced here again, so no rule depends on that parser.
+//! The one rule this cannot enforce is KUBELET-API.md's 400 for `#`: the fragment is gone before
+//! classification, so `/metrics#/../exec` is authorized and forwarded as `/metrics` (both readings
+//! are the same bytes, which is what the rule protects; `tests/path_confusion.rs` pins it).
 //! On HTTP/2 hyper builds the `Uri` from `:scheme`, `:authority` and `:path`: only the path is
 //! checked there.
 

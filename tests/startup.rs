@@ -1,0 +1,377 @@
+//! A broken configuration stops the binary before it serves (STYLE.md rule 1): exit status 64 and
+//! a message on stderr naming the flag and, for files, the file. `serve --help` documents every
+//! flag in a line and its `KUBELET_GUARD_*` environment twin, and the twins are checked like the
+//! flags. Every run is the real binary with a cleared environment, killed if still up after 10 s.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use support::DEADLINE;
+use support::pki::{Ca, CertKey};
+
+/// sysexits EX_USAGE.
+const EXIT_CONFIG: i32 = 64;
+
+/// Valid files for every flag, so each test breaks exactly one thing.
+struct Fixture {
+    dir: PathBuf,
+    ca: Ca,
+    serving: CertKey,
+    other: CertKey,
+    kubelet_ca: Ca,
+    upstream: CertKey,
+    kubeconfig: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = support::temp_dir("startup");
+        let ca = Ca::new("cluster");
+        let kubelet_ca = Ca::new("kubelet");
+        let kubeconfig = dir.join("kubeconfig");
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+            ca.cert_path().display()
+        );
+        std::fs::write(&kubeconfig, yaml).unwrap();
+        Fixture {
+            serving: ca.server_cert("node-1", &["127.0.0.1"]),
+            other: ca.server_cert("node-2", &["127.0.0.1"]),
+            upstream: kubelet_ca.client_cert("kubelet-guard", &[]),
+            dir,
+            ca,
+            kubelet_ca,
+            kubeconfig,
+        }
+    }
+
+    /// `serve` with a complete, valid set of flags on ephemeral loopback ports.
+    fn args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        [
+            ("--listen", "127.0.0.1:0".to_owned()),
+            ("--metrics-listen", "127.0.0.1:0".to_owned()),
+            ("--tls-cert-file", path(&self.serving.cert_path)),
+            ("--tls-private-key-file", path(&self.serving.key_path)),
+            ("--client-ca-file", path(self.ca.cert_path())),
+            ("--upstream", "https://127.0.0.1:10250".to_owned()),
+            ("--upstream-ca-file", path(self.kubelet_ca.cert_path())),
+            (
+                "--upstream-client-cert-file",
+                path(&self.upstream.cert_path),
+            ),
+            ("--upstream-client-key-file", path(&self.upstream.key_path)),
+            ("--kubeconfig", path(&self.kubeconfig)),
+            ("--node-name", "node-1".to_owned()),
+        ]
+        .into_iter()
+        .fold(vec!["serve".to_owned()], |mut args, (flag, value)| {
+            args.push(format!("{flag}={value}"));
+            args
+        })
+    }
+
+    /// Writes `contents` to a file in the fixture's directory.
+    fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+/// `args` with `flag` removed, then set to `value` if given.
+fn set(mut args: Vec<String>, flag: &str, value: Option<&Path>) -> Vec<String> {
+    args.retain(|arg| !arg.starts_with(&format!("{flag}=")));
+    if let Some(value) = value {
+        args.push(format!("{flag}={}", value.display()));
+    }
+    args
+}
+
+/// Reads `pipe` to its end on a thread; the text arrives when the process has closed it.
+fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    rx
+}
+
+/// Starts the binary with `args` and only the environment variables in `env`.
+fn spawn(args: &[String], env: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs the binary to completion: exit code, stdout, stderr. Kills it and fails after 10 s.
+fn run(args: &[String], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut child = spawn(args, env);
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let Ok(stderr) = stderr.recv_timeout(DEADLINE) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("still running after {DEADLINE:?}: {args:?}");
+    };
+    let stdout = stdout.recv_timeout(DEADLINE).unwrap_or_default();
+    let code = child.wait().unwrap().code().expect("exited, not signalled");
+    (code, stdout, stderr)
+}
+
+/// Starts the binary, returns its "serving" log line (if one comes within 10 s) and kills it.
+fn serving_line(args: &[String], env: &[(&str, &str)]) -> Option<String> {
+    let mut child = spawn(args, env);
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let serving = std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
+        .find(|line| line.contains("kubelet-guard serving"));
+    let _ = child.kill();
+    let _ = child.wait();
+    serving
+}
+
+/// Asserts exit status 64 and a stderr that contains every one of `names`.
+fn assert_refused(args: &[String], env: &[(&str, &str)], names: &[&str]) {
+    let (code, _, stderr) = run(args, env);
+    assert_eq!(code, EXIT_CONFIG, "{args:?}: {stderr}");
+    for name in names {
+        assert!(stderr.contains(name), "stderr names {name}: {stderr}");
+    }
+    assert!(
+        !stderr.contains("kubelet-guard serving"),
+        "refused before serving: {stderr}"
+    );
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn the_fixture_starts_a_guard() {
+    let fixture = Fixture::new();
+    let serving = serving_line(&fixture.args(), &[]);
+    assert!(
+        serving.is_some(),
+        "the valid flags serve: so every refusal below is its flag's"
+    );
+}
+
+#[test]
+fn serving_files_that_cannot_be_used_are_named() {
+    let f = Fixture::new();
+    let missing = f.dir.join("missing.crt");
+    let garbled = f.file(
+        "garbled.crt",
+        "-----BEGIN CERTIFICATE-----\nnot*base64!\n-----END CERTIFICATE-----\n",
+    );
+    let no_pem = f.file("empty.crt", "just text\n");
+    let key = display(&f.serving.key_path);
+    assert_refused(
+        &set(f.args(), "--tls-cert-file", None),
+        &[],
+        &["--tls-cert-file"],
+    );
+    for (flag, path) in [
+        ("--tls-cert-file", &missing),
+        ("--tls-cert-file", &garbled),
+        ("--tls-cert-file", &no_pem),
+        ("--tls-private-key-file", &garbled),
+        ("--client-ca-file", &garbled),
+        ("--upstream-ca-file", &missing),
+        ("--upstream-client-cert-file", &no_pem),
+    ] {
+        assert_refused(
+            &set(f.args(), flag, Some(path)),
+            &[],
+            &[flag, &display(path)],
+        );
+    }
+    // A key from another certificate: the key's flag and file, and the certificate it misses.
+    let mismatched = set(f.args(), "--tls-private-key-file", Some(&f.other.key_path));
+    let other_key = display(&f.other.key_path);
+    assert_refused(
+        &mismatched,
+        &[],
+        &["--tls-private-key-file", &other_key, "--tls-cert-file"],
+    );
+    assert_ne!(other_key, key);
+}
+
+#[test]
+fn a_node_name_that_no_node_can_have_is_refused() {
+    let f = Fixture::new();
+    assert_refused(
+        &set(f.args(), "--node-name", Some(Path::new(""))),
+        &[],
+        &["--node-name"],
+    );
+    assert_refused(
+        &set(f.args(), "--node-name", Some(Path::new("Node_1"))),
+        &[],
+        &["--node-name"],
+    );
+    let unnamed = set(f.args(), "--node-name", None);
+    assert_refused(
+        &unnamed,
+        &[("NODE_NAME", "")],
+        &["--node-name", "NODE_NAME"],
+    );
+    assert_refused(
+        &unnamed,
+        &[("KUBELET_GUARD_NODE_NAME", "Bad_Name")],
+        &["--node-name"],
+    );
+}
+
+/// Without `--node-name` and `NODE_NAME` the guard names its node after the host, as the
+/// kubelet does (KUBELET-API.md section 1 mentions only the flag and `NODE_NAME`).
+#[test]
+fn without_a_node_name_the_host_name_is_used() {
+    let f = Fixture::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim().to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    let unnamed = set(f.args(), "--node-name", None);
+    if !valid {
+        assert_refused(&unnamed, &[], &["--node-name", "host name"]);
+        return;
+    }
+    let serving = serving_line(&unnamed, &[("KUBELET_GUARD_LOG_FORMAT", "json")]);
+    let serving = serving.expect("the guard serves under the host's name");
+    assert!(
+        serving.contains(&format!("\"node\":\"{host}\"")),
+        "{serving}"
+    );
+}
+
+#[test]
+fn unusable_upstream_and_apiserver_settings_are_named() {
+    let f = Fixture::new();
+    let http = set(
+        f.args(),
+        "--upstream",
+        Some(Path::new("http://127.0.0.1:10250")),
+    );
+    assert_refused(&http, &[], &["--upstream", "https"]);
+    let missing = f.dir.join("no-kubeconfig");
+    let kubeconfig = set(f.args(), "--kubeconfig", Some(&missing));
+    assert_refused(&kubeconfig, &[], &["--kubeconfig", &display(&missing)]);
+    let soon = set(f.args(), "--apiserver-timeout", Some(Path::new("soon")));
+    assert_refused(&soon, &[], &["--apiserver-timeout", "soon"]);
+
+    let empty = f.file("token", "\n");
+    let token = set(
+        set(f.args(), "--upstream-client-cert-file", None),
+        "--upstream-client-key-file",
+        None,
+    );
+    let token = set(token, "--upstream-token-file", Some(&empty));
+    assert_refused(&token, &[], &["--upstream-token-file", &display(&empty)]);
+}
+
+#[test]
+fn environment_twins_are_checked_like_their_flags() {
+    let f = Fixture::new();
+    let missing = f.dir.join("missing.pem");
+    let missing = display(&missing);
+    for (flag, variable, value) in [
+        ("--node-name", "KUBELET_GUARD_NODE_NAME", "Bad_Name"),
+        (
+            "--upstream",
+            "KUBELET_GUARD_UPSTREAM",
+            "http://127.0.0.1:10250",
+        ),
+        (
+            "--apiserver-timeout",
+            "KUBELET_GUARD_APISERVER_TIMEOUT",
+            "soon",
+        ),
+        (
+            "--tls-cert-file",
+            "KUBELET_GUARD_TLS_CERT_FILE",
+            missing.as_str(),
+        ),
+        ("--kubeconfig", "KUBELET_GUARD_KUBECONFIG", missing.as_str()),
+    ] {
+        let args = set(f.args(), flag, None);
+        assert_refused(&args, &[(variable, value)], &[flag]);
+    }
+}
+
+#[test]
+fn help_describes_every_flag_and_its_environment_twin() {
+    let (code, top, _) = run(&["--help".to_owned()], &[]);
+    assert_eq!(code, 0, "{top}");
+    assert!(top.contains("serve"), "{top}");
+
+    let (code, help, stderr) = run(&["serve".to_owned(), "--help".to_owned()], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let flags = flag_blocks(&help);
+    for expected in Fixture::new().args().iter().skip(1) {
+        let name = expected.split('=').next().unwrap();
+        assert!(
+            flags.iter().any(|(flag, _)| flag == name),
+            "{name} in help: {help}"
+        );
+    }
+    for (flag, block) in flags.iter().filter(|(flag, _)| flag != "--help") {
+        let description = block.get(1).map_or("", |line| line.trim());
+        assert!(
+            !description.is_empty() && !description.starts_with('['),
+            "{flag} has a one-line description: {block:?}"
+        );
+        let twin = format!(
+            "KUBELET_GUARD_{}",
+            flag[2..].replace('-', "_").to_uppercase()
+        );
+        assert!(
+            block
+                .iter()
+                .any(|line| line.contains(&format!("[env: {twin}="))),
+            "{flag} has the environment twin {twin}: {block:?}"
+        );
+    }
+}
+
+/// Splits clap's long help into (flag, lines of its entry).
+fn flag_blocks(help: &str) -> Vec<(String, Vec<&str>)> {
+    let mut blocks: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in help.lines() {
+        let entry = line.trim_start().trim_start_matches("-h, ");
+        if entry.starts_with("--") {
+            let flag = entry.split([' ', '=', '[', '<']).next().unwrap().to_owned();
+            blocks.push((flag, vec![line]));
+        } else if let Some((_, block)) = blocks.last_mut() {
+            block.push(line);
+        }
+    }
+    blocks
+}
