@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
@@ -25,6 +25,7 @@ use crate::authz::Decision;
 use crate::authz::sar::AccessReviewer;
 use crate::config::{self, NodeName};
 use crate::kubelet_api::{Subresource, Verb};
+use crate::metrics::Metrics;
 
 /// A future returned by a reviewer.
 pub type ReviewFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ReviewError>> + Send + 'a>>;
@@ -74,11 +75,16 @@ pub struct ApiServer {
     audiences: Vec<String>,
     node: NodeName,
     timeout: Duration,
+    metrics: Metrics,
 }
 
 impl ApiServer {
     /// Builds the client from `--kubeconfig` or the in-cluster configuration.
-    pub async fn connect(settings: &config::ApiServer, node: NodeName) -> Result<Self, SetupError> {
+    pub async fn connect(
+        settings: &config::ApiServer,
+        node: NodeName,
+        metrics: Metrics,
+    ) -> Result<Self, SetupError> {
         let mut kube_config = match &settings.kubeconfig {
             Some(path) => from_file(path).await?,
             None => kube::Config::incluster().map_err(|e| SetupError::InCluster(e.to_string()))?,
@@ -100,23 +106,37 @@ impl ApiServer {
             audiences: settings.audiences.clone(),
             node,
             timeout: settings.timeout,
+            metrics,
         })
     }
 
-    /// Runs one API call under the deadline.
+    /// Runs one API call under the deadline, timing it as `api`.
     async fn call<T>(
         &self,
+        api: &str,
         call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, ReviewError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(ReviewError::Timeout(self.timeout)),
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(kube::Error::Api(status))) => Err(ReviewError::Status {
-                code: status.code,
-                message: status.message,
-            }),
-            Ok(Err(e)) => Err(ReviewError::Transport(e.to_string())),
-        }
+        let started = Instant::now();
+        let (code, result) = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => (
+                "timeout".to_owned(),
+                Err(ReviewError::Timeout(self.timeout)),
+            ),
+            Ok(Ok(answer)) => ("201".to_owned(), Ok(answer)),
+            Ok(Err(kube::Error::Api(status))) => (
+                status.code.to_string(),
+                Err(ReviewError::Status {
+                    code: status.code,
+                    message: status.message,
+                }),
+            ),
+            Ok(Err(e)) => (
+                "error".to_owned(),
+                Err(ReviewError::Transport(e.to_string())),
+            ),
+        };
+        self.metrics.apiserver(api, &code, started.elapsed());
+        result
     }
 }
 
@@ -132,7 +152,7 @@ impl TokenReviewer for ApiServer {
             };
             let api = Api::<TokenReview>::all(self.client.clone());
             let answer = self
-                .call(api.create(&PostParams::default(), &request))
+                .call("tokenreview", api.create(&PostParams::default(), &request))
                 .await?;
             let Some(status) = answer.status else {
                 return Err(ReviewError::Inconsistent(
@@ -197,7 +217,10 @@ impl AccessReviewer for ApiServer {
             };
             let api = Api::<SubjectAccessReview>::all(self.client.clone());
             let answer = self
-                .call(api.create(&PostParams::default(), &request))
+                .call(
+                    "subjectaccessreview",
+                    api.create(&PostParams::default(), &request),
+                )
                 .await?;
             let Some(status) = answer.status else {
                 return Err(ReviewError::Inconsistent(

@@ -149,3 +149,16 @@ pub struct EventList<'a> {
     /// The events.
     pub items: &'a [Event],
 }
+
+/// Where the request pipeline hands each finished event. Implementations never block.
+pub trait Recorder: Send + Sync {
+    /// Takes one event.
+    fn record(&self, event: Event);
+}
+
+/// Drops every event: the recorder when no audit sink is configured.
+pub struct Discard;
+
+impl Recorder for Discard {
+    fn record(&self, _event: Event) {}
+}

@@ -110,6 +110,9 @@ pub struct ServeArgs {
     /// Treat callers without credentials as system:anonymous (still authorized) instead of 401.
     #[arg(long, env = "KUBELET_GUARD_ANONYMOUS_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub anonymous_auth: bool,
+    /// enforce: refuse what is not authorized; observe: decide and record, but forward token callers with their own token.
+    #[arg(long, env = "KUBELET_GUARD_MODE", value_enum, default_value_t = Mode::Enforce)]
+    pub mode: Mode,
     /// Check nodes/proxy after a fine-grained subresource denies (/pods, /healthz, /configz, /runningpods/).
     #[arg(long, env = "KUBELET_GUARD_PROXY_FALLBACK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub proxy_fallback: bool,
@@ -127,6 +130,17 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "KUBELET_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Whether the guard enforces its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Refuse what is not authorized (the default).
+    Enforce,
+    /// Decide and record as usual, but forward bearer-token and anonymous callers with their own
+    /// credentials so the kubelet's native authorization decides: a first rollout that breaks
+    /// nothing. Certificate callers are enforced in both modes.
+    Observe,
 }
 
 /// How log lines are written.
@@ -163,6 +177,8 @@ pub struct Config {
     pub anonymous_auth: bool,
     /// Whether step-1 paths fall back to nodes/proxy.
     pub proxy_fallback: bool,
+    /// Enforce or observe.
+    pub mode: Mode,
     /// How often files are re-read.
     pub reload_interval: Duration,
 }
@@ -362,6 +378,7 @@ impl ServeArgs {
             },
             anonymous_auth: self.anonymous_auth,
             proxy_fallback: self.proxy_fallback,
+            mode: self.mode,
             reload_interval: self.tls_reload_interval,
         })
     }

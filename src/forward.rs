@@ -41,9 +41,40 @@ pub enum ForwardError {
     Timeout(Duration),
 }
 
-/// The kubelet behind the guard and the pooled client that reaches it.
+/// Whose credential a forwarded request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// The guard's own (client certificate or token file): every enforced request.
+    Guard,
+    /// The caller's own bearer token, over a connection without the guard's certificate: `observe`
+    /// mode, where the kubelet's native authorization stays in force.
+    Caller,
+}
+
+/// What forwarding produced: the kubelet's response, and for a relayed upgrade the task that
+/// copies the stream and reports its totals when either side closes.
+pub struct Forwarded {
+    /// The response to send back.
+    pub response: Response<Body>,
+    /// The splice task of an upgraded connection.
+    pub stream: Option<tokio::task::JoinHandle<Relayed>>,
+}
+
+/// Totals of one upgraded stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// Bytes copied from the caller to the kubelet.
+    pub to_kubelet: u64,
+    /// Bytes copied from the kubelet to the caller.
+    pub to_caller: u64,
+    /// How long the stream was open after the 101.
+    pub duration: Duration,
+}
+
+/// The kubelet behind the guard and the pooled clients that reach it.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    caller_client: Option<Client<HttpsConnector<HttpConnector>, Incoming>>,
     authority: http::uri::Authority,
     token: Option<Arc<Watched<HeaderValue>>>,
     timeout: Duration,
@@ -68,8 +99,13 @@ const CREDENTIALS: [HeaderName; 3] = [
 ];
 
 impl Upstream {
-    /// Builds the client for `settings` with the upstream TLS configuration.
-    pub fn new(settings: &config::Upstream, tls: rustls::ClientConfig) -> Result<Self, FileError> {
+    /// Builds the client for `settings` with the upstream TLS configuration, and with `caller_tls`
+    /// (no client certificate) a second client for requests forwarded with the caller's token.
+    pub fn new(
+        settings: &config::Upstream,
+        tls: rustls::ClientConfig,
+        caller_tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, FileError> {
         let token = match &settings.credential {
             UpstreamCredential::TokenFile(path) => Some(Arc::new(Watched::load(
                 "--upstream-token-file",
@@ -78,17 +114,22 @@ impl Upstream {
             )?)),
             UpstreamCredential::ClientCert { .. } => None,
         };
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .with_server_name_resolver(FixedServerNameResolver::new(settings.server_name.clone()))
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let client = |tls: rustls::ClientConfig| {
+            let connector = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .with_server_name_resolver(FixedServerNameResolver::new(
+                    settings.server_name.clone(),
+                ))
+                .enable_http1()
+                .build();
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(connector)
+        };
         Ok(Self {
-            client,
+            client: client(tls),
+            caller_client: caller_tls.map(client),
             authority: settings.authority.clone(),
             token,
             timeout: settings.timeout,
@@ -100,13 +141,14 @@ impl Upstream {
         self.token.as_ref()
     }
 
-    /// Sends `request` to the kubelet and returns its response, relaying an upgrade if the kubelet
-    /// switches protocols. `upgrade` says whether the caller asked for one.
+    /// Sends `request` to the kubelet with `credential` and returns its response, relaying an
+    /// upgrade if the kubelet switches protocols. `upgrade` says whether the caller asked for one.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         upgrade: bool,
-    ) -> Result<Response<Body>, ForwardError> {
+        credential: Credential,
+    ) -> Result<Forwarded, ForwardError> {
         let inbound_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -122,33 +164,47 @@ impl Upstream {
             .method(parts.method)
             .uri(uri)
             .version(http::Version::HTTP_11);
+        let client = match (credential, &self.caller_client) {
+            (Credential::Caller, Some(caller_client)) => caller_client,
+            _ => &self.client,
+        };
         if let Some(headers) = outbound.headers_mut() {
             *headers = request_headers(&parts.headers, upgrade);
-            if let Some(token) = &self.token {
-                headers.insert(header::AUTHORIZATION, HeaderValue::clone(&token.current()));
+            let authorization = match credential {
+                Credential::Guard => self
+                    .token
+                    .as_ref()
+                    .map(|token| HeaderValue::clone(&token.current())),
+                Credential::Caller => parts.headers.get(header::AUTHORIZATION).cloned(),
+            };
+            if let Some(authorization) = authorization {
+                headers.insert(header::AUTHORIZATION, authorization);
             }
         }
         let outbound = outbound.body(body).map_err(|e| {
             ForwardError::Unreachable(format!("cannot build the upstream request: {e}"))
         })?;
 
-        let mut response =
-            match tokio::time::timeout(self.timeout, self.client.request(outbound)).await {
-                Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-                Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
-                Ok(Ok(response)) => response,
-            };
+        let mut response = match tokio::time::timeout(self.timeout, client.request(outbound)).await
+        {
+            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match inbound_upgrade {
-            Some(inbound) if switching => {
-                let outbound = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice(inbound, outbound));
-            }
-            _ => {}
-        }
+        let stream = match inbound_upgrade {
+            Some(inbound) if switching => Some(tokio::spawn(splice(
+                inbound,
+                hyper::upgrade::on(&mut response),
+            ))),
+            _ => None,
+        };
         let (mut parts, body) = response.into_parts();
         parts.headers = response_headers(&parts.headers, switching && upgrade);
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Forwarded {
+            response: Response::from_parts(parts, body.boxed()),
+            stream,
+        })
     }
 }
 
@@ -209,22 +265,33 @@ fn without_hop_by_hop(source: &HeaderMap) -> HeaderMap {
 }
 
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
-/// either side closes.
-async fn splice(inbound: hyper::upgrade::OnUpgrade, outbound: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(inbound, outbound) {
+/// either side closes, and reports the totals.
+async fn splice(
+    inbound: hyper::upgrade::OnUpgrade,
+    outbound: hyper::upgrade::OnUpgrade,
+) -> Relayed {
+    let started = std::time::Instant::now();
+    let (to_kubelet, to_caller) = match tokio::try_join!(inbound, outbound) {
         Ok((inbound, outbound)) => {
             let mut inbound = TokioIo::new(inbound);
             let mut outbound = TokioIo::new(outbound);
             match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
-                Ok((up, down)) => tracing::debug!(
-                    bytes_to_kubelet = up,
-                    bytes_to_caller = down,
-                    "upgraded stream closed"
-                ),
-                Err(e) => tracing::debug!(error = %e, "upgraded stream ended with an error"),
+                Ok(totals) => totals,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgraded stream ended with an error");
+                    (0, 0)
+                }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "upgrade failed after 101"),
+        Err(e) => {
+            tracing::warn!(error = %e, "upgrade failed after 101");
+            (0, 0)
+        }
+    };
+    Relayed {
+        to_kubelet,
+        to_caller,
+        duration: started.elapsed(),
     }
 }
 

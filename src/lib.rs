@@ -93,30 +93,42 @@ pub struct Running {
 /// bound unless every file loaded.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let server_tls = Arc::new(tls::server_config(&config.serving)?);
-    let upstream = Upstream::new(&config.upstream, tls::upstream_config(&config.upstream)?)?;
+    let caller_tls = match config.mode {
+        config::Mode::Observe => Some(tls::upstream_config_for_callers(&config.upstream)?),
+        config::Mode::Enforce => None,
+    };
+    let upstream = Upstream::new(
+        &config.upstream,
+        tls::upstream_config(&config.upstream)?,
+        caller_tls,
+    )?;
     let mut watched: Vec<Arc<dyn Poll>> = Vec::new();
     if let Some(token) = upstream.token() {
         watched.push(token.clone());
     }
-    let (tokens, access) = reviewers(&config, &mut watched).await?;
     let metrics = Metrics::new(prometheus::Registry::new())?;
+    let (tokens, access) = reviewers(&config, &metrics, &mut watched).await?;
     let ready = Readiness::default();
 
     let state = Arc::new(State {
         authenticator: Authenticator::new(
-            TokenAuthenticator::new(tokens, config.cache.token),
+            TokenAuthenticator::new(tokens, config.cache.token, metrics.clone()),
             config.anonymous_auth,
         ),
         authorizer: Authorizer::new(DecisionCache::new(
             access,
             config.cache.authorized,
             config.cache.unauthorized,
+            metrics.clone(),
         )),
         upstream,
         metrics: metrics.clone(),
+        audit: Arc::new(audit::Discard),
         classify: kubelet_api::Options {
             proxy_fallback: config.proxy_fallback,
         },
+        mode: config.mode,
+        node: config.node_name.clone(),
     });
 
     let admin = server::bind(config.metrics_listen, "--metrics-listen").await?;
@@ -162,6 +174,7 @@ impl Running {
 /// only when one of the two needs it).
 async fn reviewers(
     config: &Config,
+    metrics: &Metrics,
     watched: &mut Vec<Arc<dyn Poll>>,
 ) -> Result<(Arc<dyn TokenReviewer>, Arc<dyn AccessReviewer>), StartError> {
     let settings = &config.apiserver;
@@ -176,7 +189,7 @@ async fn reviewers(
             watched.push(file.clone());
             Arc::new(TokenFile(file))
         }
-        None => connected(&mut api, config).await?,
+        None => connected(&mut api, config, metrics).await?,
     };
     let access: Arc<dyn AccessReviewer> = match &settings.rbac_policy_file {
         Some(path) => {
@@ -191,7 +204,7 @@ async fn reviewers(
                 node: config.node_name.clone(),
             })
         }
-        None => connected(&mut api, config).await?,
+        None => connected(&mut api, config, metrics).await?,
     };
     Ok((tokens, access))
 }
@@ -200,12 +213,14 @@ async fn reviewers(
 async fn connected(
     api: &mut Option<Arc<ApiServer>>,
     config: &Config,
+    metrics: &Metrics,
 ) -> Result<Arc<ApiServer>, StartError> {
     if let Some(api) = api {
         return Ok(Arc::clone(api));
     }
-    let connected =
-        Arc::new(ApiServer::connect(&config.apiserver, config.node_name.clone()).await?);
+    let connected = Arc::new(
+        ApiServer::connect(&config.apiserver, config.node_name.clone(), metrics.clone()).await?,
+    );
     *api = Some(Arc::clone(&connected));
     Ok(connected)
 }

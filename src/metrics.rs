@@ -11,14 +11,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
-use prometheus::{IntCounterVec, Opts, Registry, TextEncoder};
+use std::time::Duration;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// The guard's metric handles.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    duration: HistogramVec,
+    cache: IntCounterVec,
+    apiserver: HistogramVec,
+    fallback: IntCounterVec,
+    upgrades: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    observed: IntCounterVec,
+    connections: IntGauge,
     reloads: IntCounterVec,
+    /// Audit events dropped because the queue was full.
+    pub audit_dropped: IntCounter,
+    /// Audit webhook batches given up after retries.
+    pub audit_webhook_failures: IntCounter,
 }
 
 /// How a request ended, as the `decision` label says it.
@@ -36,41 +53,187 @@ pub enum Outcome {
     Error,
 }
 
+/// Which decision cache a lookup went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    /// TokenReview results.
+    Token,
+    /// SubjectAccessReview results.
+    Sar,
+}
+
 /// Whether the guard is serving; `/readyz` reports it.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 
+/// Counts one open connection for as long as it lives.
+pub struct ConnectionGuard(IntGauge);
+
+/// Latency buckets for requests and API calls, in seconds: 1 ms to 30 s.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 impl Metrics {
     /// Registers the guard's metrics on `registry`.
     pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "kubelet_guard_requests_total",
-                "Requests to the guarded kubelet API, by outcome.",
-            ),
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(vec.clone()))?;
+                Ok(vec)
+            };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+                let vec = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                Ok(vec)
+            };
+        let requests = counter(
+            "kubelet_guard_requests_total",
+            "Requests to the guarded kubelet API, by verb, deciding subresource, decision and status code.",
             &["verb", "subresource", "decision", "code"],
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "kubelet_guard_file_reloads_total",
-                "Re-reads of changed files, by the flag naming the file and result.",
-            ),
+        let duration = histogram(
+            "kubelet_guard_request_duration_seconds",
+            "Time from a request's arrival to its response headers, by decision.",
+            &["decision"],
+        )?;
+        let cache = counter(
+            "kubelet_guard_authorization_cache_requests_total",
+            "Lookups in the token and access-review caches; a miss costs an API call.",
+            &["cache", "result"],
+        )?;
+        let apiserver = histogram(
+            "kubelet_guard_apiserver_request_duration_seconds",
+            "TokenReview and SubjectAccessReview calls, by API and HTTP status (or error).",
+            &["api", "code"],
+        )?;
+        let fallback = counter(
+            "kubelet_guard_proxy_fallback_total",
+            "Requests allowed only through the nodes/proxy fallback, by the fine-grained subresource that denied.",
+            &["subresource"],
+        )?;
+        let upgrades = counter(
+            "kubelet_guard_upgrades_total",
+            "Protocol upgrade requests (exec, attach, port-forward), by decision and protocol.",
+            &["decision", "protocol"],
+        )?;
+        let upstream_errors = counter(
+            "kubelet_guard_upstream_errors_total",
+            "Failures reaching the kubelet, by kind.",
+            &["kind"],
+        )?;
+        let observed = counter(
+            "kubelet_guard_observed_refusals_total",
+            "In --mode=observe, requests forwarded that enforcing would have refused, by that refusal.",
+            &["decision"],
+        )?;
+        let reloads = counter(
+            "kubelet_guard_file_reloads_total",
+            "Re-reads of changed files, by the flag naming the file and result.",
             &["flag", "result"],
         )?;
-        registry.register(Box::new(reloads.clone()))?;
+        let connections =
+            IntGauge::new("kubelet_guard_open_connections", "Open caller connections.")?;
+        registry.register(Box::new(connections.clone()))?;
+        let audit_dropped = IntCounter::new(
+            "kubelet_guard_audit_events_dropped_total",
+            "Audit events dropped because the audit queue was full.",
+        )?;
+        registry.register(Box::new(audit_dropped.clone()))?;
+        let audit_webhook_failures = IntCounter::new(
+            "kubelet_guard_audit_webhook_failures_total",
+            "Audit batches the webhook receiver did not take after every retry.",
+        )?;
+        registry.register(Box::new(audit_webhook_failures.clone()))?;
+        let build = IntGaugeVec::new(
+            Opts::new("kubelet_guard_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build))?;
         Ok(Self {
             registry,
             requests,
+            duration,
+            cache,
+            apiserver,
+            fallback,
+            upgrades,
+            upstream_errors,
+            observed,
+            connections,
             reloads,
+            audit_dropped,
+            audit_webhook_failures,
         })
     }
 
     /// Counts one finished request. `verb` and `subresource` are empty when unknown.
-    pub fn request(&self, verb: &str, subresource: &str, outcome: Outcome, code: StatusCode) {
+    pub fn request(
+        &self,
+        verb: &str,
+        subresource: &str,
+        outcome: Outcome,
+        code: StatusCode,
+        took: Duration,
+    ) {
         self.requests
             .with_label_values(&[verb, subresource, outcome.as_str(), code.as_str()])
             .inc();
+        self.duration
+            .with_label_values(&[outcome.as_str()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one cache lookup.
+    pub fn cache(&self, kind: CacheKind, hit: bool) {
+        let kind = match kind {
+            CacheKind::Token => "token",
+            CacheKind::Sar => "sar",
+        };
+        self.cache
+            .with_label_values(&[kind, if hit { "hit" } else { "miss" }])
+            .inc();
+    }
+
+    /// Times one API call; `code` is the HTTP status, or `error`/`timeout`.
+    pub fn apiserver(&self, api: &str, code: &str, took: Duration) {
+        self.apiserver
+            .with_label_values(&[api, code])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request that only `nodes/proxy` allowed after `denied` did not.
+    pub fn proxy_fallback(&self, denied: &str) {
+        self.fallback.with_label_values(&[denied]).inc();
+    }
+
+    /// Counts one upgrade request.
+    pub fn upgrade(&self, outcome: Outcome, protocol: &str) {
+        self.upgrades
+            .with_label_values(&[outcome.as_str(), protocol])
+            .inc();
+    }
+
+    /// Counts one failure to reach the kubelet.
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a request that observe mode forwarded although enforcing would have refused it.
+    pub fn observed(&self, would: Outcome) {
+        self.observed.with_label_values(&[would.as_str()]).inc();
+    }
+
+    /// Counts a connection open until the returned guard drops.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
     }
 
     /// Counts one re-read of a changed file; a failure kept the last good content.
@@ -84,6 +247,12 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -2,6 +2,8 @@
 //! record. Also the one place where an error becomes a status code, a body in the kubelet's format
 //! (KUBELET-API.md section 7) and a metric label.
 
+mod record;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,11 +12,14 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::authn::{Authenticator, AuthnError, Identity, PeerCertificate};
-use crate::authz::{Authorizer, AuthzError, Verdict};
-use crate::forward::{Body, ForwardError, Upstream};
-use crate::kubelet_api::{self, KubeletRequest, Rejection, Subresource, Verb};
+use crate::audit::Recorder;
+use crate::authn::{Authenticator, AuthnError, PeerCertificate};
+use crate::authz::{Authorizer, AuthzError};
+use crate::config::{Mode, NodeName};
+use crate::forward::{Body, Credential, ForwardError, Forwarded, Upstream};
+use crate::kubelet_api::{self, Rejection, Subresource, Verb};
 use crate::metrics::{Metrics, Outcome};
+use record::{Arrival, Trail};
 
 /// Everything a request needs, built once in `run()`.
 pub struct State {
@@ -26,8 +31,14 @@ pub struct State {
     pub upstream: Upstream,
     /// Counters.
     pub metrics: Metrics,
+    /// The audit trail.
+    pub audit: Arc<dyn Recorder>,
     /// Classifier options.
     pub classify: kubelet_api::Options,
+    /// Enforce or observe.
+    pub mode: Mode,
+    /// The node, for audit events.
+    pub node: NodeName,
 }
 
 /// What is known about a caller's connection before any request.
@@ -58,46 +69,27 @@ enum Refusal {
     Upstream(ForwardError),
 }
 
-/// What is learnt about a request as it passes the steps; the record step reads it.
-#[derive(Default)]
-struct Trail {
-    classified: Option<KubeletRequest>,
-    who: Option<Arc<Identity>>,
-    verdict: Option<Verdict>,
-}
-
 /// Runs the pipeline for one request and always produces a response.
 pub async fn handle(state: &State, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let arrival = Arrival::of(&request);
     let mut trail = Trail::default();
-    let (response, outcome) = match guard(state, peer, request, &mut trail).await {
-        Ok(response) => (response, Outcome::Allowed),
-        Err(refusal) => refuse(&refusal),
-    };
-
-    // Record: one metric sample and one debug line per request, never a credential.
-    let verb = trail.classified.as_ref().map_or("", |c| c.verb().as_str());
-    let subresource = match (&trail.verdict, &trail.classified) {
-        (Some(verdict), _) if verdict.allowed_by().is_some() => {
-            verdict.allowed_by().map_or("", Subresource::as_str)
+    let (mut response, outcome, stream) = match guard(state, peer, request, &mut trail).await {
+        Ok(Forwarded { response, stream }) => (response, Outcome::Allowed, stream),
+        Err(refusal) => {
+            let (response, outcome, message) = refuse(&refusal, &state.metrics);
+            trail.message = Some(message);
+            (response, outcome, None)
         }
-        (_, Some(classified)) => classified.checks().last().map_or("", |s| s.as_str()),
-        _ => "",
     };
-    state
-        .metrics
-        .request(verb, subresource, outcome, response.status());
-    tracing::debug!(
-        peer = %peer.addr,
-        %method,
-        %path,
-        user = trail.who.as_ref().map_or("", |who| who.name.as_str()),
-        verb,
-        subresource,
-        decision = outcome.as_str(),
-        status = response.status().as_u16(),
-        "request"
+    // Record: metrics, audit and the Audit-ID header, never a credential.
+    record::finish(
+        state,
+        peer.addr,
+        arrival,
+        trail,
+        outcome,
+        &mut response,
+        stream,
     );
     response
 }
@@ -108,10 +100,10 @@ async fn guard(
     peer: &Peer,
     request: Request<Incoming>,
     trail: &mut Trail,
-) -> Result<Response<Body>, Refusal> {
+) -> Result<Forwarded, Refusal> {
     // Classify first: a request-target that could be read two ways is refused before it costs a
-    // review, and what is authorized below is exactly what is forwarded.
-    let classified = trail.classified.insert(
+    // review, and what is authorized below is exactly what is forwarded. Observe mode too.
+    let classified = *trail.classified.insert(
         kubelet_api::classify(
             request.method(),
             request.uri(),
@@ -122,6 +114,39 @@ async fn guard(
         .map_err(Refusal::Unclassifiable)?,
     );
 
+    let decided = decide(state, peer, &request, trail).await;
+    // Observe mode forwards callers without a certificate with their own credentials, so the
+    // kubelet's native authorization decides; the guard's would-be refusal is only recorded.
+    let credential =
+        if state.mode == Mode::Observe && matches!(peer.certificate, PeerCertificate::Absent) {
+            if let Err(refusal) = &decided {
+                trail.observed = Some(outcome_of(refusal));
+                trail.message = Some(message_of(refusal));
+            }
+            Credential::Caller
+        } else {
+            decided?;
+            Credential::Guard
+        };
+
+    // Forward; in enforce mode as the guard's own identity, the caller's credentials stay here.
+    state
+        .upstream
+        .forward(request, classified.upgrade().is_some(), credential)
+        .await
+        .map_err(Refusal::Upstream)
+}
+
+/// Authenticates the caller and walks the checks; `Ok` means some check allowed.
+async fn decide(
+    state: &State,
+    peer: &Peer,
+    request: &Request<Incoming>,
+    trail: &mut Trail,
+) -> Result<(), Refusal> {
+    let Some(classified) = trail.classified else {
+        return Ok(());
+    };
     // Authenticate: the connection's certificate, else the bearer token.
     let who = trail.who.insert(
         state
@@ -130,7 +155,6 @@ async fn guard(
             .await
             .map_err(Refusal::Unauthenticated)?,
     );
-
     // Authorize: the fine-grained subresource first, nodes/proxy only where the kubelet falls back.
     let verdict = state
         .authorizer
@@ -142,90 +166,97 @@ async fn guard(
         })?;
     let allowed = verdict.allowed_by().is_some();
     trail.verdict = Some(verdict);
-    if !allowed {
-        return Err(Refusal::Forbidden {
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refusal::Forbidden {
             user: who.name.clone(),
             verb: classified.verb(),
             checks: classified.checks().to_vec(),
-        });
+        })
     }
-
-    // Forward as the guard's own identity; the caller's credentials stay here.
-    state
-        .upstream
-        .forward(request, classified.upgrade().is_some())
-        .await
-        .map_err(Refusal::Upstream)
 }
 
-/// The response and metric outcome for a refusal.
-fn refuse(refusal: &Refusal) -> (Response<Body>, Outcome) {
-    match refusal {
-        Refusal::Unclassifiable(rejection) => {
-            let status = if rejection.is_method() {
-                StatusCode::METHOD_NOT_ALLOWED
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            (text(status, format!("{rejection}\n")), Outcome::Rejected)
+/// The response, metric outcome and one-line message for a refusal.
+fn refuse(refusal: &Refusal, metrics: &Metrics) -> (Response<Body>, Outcome, String) {
+    let message = message_of(refusal);
+    let status = match refusal {
+        Refusal::Unclassifiable(rejection) if rejection.is_method() => {
+            StatusCode::METHOD_NOT_ALLOWED
         }
+        Refusal::Unclassifiable(_) => StatusCode::BAD_REQUEST,
         Refusal::Unauthenticated(AuthnError::Review(e)) => {
             tracing::warn!(error = %e, "token review failed");
-            (
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Authentication error: the token review failed\n".into(),
-                ),
-                Outcome::Error,
-            )
+            StatusCode::INTERNAL_SERVER_ERROR
         }
         Refusal::Unauthenticated(e) => {
             tracing::debug!(reason = %e, "unauthenticated");
-            (
-                text(StatusCode::UNAUTHORIZED, "Unauthorized".into()),
-                Outcome::Unauthenticated,
-            )
+            StatusCode::UNAUTHORIZED
         }
-        Refusal::Forbidden { user, verb, checks } => {
-            let checks: Vec<&str> = checks.iter().map(|s| s.as_str()).collect();
-            let body = format!(
-                "Forbidden (user={user}, verb={}, resource=nodes, subresource(s)=[{}])\n",
-                verb.as_str(),
-                checks.join(" ")
-            );
-            (text(StatusCode::FORBIDDEN, body), Outcome::Forbidden)
-        }
+        Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
         Refusal::Undecided { user, error } => {
             tracing::warn!(error = %error, cause = %error.source, user, "authorization failed");
-            let body = format!(
-                "Authorization error (user={user}, verb={}, resource=nodes, subresource={})",
-                error.verb.as_str(),
-                error.subresource.as_str()
-            );
-            (
-                text(StatusCode::INTERNAL_SERVER_ERROR, body),
-                Outcome::Error,
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        Refusal::Upstream(e) => {
+            tracing::warn!(error = %e, "kubelet failed");
+            let (status, kind) = match e {
+                ForwardError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                ForwardError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+            };
+            metrics.upstream_error(kind);
+            status
+        }
+    };
+    // The kubelet writes its 401 without a newline and its 403 with one; match it byte for byte.
+    let body = match refusal {
+        Refusal::Unauthenticated(AuthnError::Review(_))
+        | Refusal::Unauthenticated(_)
+        | Refusal::Undecided { .. } => message.clone(),
+        _ => format!("{message}\n"),
+    };
+    (text(status, body), outcome_of(refusal), message)
+}
+
+/// The metric outcome of a refusal.
+fn outcome_of(refusal: &Refusal) -> Outcome {
+    match refusal {
+        Refusal::Unclassifiable(_) => Outcome::Rejected,
+        Refusal::Unauthenticated(AuthnError::Review(_)) | Refusal::Undecided { .. } => {
+            Outcome::Error
+        }
+        Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
+        Refusal::Forbidden { .. } => Outcome::Forbidden,
+        Refusal::Upstream(_) => Outcome::Allowed,
+    }
+}
+
+/// The one-line message of a refusal, in the kubelet's words where the kubelet has words for it.
+fn message_of(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Unclassifiable(rejection) => rejection.to_string(),
+        Refusal::Unauthenticated(AuthnError::Review(_)) => {
+            "Authentication error: the token review failed".into()
+        }
+        Refusal::Unauthenticated(_) => "Unauthorized".into(),
+        Refusal::Forbidden { user, verb, checks } => {
+            let checks: Vec<&str> = checks.iter().map(|s| s.as_str()).collect();
+            format!(
+                "Forbidden (user={user}, verb={}, resource=nodes, subresource(s)=[{}])",
+                verb.as_str(),
+                checks.join(" ")
             )
         }
-        Refusal::Upstream(e @ ForwardError::Timeout(_)) => {
-            tracing::warn!(error = %e, "kubelet timed out");
-            (
-                text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Gateway Timeout: the kubelet did not answer in time\n".into(),
-                ),
-                Outcome::Allowed,
-            )
+        Refusal::Undecided { user, error } => format!(
+            "Authorization error (user={user}, verb={}, resource=nodes, subresource={})",
+            error.verb.as_str(),
+            error.subresource.as_str()
+        ),
+        Refusal::Upstream(ForwardError::Timeout(_)) => {
+            "Gateway Timeout: the kubelet did not answer in time".into()
         }
-        Refusal::Upstream(e @ ForwardError::Unreachable(_)) => {
-            tracing::warn!(error = %e, "kubelet unreachable");
-            (
-                text(
-                    StatusCode::BAD_GATEWAY,
-                    "Bad Gateway: the kubelet is unreachable\n".into(),
-                ),
-                Outcome::Allowed,
-            )
+        Refusal::Upstream(ForwardError::Unreachable(_)) => {
+            "Bad Gateway: the kubelet is unreachable".into()
         }
     }
 }

@@ -54,7 +54,9 @@ pub async fn serve_proxy(
         let state = Arc::clone(&state);
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let open = state.metrics.connection();
         tokio::spawn(async move {
+            let _open = open;
             let Some((tls, peer)) = handshake(&acceptor, tcp, addr).await else {
                 return;
             };

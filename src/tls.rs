@@ -65,6 +65,16 @@ pub fn server_config(files: &ServingFiles) -> Result<ServerConfig, TlsError> {
 /// Builds the client configuration towards the kubelet: its CA and the guard's client certificate
 /// if that is its credential. ALPN is left to the connector, which offers http/1.1 only.
 pub fn upstream_config(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
+    upstream_client(upstream, true)
+}
+
+/// The client configuration towards the kubelet without the guard's certificate, for requests
+/// forwarded with the caller's own token (`--mode=observe`).
+pub fn upstream_config_for_callers(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
+    upstream_client(upstream, false)
+}
+
+fn upstream_client(upstream: &Upstream, with_identity: bool) -> Result<ClientConfig, TlsError> {
     let roots = roots(&upstream.ca, "--upstream-ca-file")?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -74,7 +84,7 @@ pub fn upstream_config(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
         UpstreamCredential::ClientCert {
             cert,
             key: key_path,
-        } => {
+        } if with_identity => {
             let (chain, key) = cert_and_key(
                 cert,
                 "--upstream-client-cert-file",
@@ -85,7 +95,7 @@ pub fn upstream_config(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| error("--upstream-client-key-file", key_path, e))?
         }
-        UpstreamCredential::TokenFile(_) => builder.with_no_client_auth(),
+        _ => builder.with_no_client_auth(),
     };
     Ok(config)
 }

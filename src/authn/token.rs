@@ -9,6 +9,7 @@ use moka::future::Cache;
 
 use super::Identity;
 use crate::apiserver::{ReviewError, ReviewFuture};
+use crate::metrics::{CacheKind, Metrics};
 
 /// The result of reviewing one token.
 #[derive(Clone, Debug)]
@@ -33,6 +34,7 @@ pub struct TokenDigest([u8; 32]);
 pub struct TokenAuthenticator {
     reviewer: Arc<dyn TokenReviewer>,
     cache: Cache<TokenDigest, TokenOutcome>,
+    metrics: Metrics,
 }
 
 impl TokenDigest {
@@ -48,19 +50,25 @@ impl TokenDigest {
 impl TokenAuthenticator {
     /// Caches `reviewer`'s answers for `ttl` (zero: nothing is kept, but concurrent misses still
     /// share one review).
-    pub fn new(reviewer: Arc<dyn TokenReviewer>, ttl: Duration) -> Self {
+    pub fn new(reviewer: Arc<dyn TokenReviewer>, ttl: Duration, metrics: Metrics) -> Self {
         let cache = Cache::builder()
             .max_capacity(100_000)
             .time_to_live(ttl.max(Duration::from_nanos(1)))
             .build();
-        Self { reviewer, cache }
+        Self {
+            reviewer,
+            cache,
+            metrics,
+        }
     }
 
     /// Reviews a token, from the cache when possible.
     pub async fn review(&self, token: &str) -> Result<TokenOutcome, ReviewError> {
         let reviewer = &self.reviewer;
-        self.cache
-            .try_get_with(TokenDigest::of(token), async move {
+        let entry = self
+            .cache
+            .entry(TokenDigest::of(token))
+            .or_try_insert_with(async move {
                 reviewer.review(token).await.map(|outcome| match outcome {
                     TokenOutcome::Authenticated(identity) => TokenOutcome::Authenticated(Arc::new(
                         Arc::unwrap_or_clone(identity).authenticated(),
@@ -69,7 +77,9 @@ impl TokenAuthenticator {
                 })
             })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        self.metrics.cache(CacheKind::Token, !entry.is_fresh());
+        Ok(entry.into_value())
     }
 }
 

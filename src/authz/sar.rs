@@ -16,6 +16,7 @@ use super::Decision;
 use crate::apiserver::{ReviewError, ReviewFuture};
 use crate::authn::Identity;
 use crate::kubelet_api::{Subresource, Verb};
+use crate::metrics::{CacheKind, Metrics};
 
 /// Something that answers one access review for the guard's node.
 pub trait AccessReviewer: Send + Sync {
@@ -32,6 +33,7 @@ pub trait AccessReviewer: Send + Sync {
 pub struct DecisionCache {
     reviewer: Arc<dyn AccessReviewer>,
     cache: Cache<Key, Decision>,
+    metrics: Metrics,
 }
 
 type Key = (Arc<Identity>, Verb, Subresource);
@@ -44,12 +46,21 @@ struct Ttls {
 
 impl DecisionCache {
     /// Caches `reviewer`'s allows for `allowed` and denies for `denied`; zero keeps nothing.
-    pub fn new(reviewer: Arc<dyn AccessReviewer>, allowed: Duration, denied: Duration) -> Self {
+    pub fn new(
+        reviewer: Arc<dyn AccessReviewer>,
+        allowed: Duration,
+        denied: Duration,
+        metrics: Metrics,
+    ) -> Self {
         let cache = Cache::builder()
             .max_capacity(100_000)
             .expire_after(Ttls { allowed, denied })
             .build();
-        Self { reviewer, cache }
+        Self {
+            reviewer,
+            cache,
+            metrics,
+        }
     }
 
     /// One decision, from the cache when possible.
@@ -59,14 +70,14 @@ impl DecisionCache {
         verb: Verb,
         subresource: Subresource,
     ) -> Result<Decision, ReviewError> {
-        let reviewer = &self.reviewer;
-        self.cache
-            .try_get_with(
-                (Arc::clone(who), verb, subresource),
-                reviewer.review(who, verb, subresource),
-            )
+        let entry = self
+            .cache
+            .entry((Arc::clone(who), verb, subresource))
+            .or_try_insert_with(self.reviewer.review(who, verb, subresource))
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        self.metrics.cache(CacheKind::Sar, !entry.is_fresh());
+        Ok(entry.into_value())
     }
 }
 

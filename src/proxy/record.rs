@@ -1,0 +1,319 @@
+//! The record step: for every request one audit event (two for an upgraded stream: at the 101 and
+//! when the stream closes), its metric samples, the `Audit-ID` response header, and a debug line.
+//! Nothing here may block the response or write a credential.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use tokio::task::JoinHandle;
+
+use super::State;
+use crate::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
+use crate::authn::Identity;
+use crate::authz::{Decision, Verdict};
+use crate::forward::{Body, Relayed};
+use crate::kubelet_api::{KubeletRequest, Subresource};
+use crate::metrics::Outcome;
+
+/// What is learnt about a request as it passes the pipeline's steps.
+#[derive(Default)]
+pub(super) struct Trail {
+    /// The classifier's reading.
+    pub(super) classified: Option<KubeletRequest>,
+    /// The authenticated caller.
+    pub(super) who: Option<Arc<Identity>>,
+    /// Every check and its decision.
+    pub(super) verdict: Option<Verdict>,
+    /// The refusal's one-line message, when the guard answered itself.
+    pub(super) message: Option<String>,
+    /// In observe mode, what enforcing would have answered instead of forwarding.
+    pub(super) observed: Option<Outcome>,
+}
+
+/// What is known when a request arrives, before the pipeline consumes it.
+pub(super) struct Arrival {
+    received: SystemTime,
+    started: Instant,
+    method: http::Method,
+    target: String,
+    user_agent: Option<String>,
+}
+
+impl Arrival {
+    pub(super) fn of<B>(request: &Request<B>) -> Self {
+        Self {
+            received: SystemTime::now(),
+            started: Instant::now(),
+            method: request.method().clone(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned()),
+            user_agent: request
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// Records a finished request: metrics, the audit event(s), the `Audit-ID` header.
+pub(super) fn finish(
+    state: &State,
+    peer: SocketAddr,
+    arrival: Arrival,
+    trail: Trail,
+    outcome: Outcome,
+    response: &mut Response<Body>,
+    stream: Option<JoinHandle<Relayed>>,
+) {
+    let status = response.status();
+    let verb = trail.classified.as_ref().map_or("", |c| c.verb().as_str());
+    let decided = decided_by(&trail);
+    let subresource = decided.map_or("", Subresource::as_str);
+    let metrics = &state.metrics;
+    metrics.request(
+        verb,
+        subresource,
+        outcome,
+        status,
+        arrival.started.elapsed(),
+    );
+    if let Some(protocol) = trail.classified.as_ref().and_then(KubeletRequest::upgrade) {
+        metrics.upgrade(outcome, protocol.as_str());
+    }
+    if let Some(denied) = fallback_after(&trail) {
+        metrics.proxy_fallback(denied.as_str());
+    }
+    if let Some(observed) = trail.observed {
+        metrics.observed(observed);
+    }
+    tracing::debug!(
+        peer = %peer,
+        method = %arrival.method,
+        path = arrival.target.split('?').next().unwrap_or_default(),
+        user = trail.who.as_ref().map_or("", |who| who.name.as_str()),
+        verb,
+        subresource,
+        decision = outcome.as_str(),
+        status = status.as_u16(),
+        "request"
+    );
+
+    let audit_id = audit_id();
+    if let Ok(value) = HeaderValue::from_str(&audit_id) {
+        response.headers_mut().insert("audit-id", value);
+    }
+    let mut event = event(state, peer, &arrival, &trail, audit_id, status, decided);
+    match stream {
+        Some(stream) if status == StatusCode::SWITCHING_PROTOCOLS => {
+            event.stage = Stage::ResponseStarted;
+            state.audit.record(event.clone());
+            let audit = Arc::clone(&state.audit);
+            tokio::spawn(async move {
+                let relayed = stream.await.unwrap_or_default();
+                event.stage = Stage::ResponseComplete;
+                event.stage_timestamp = timestamp(SystemTime::now());
+                event
+                    .annotations
+                    .insert(audit::BYTES_TO_KUBELET, relayed.to_kubelet.to_string());
+                event
+                    .annotations
+                    .insert(audit::BYTES_TO_CALLER, relayed.to_caller.to_string());
+                event.annotations.insert(
+                    audit::STREAM_DURATION,
+                    format!("{:.3}s", relayed.duration.as_secs_f64()),
+                );
+                audit.record(event);
+            });
+        }
+        _ => state.audit.record(event),
+    }
+}
+
+/// The subresource that decided: the one that allowed, else the last one checked.
+fn decided_by(trail: &Trail) -> Option<Subresource> {
+    trail
+        .verdict
+        .as_ref()
+        .and_then(Verdict::allowed_by)
+        .or_else(|| {
+            trail
+                .classified
+                .as_ref()
+                .and_then(|c| c.checks().last().copied())
+        })
+}
+
+/// The fine-grained subresource that denied before `nodes/proxy` allowed, if that happened.
+fn fallback_after(trail: &Trail) -> Option<Subresource> {
+    let verdict = trail.verdict.as_ref()?;
+    match verdict.checks.as_slice() {
+        [
+            (first, Decision::Deny { .. }),
+            (Subresource::Proxy, Decision::Allow { .. }),
+        ] => Some(*first),
+        _ => None,
+    }
+}
+
+fn event(
+    state: &State,
+    peer: SocketAddr,
+    arrival: &Arrival,
+    trail: &Trail,
+    audit_id: String,
+    status: StatusCode,
+    decided: Option<Subresource>,
+) -> Event {
+    let mut annotations = BTreeMap::new();
+    if let Some(verdict) = &trail.verdict {
+        let allowed = verdict.allowed_by().is_some();
+        annotations.insert(
+            audit::DECISION,
+            if allowed { "allow" } else { "forbid" }.to_owned(),
+        );
+        let reason = verdict.checks.last().map(|(_, decision)| match decision {
+            Decision::Allow { reason } | Decision::Deny { reason } => reason.clone(),
+        });
+        if let Some(reason) = reason
+            .filter(|r| !r.is_empty())
+            .or_else(|| trail.message.clone())
+        {
+            annotations.insert(audit::REASON, reason);
+        }
+        let checks: Vec<String> = verdict
+            .checks
+            .iter()
+            .map(|(subresource, decision)| {
+                format!(
+                    "{}={}",
+                    subresource.as_str(),
+                    if decision.is_allow() { "allow" } else { "deny" }
+                )
+            })
+            .collect();
+        annotations.insert(audit::CHECKS, checks.join(","));
+        annotations.insert(
+            audit::PROXY_FALLBACK,
+            fallback_after(trail).is_some().to_string(),
+        );
+    }
+    if let Some(protocol) = trail.classified.as_ref().and_then(KubeletRequest::upgrade) {
+        annotations.insert(audit::UPGRADE, protocol.as_str().to_owned());
+    }
+    if let Some(observed) = trail.observed {
+        annotations.insert(audit::OBSERVED, format!("would-{}", observed.as_str()));
+    }
+    let failed = status.is_client_error() || status.is_server_error();
+    Event {
+        kind: audit::EVENT_KIND,
+        api_version: audit::API_VERSION,
+        level: "Metadata",
+        audit_id,
+        stage: Stage::ResponseComplete,
+        request_uri: arrival.target.clone(),
+        verb: trail
+            .classified
+            .as_ref()
+            .map_or("", |c| c.verb().as_str())
+            .to_owned(),
+        user: trail.who.as_deref().map(user_info).unwrap_or_default(),
+        source_ips: vec![peer.ip().to_string()],
+        user_agent: arrival.user_agent.clone(),
+        object_ref: trail.classified.as_ref().map(|_| ObjectReference {
+            resource: "nodes",
+            name: state.node.to_string(),
+            subresource: decided.map_or("", Subresource::as_str).to_owned(),
+            api_version: "v1",
+        }),
+        response_status: ResponseStatus {
+            metadata: BTreeMap::new(),
+            code: status.as_u16(),
+            status: failed.then_some("Failure"),
+            reason: failed.then(|| reason(status)).flatten(),
+            message: if failed { trail.message.clone() } else { None },
+        },
+        request_received_timestamp: timestamp(arrival.received),
+        stage_timestamp: timestamp(SystemTime::now()),
+        annotations,
+    }
+}
+
+fn user_info(who: &Identity) -> UserInfo {
+    UserInfo {
+        username: who.name.clone(),
+        uid: who.uid.clone(),
+        groups: who.groups.clone(),
+        extra: who.extra.clone(),
+    }
+}
+
+/// The `metav1.StatusReason` kube-apiserver would give.
+fn reason(status: StatusCode) -> Option<&'static str> {
+    Some(match status {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        StatusCode::GATEWAY_TIMEOUT => "Timeout",
+        s if s.is_server_error() => "InternalError",
+        _ => return None,
+    })
+}
+
+/// RFC 3339 with microseconds, as kube-apiserver writes audit timestamps.
+fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+/// A random (version 4) UUID.
+fn audit_id() -> String {
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // No OS randomness: still unique within this process, from the clock and a counter.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos ^ u128::from(FALLBACK.fetch_add(1, Ordering::Relaxed))).to_le_bytes();
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_ids_are_version_4_uuids() {
+        let id = audit_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(id, audit_id());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(timestamp(at), "2023-11-14T22:13:20.123456Z");
+    }
+}
