@@ -84,3 +84,82 @@ async fn requests_are_counted_by_decision_without_paths_or_users() {
         "labels are bounded:\n{scrape}"
     );
 }
+
+#[tokio::test]
+async fn every_metric_family_is_exported_and_counts_what_it_names() {
+    let cluster = Cluster::start(&[]).await;
+    cluster.api.add_token("t-legacy", "legacy", "", &[]);
+    cluster.api.allow("legacy", "get", "proxy");
+    assert_eq!(cluster.get("/pods", "t-legacy").await.0, StatusCode::OK);
+    assert_eq!(cluster.get("/pods", "t-legacy").await.0, StatusCode::OK);
+    let refused = cluster
+        .client()
+        .websocket(
+            cluster.addr(),
+            "/exec/ns/pod/c?command=id",
+            Some("t-legacy"),
+            &["v5.channel.k8s.io"],
+        )
+        .await;
+    assert!(refused.is_err());
+
+    let scrape = cluster.metrics().await;
+    for expected in [
+        r#"kubelet_guard_proxy_fallback_total{subresource="pods"} 2"#,
+        r#"kubelet_guard_upgrades_total{decision="forbid",protocol="websocket"} 1"#,
+        r#"kubelet_guard_authorization_cache_requests_total{cache="token",result="miss"} 1"#,
+        r#"kubelet_guard_authorization_cache_requests_total{cache="token",result="hit"} 2"#,
+        r#"kubelet_guard_authorization_cache_requests_total{cache="sar",result="miss"} 3"#,
+        r#"kubelet_guard_authorization_cache_requests_total{cache="sar",result="hit"} 2"#,
+        r#"kubelet_guard_apiserver_request_duration_seconds_count{api="tokenreview",code="201"} 1"#,
+        r#"kubelet_guard_apiserver_request_duration_seconds_count{api="subjectaccessreview",code="201"} 3"#,
+        r#"kubelet_guard_request_duration_seconds_count{decision="allow"} 2"#,
+        r#"kubelet_guard_open_connections "#,
+        "kubelet_guard_audit_events_dropped_total 0",
+        r#"kubelet_guard_build_info{version=""#,
+    ] {
+        assert!(scrape.contains(expected), "missing {expected} in\n{scrape}");
+    }
+}
+
+#[tokio::test]
+async fn kubelet_failures_are_counted_by_kind() {
+    let cluster = Cluster::start(&[]).await;
+    let mut argv = support::guard::flags(
+        &cluster.ca,
+        &cluster.kubelet_ca,
+        &cluster.api,
+        &cluster.kubelet,
+        &[],
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    argv.retain(|flag| !flag.starts_with("--upstream="));
+    argv.push(format!("--upstream=https://127.0.0.1:{port}"));
+    let guard = support::guard::start_with_flags(&argv).await.unwrap();
+    cluster.api.add_token("t", "u", "", &[]);
+    cluster.api.allow("u", "get", "metrics");
+    let (status, _, _) = cluster
+        .client()
+        .get(guard.proxy_addr, "/metrics", Some("t"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let mut tcp = tokio::net::TcpStream::connect(guard.admin_addr)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut scrape = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut scrape)
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains(r#"kubelet_guard_upstream_errors_total{kind="unreachable"} 1"#),
+        "{scrape}"
+    );
+}
