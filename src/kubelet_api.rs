@@ -21,6 +21,8 @@
 //! On HTTP/2 hyper builds the `Uri` from `:scheme`, `:authority` and `:path`: only the path is
 //! checked there.
 
+pub mod pod_scope;
+
 use std::fmt;
 
 use http::header::{CONNECTION, UPGRADE};
