@@ -5,6 +5,13 @@
 //! This file owns the event's data model. Requests never wait on the trail: events go through a
 //! bounded queue to a background writer, and what a full queue drops is counted and logged.
 
+/// The JSON-lines log sink: a file with lumberjack-style rotation, or standard output.
+mod file;
+/// Flags and settings of the audit trail, and the [`sink::Auditor`] that queues events.
+pub mod sink;
+/// The batching `EventList` webhook sink.
+mod webhook;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -148,17 +155,4 @@ pub struct EventList<'a> {
     pub metadata: BTreeMap<String, String>,
     /// The events.
     pub items: &'a [Event],
-}
-
-/// Where the request pipeline hands each finished event. Implementations never block.
-pub trait Recorder: Send + Sync {
-    /// Takes one event.
-    fn record(&self, event: Event);
-}
-
-/// Drops every event: the recorder when no audit sink is configured.
-pub struct Discard;
-
-impl Recorder for Discard {
-    fn record(&self, _event: Event) {}
 }

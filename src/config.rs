@@ -1,5 +1,6 @@
-//! Command-line flags (and their `KUBELET_GUARD_*` environment twins) parsed and validated into a
-//! typed [`Config`] before any socket is bound or file is read.
+//! Command-line flags (and their `KUBELET_GUARD_*` environment twins, and the `--config` file)
+//! parsed and validated into a typed [`Config`] before any socket is bound or file is read.
+//! Precedence: flags, then `KUBELET_GUARD_*`, then the `--config` file, then defaults.
 //!
 //! Flag names follow the kubelet and kube-rbac-proxy so operators recognise them. This module only
 //! checks what can be checked without I/O (flag combinations, URL shape, node name); loading the
@@ -10,6 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustls::SupportedCipherSuite;
+
+use crate::tls::{MinVersion, TlsPolicy};
+
+mod file;
+pub use file::CliError;
 
 /// The command line of the `kubelet-guard` binary.
 #[derive(Debug, Parser)]
@@ -31,6 +38,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Show what the guard does, with no cluster: a kubelet stand-in, embedded mode, a tour.
     Demo(crate::demo::DemoArgs),
+    /// Audit RBAC for grants of the kubelet's subresources (above all nodes/proxy) and suggest least-privilege roles.
+    RbacAudit(crate::rbac_audit::RbacAuditArgs),
 }
 
 /// Flags of `kubelet-guard serve`, as the operator typed them.
@@ -127,6 +136,33 @@ pub struct ServeArgs {
     /// How often certificate, key and token files are checked for new content.
     #[arg(long, env = "KUBELET_GUARD_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
+    /// Lowest TLS version accepted from callers: VersionTLS12 or VersionTLS13.
+    #[arg(long, env = "KUBELET_GUARD_TLS_MIN_VERSION", default_value = "VersionTLS12", value_parser = MinVersion::parse)]
+    pub tls_min_version: MinVersion,
+    /// Comma-separated TLS 1.2 cipher suites, Go or IANA names (default: all; TLS 1.3 suites only if named).
+    #[arg(long, env = "KUBELET_GUARD_TLS_CIPHER_SUITES", value_delimiter = ',', value_parser = crate::tls::policy::parse_cipher_suite)]
+    pub tls_cipher_suites: Vec<SupportedCipherSuite>,
+    /// Most caller connections open at once; a connection over it is closed at once.
+    #[arg(long, env = "KUBELET_GUARD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long a caller may take to send a request's headers before its connection is closed.
+    #[arg(long, env = "KUBELET_GUARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    #[arg(long, env = "KUBELET_GUARD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "KUBELET_GUARD_HTTP2_MAX_STREAMS", default_value_t = 250)]
+    pub http2_max_streams: u32,
+    /// How long in-flight requests may finish after SIGTERM; then upgraded streams are closed too.
+    #[arg(long, env = "KUBELET_GUARD_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace_period: Duration,
+    /// YAML file of flag values, keyed by flag name without dashes (flags and environment win).
+    #[arg(long, env = "KUBELET_GUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Audit trail flags (kube-apiserver's names).
+    #[command(flatten)]
+    pub audit: crate::audit::sink::AuditArgs,
     /// Log format.
     #[arg(long, env = "KUBELET_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -181,6 +217,27 @@ pub struct Config {
     pub mode: Mode,
     /// How often files are re-read.
     pub reload_interval: Duration,
+    /// Where audit events go.
+    pub audit: crate::audit::sink::AuditSettings,
+    /// TLS versions and cipher suites offered to callers.
+    pub tls_policy: TlsPolicy,
+    /// Limits on callers' connections.
+    pub limits: Limits,
+    /// How long in-flight requests may take to finish once shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+/// Limits on callers' connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `--max-connections`.
+    pub max_connections: usize,
+    /// `--header-read-timeout`.
+    pub header_read_timeout: Duration,
+    /// `--idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--http2-max-streams`.
+    pub http2_max_streams: u32,
 }
 
 /// Files of the guard's own TLS endpoint.
@@ -348,11 +405,28 @@ impl ServeArgs {
                 message: "must be longer than 0s".into(),
             });
         }
-        if self.tls_reload_interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                flag: "--tls-reload-interval",
-                message: "must be longer than 0s".into(),
-            });
+        for (flag, duration) in [
+            ("--tls-reload-interval", self.tls_reload_interval),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ] {
+            if duration.is_zero() {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: "must be longer than 0s".into(),
+                });
+            }
+        }
+        for (flag, count) in [
+            ("--max-connections", self.max_connections),
+            ("--http2-max-streams", self.http2_max_streams as usize),
+        ] {
+            if count == 0 {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: "must be at least 1".into(),
+                });
+            }
         }
         Ok(Config {
             listen: self.listen,
@@ -380,6 +454,18 @@ impl ServeArgs {
             proxy_fallback: self.proxy_fallback,
             mode: self.mode,
             reload_interval: self.tls_reload_interval,
+            audit: self.audit.validate()?,
+            tls_policy: TlsPolicy {
+                min_version: self.tls_min_version,
+                cipher_suites: self.tls_cipher_suites,
+            },
+            limits: Limits {
+                max_connections: self.max_connections,
+                header_read_timeout: self.header_read_timeout,
+                idle_timeout: self.idle_timeout,
+                http2_max_streams: self.http2_max_streams,
+            },
+            shutdown_grace: self.shutdown_grace_period,
         })
     }
 }

@@ -69,6 +69,7 @@ impl AccessReviewer for PolicyFile {
             resource: "nodes",
             subresource: subresource.as_str(),
             name: self.node.as_str(),
+            namespace: "",
             verb: verb.as_str(),
         };
         let decision = match self.policy.current().authorize(who, &request) {

@@ -7,7 +7,10 @@
 //!   query, goes through byte for byte.
 //! - Bodies stream both ways; nothing is buffered.
 //! - Upgrades (RFC 9110 §7.8): the kubelet's 101 goes back unchanged, then the two upgraded
-//!   connections are spliced with `copy_bidirectional`, no per-frame work.
+//!   connections are spliced with `copy_bidirectional`, no per-frame work. The splice is tracked by
+//!   graceful shutdown and closed at the end of `--shutdown-grace-period`.
+//! - The TLS files towards the kubelet are polled: when they change, new connections use a new
+//!   pooled client while requests in flight finish on the old one.
 //! - The client speaks HTTP/1.1 only (HTTP/2 cannot carry `Upgrade`) and never follows redirects.
 
 use std::sync::Arc;
@@ -25,7 +28,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::{self, UpstreamCredential};
-use crate::reload::{FileError, Watched};
+use crate::reload::{FileError, Poll, Watched};
+use crate::server::drain::Drain;
+use crate::tls;
 
 /// The response body type of the whole proxy: the kubelet's streamed body or one of ours.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -73,11 +78,19 @@ pub struct Relayed {
 
 /// The kubelet behind the guard and the pooled clients that reach it.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
-    caller_client: Option<Client<HttpsConnector<HttpConnector>, Incoming>>,
+    clients: Arc<Watched<Clients>>,
     authority: http::uri::Authority,
     token: Option<Arc<Watched<HeaderValue>>>,
     timeout: Duration,
+    streams: Drain,
+}
+
+/// The pooled clients built from one generation of the upstream TLS files.
+struct Clients {
+    /// With the guard's credential.
+    guard: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// Without a client certificate, for `--mode=observe`.
+    callers: Option<Client<HttpsConnector<HttpConnector>, Incoming>>,
 }
 
 /// Header fields that never cross the proxy, whatever `Connection` says.
@@ -99,12 +112,13 @@ const CREDENTIALS: [HeaderName; 3] = [
 ];
 
 impl Upstream {
-    /// Builds the client for `settings` with the upstream TLS configuration, and with `caller_tls`
-    /// (no client certificate) a second client for requests forwarded with the caller's token.
+    /// Loads the upstream TLS files and builds the client for `settings`, and with `callers` a
+    /// second client without a client certificate for requests forwarded with the caller's token.
+    /// Upgraded streams are tracked by `streams`.
     pub fn new(
         settings: &config::Upstream,
-        tls: rustls::ClientConfig,
-        caller_tls: Option<rustls::ClientConfig>,
+        callers: bool,
+        streams: Drain,
     ) -> Result<Self, FileError> {
         let token = match &settings.credential {
             UpstreamCredential::TokenFile(path) => Some(Arc::new(Watched::load(
@@ -114,26 +128,43 @@ impl Upstream {
             )?)),
             UpstreamCredential::ClientCert { .. } => None,
         };
-        let client = |tls: rustls::ClientConfig| {
-            let connector = HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_only()
-                .with_server_name_resolver(FixedServerNameResolver::new(
-                    settings.server_name.clone(),
-                ))
-                .enable_http1()
-                .build();
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build(connector)
-        };
+        let tls_settings = settings.clone();
+        let clients = Watched::load_with(tls::reload::upstream_sources(settings), move |files| {
+            let tls = tls::reload::upstream(&tls_settings, files, callers)?;
+            let client = |tls: rustls::ClientConfig| {
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_only()
+                    .with_server_name_resolver(FixedServerNameResolver::new(
+                        tls_settings.server_name.clone(),
+                    ))
+                    .enable_http1()
+                    .build();
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(connector)
+            };
+            Ok(Clients {
+                guard: client(tls.guard),
+                callers: tls.callers.map(client),
+            })
+        })?;
         Ok(Self {
-            client: client(tls),
-            caller_client: caller_tls.map(client),
+            clients: Arc::new(clients),
             authority: settings.authority.clone(),
             token,
             timeout: settings.timeout,
+            streams,
         })
+    }
+
+    /// The polled files: the TLS files, and the token file if that is the credential.
+    pub fn watched(&self) -> Vec<Arc<dyn Poll>> {
+        let mut watched: Vec<Arc<dyn Poll>> = vec![self.clients.clone()];
+        if let Some(token) = &self.token {
+            watched.push(token.clone());
+        }
+        watched
     }
 
     /// The polled token file, for the reload task.
@@ -164,9 +195,10 @@ impl Upstream {
             .method(parts.method)
             .uri(uri)
             .version(http::Version::HTTP_11);
-        let client = match (credential, &self.caller_client) {
-            (Credential::Caller, Some(caller_client)) => caller_client,
-            _ => &self.client,
+        let clients = self.clients.current();
+        let client = match (credential, &clients.callers) {
+            (Credential::Caller, Some(callers)) => callers,
+            _ => &clients.guard,
         };
         if let Some(headers) = outbound.headers_mut() {
             *headers = request_headers(&parts.headers, upgrade);
@@ -196,6 +228,7 @@ impl Upstream {
             Some(inbound) if switching => Some(tokio::spawn(splice(
                 inbound,
                 hyper::upgrade::on(&mut response),
+                self.streams.track(),
             ))),
             _ => None,
         };
@@ -265,23 +298,28 @@ fn without_hop_by_hop(source: &HeaderMap) -> HeaderMap {
 }
 
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
-/// either side closes, and reports the totals.
+/// either side closes or shutdown's grace period ends, and reports the totals.
 async fn splice(
     inbound: hyper::upgrade::OnUpgrade,
     outbound: hyper::upgrade::OnUpgrade,
+    mut open: crate::server::drain::Tracked,
 ) -> Relayed {
     let started = std::time::Instant::now();
     let (to_kubelet, to_caller) = match tokio::try_join!(inbound, outbound) {
         Ok((inbound, outbound)) => {
-            let mut inbound = TokioIo::new(inbound);
-            let mut outbound = TokioIo::new(outbound);
-            match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
-                Ok(totals) => totals,
-                Err(e) => {
-                    tracing::debug!(error = %e, "upgraded stream ended with an error");
-                    (0, 0)
+            let mut inbound = Metered::new(TokioIo::new(inbound));
+            let mut outbound = Metered::new(TokioIo::new(outbound));
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
+                    if let Err(e) = copied {
+                        tracing::debug!(error = %e, "upgraded stream ended with an error");
+                    }
+                }
+                () = open.closing() => {
+                    tracing::info!("upgraded stream closed at the end of the shutdown grace period");
                 }
             }
+            (inbound.read, outbound.read)
         }
         Err(e) => {
             tracing::warn!(error = %e, "upgrade failed after 101");
@@ -292,6 +330,57 @@ async fn splice(
         to_kubelet,
         to_caller,
         duration: started.elapsed(),
+    }
+}
+
+/// An upgraded connection that counts the bytes read from it, so a stream closed mid-copy still
+/// reports what it relayed.
+struct Metered<T> {
+    io: T,
+    read: u64,
+}
+
+impl<T> Metered<T> {
+    fn new(io: T) -> Self {
+        Self { io, read: 0 }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Metered<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        this.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Metered<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -25,6 +25,8 @@ pub mod kubelet_api;
 pub mod metrics;
 /// The per-request pipeline and the error → response mapping.
 pub mod proxy;
+/// `kubelet-guard rbac-audit`: RBAC grants of the kubelet's subresources, and their replacements.
+pub mod rbac_audit;
 /// Polling reload of files with keep-last-good semantics.
 pub mod reload;
 /// Listeners, connections, graceful shutdown.
@@ -50,7 +52,9 @@ use crate::embedded::{PolicyFile, TokenFile};
 use crate::forward::Upstream;
 use crate::metrics::{Metrics, Readiness};
 use crate::proxy::State;
-use crate::reload::{Poll, Watched};
+use crate::reload::{Poll, Reload, Watched};
+use crate::server::drain::Drain;
+use crate::server::{Listen, Proxy};
 
 /// Why the guard could not start. Every variant names the flag at fault.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,9 @@ pub enum StartError {
     /// A listener cannot be bound.
     #[error(transparent)]
     Bind(#[from] std::io::Error),
+    /// An audit sink cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] audit::sink::AuditError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -85,30 +92,39 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// The admin listener's address.
     pub admin_addr: SocketAddr,
+    ready: Readiness,
+    drain: watch::Sender<bool>,
+    proxy: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// Loads every file the configuration names, binds both listeners and starts serving. Nothing is
-/// bound unless every file loaded.
+/// bound unless every file loaded. If the guarded address is still in use, the guard starts
+/// anyway, unready, and binds it as soon as it is free.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let server_tls = Arc::new(tls::server_config(&config.serving)?);
-    let caller_tls = match config.mode {
-        config::Mode::Observe => Some(tls::upstream_config_for_callers(&config.upstream)?),
-        config::Mode::Enforce => None,
-    };
+    let serving = Arc::new(tls::reload::serving(&config.serving, &config.tls_policy)?);
+    let drain = Drain::new();
     let upstream = Upstream::new(
         &config.upstream,
-        tls::upstream_config(&config.upstream)?,
-        caller_tls,
+        config.mode == config::Mode::Observe,
+        drain.clone(),
     )?;
-    let mut watched: Vec<Arc<dyn Poll>> = Vec::new();
-    if let Some(token) = upstream.token() {
-        watched.push(token.clone());
-    }
+    let mut watched: Vec<Arc<dyn Poll>> = vec![serving.clone()];
+    watched.extend(upstream.watched());
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let (tokens, access) = reviewers(&config, &metrics, &mut watched).await?;
     let ready = Readiness::default();
+    // The audit writer stops after the guarded listener has drained (Running::stop), so the last
+    // events of drained requests and closed streams are still written.
+    let (shutdown, stop) = watch::channel(false);
+    let (auditor, audit_writer) = audit::sink::Auditor::start(
+        &config.audit,
+        metrics.audit_dropped.clone(),
+        metrics.audit_webhook_failures.clone(),
+        stop.clone(),
+    )
+    .await?;
 
     let state = Arc::new(State {
         authenticator: Authenticator::new(
@@ -123,7 +139,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         upstream,
         metrics: metrics.clone(),
-        audit: Arc::new(audit::Discard),
+        audit: auditor,
         classify: kubelet_api::Options {
             proxy_fallback: config.proxy_fallback,
         },
@@ -131,38 +147,63 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         node: config.node_name.clone(),
     });
 
-    let admin = server::bind(config.metrics_listen, "--metrics-listen").await?;
-    let proxy = server::bind(config.listen, "--listen").await?;
-    let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
-    let (shutdown, stop) = watch::channel(false);
+    // The admin listener first: probes get an answer (503) while the guarded address is held.
+    let admin = server::bind_now(config.metrics_listen, "--metrics-listen").await?;
+    let admin_addr = admin.local_addr()?;
+    let listen = server::bind(config.listen, "--listen").await?;
+    let proxy_addr = match &listen {
+        Listen::Bound(listener) => {
+            ready.set(true);
+            listener.local_addr()?
+        }
+        Listen::InUse(addr) => *addr,
+    };
+    let (drain_signal, drain_stop) = watch::channel(false);
+    let proxy = tokio::spawn(server::serve_proxy(
+        Proxy {
+            listen,
+            tls: serving,
+            state: Arc::clone(&state),
+            limits: config.limits,
+            grace: config.shutdown_grace,
+            drain,
+            ready: ready.clone(),
+        },
+        drain_stop,
+    ));
     let tasks = vec![
+        audit_writer,
         tokio::spawn(server::serve_admin(
             admin,
             metrics.clone(),
             ready.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(server::serve_proxy(
-            proxy,
-            server_tls.into(),
-            Arc::clone(&state),
+            config.shutdown_grace,
             stop.clone(),
         )),
         tokio::spawn(reload_files(watched, metrics, config.reload_interval, stop)),
     ];
-    ready.set(true);
     tracing::info!(%proxy_addr, %admin_addr, node = %config.node_name, "kubelet-guard serving");
     Ok(Running {
         proxy_addr,
         admin_addr,
+        ready,
+        drain: drain_signal,
+        proxy,
         shutdown,
         tasks,
     })
 }
 
 impl Running {
-    /// Stops accepting, drains open connections, and returns when every task has finished.
+    /// Shuts down gracefully: `/readyz` turns 503 at once, the guarded listener closes, open
+    /// connections finish within `--shutdown-grace-period` (upgraded streams are closed at its
+    /// end), then the admin listener and the background tasks stop. Returns when all have.
     pub async fn stop(self) {
+        self.ready.set(false);
+        let _ = self.drain.send(true);
+        let _ = self.proxy.await;
+        // Only now the rest: probes keep getting their 503 while connections drain, and whatever
+        // drained requests record still has somewhere to go.
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -242,14 +283,14 @@ async fn reload_files(
         }
         for file in &watched {
             match file.poll() {
-                Ok(false) => {}
-                Ok(true) => {
-                    tracing::info!(flag = file.flag(), "reloaded");
-                    metrics.reload(file.flag(), true);
+                Reload::Unchanged => {}
+                Reload::Reloaded { flag } => {
+                    tracing::info!(flag, "reloaded");
+                    metrics.reload(flag, true);
                 }
-                Err(e) => {
+                Reload::Kept(e) => {
                     tracing::warn!(error = %e, "keeping the last good content");
-                    metrics.reload(file.flag(), false);
+                    metrics.reload(e.flag, false);
                 }
             }
         }

@@ -3,24 +3,24 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use kubelet_guard::config::{Cli, Command, LogFormat};
+use kubelet_guard::config::{Cli, CliError, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for a configuration the operator must fix (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) if e.use_stderr() => {
+        Err(CliError::Flags(e)) if e.use_stderr() => {
             let _ = e.print();
             return ExitCode::from(EXIT_CONFIG);
         }
-        Err(e) => {
+        Err(CliError::Flags(e)) => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        Err(e) => return fail(EXIT_CONFIG, &e),
     };
     match cli.command {
         Command::Serve(args) => {
@@ -61,6 +61,27 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(kubelet_guard::demo::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &e),
+            }
+        }
+        Command::RbacAudit(args) => {
+            init_tracing(LogFormat::Text, "warn");
+            if rustls::crypto::ring::default_provider()
+                .install_default()
+                .is_err()
+            {
+                tracing::debug!("a crypto provider was already installed");
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => return fail(1, &e),
+            };
+            match runtime.block_on(kubelet_guard::rbac_audit::run(args)) {
+                Ok(outcome) => ExitCode::from(outcome.exit_code()),
+                Err(e) if e.is_usage() => fail(EXIT_CONFIG, &e),
                 Err(e) => fail(1, &e),
             }
         }

@@ -32,6 +32,7 @@ pub struct Metrics {
     observed: IntCounterVec,
     connections: IntGauge,
     reloads: IntCounterVec,
+    limit_hits: IntCounterVec,
     /// Audit events dropped because the queue was full.
     pub audit_dropped: IntCounter,
     /// Audit webhook batches given up after retries.
@@ -137,6 +138,11 @@ impl Metrics {
             "Re-reads of changed files, by the flag naming the file and result.",
             &["flag", "result"],
         )?;
+        let limit_hits = counter(
+            "kubelet_guard_limit_hits_total",
+            "Connections that ran into a limit (max-connections, header-read-timeout, header-size, idle-timeout, http2-max-streams).",
+            &["limit"],
+        )?;
         let connections =
             IntGauge::new("kubelet_guard_open_connections", "Open caller connections.")?;
         registry.register(Box::new(connections.clone()))?;
@@ -168,6 +174,7 @@ impl Metrics {
             observed,
             connections,
             reloads,
+            limit_hits,
             audit_dropped,
             audit_webhook_failures,
         })
@@ -240,6 +247,11 @@ impl Metrics {
     pub fn reload(&self, flag: &str, succeeded: bool) {
         let result = if succeeded { "success" } else { "error" };
         self.reloads.with_label_values(&[flag, result]).inc();
+    }
+
+    /// Counts one connection that ran into `limit`.
+    pub fn limit_hit(&self, limit: &str) {
+        self.limit_hits.with_label_values(&[limit]).inc();
     }
 
     /// The registry in Prometheus text format.

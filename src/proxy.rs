@@ -5,14 +5,13 @@
 mod record;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::audit::Recorder;
+use crate::audit::sink::Auditor;
 use crate::authn::{Authenticator, AuthnError, PeerCertificate};
 use crate::authz::{Authorizer, AuthzError};
 use crate::config::{Mode, NodeName};
@@ -32,7 +31,7 @@ pub struct State {
     /// Counters.
     pub metrics: Metrics,
     /// The audit trail.
-    pub audit: Arc<dyn Recorder>,
+    pub audit: Auditor,
     /// Classifier options.
     pub classify: kubelet_api::Options,
     /// Enforce or observe.

@@ -1,43 +1,93 @@
-//! Listeners and connections: the guarded TLS listener (rustls, ALPN h2 and http/1.1, hyper's auto
-//! connection with upgrades) and the plain-HTTP admin listener; graceful shutdown of both.
+//! Listeners: the guarded TLS listener and the plain-HTTP admin listener, their start-up and
+//! their graceful shutdown.
 //!
-//! Per connection the TLS handshake has a deadline and the client certificate is read once; per
-//! request everything else is `proxy`'s job.
+//! - Start-up: the admin listener binds first, so probes get answers while the guarded listener
+//!   waits for its address: when the kubelet still holds it (it has not been moved to 127.0.0.1
+//!   yet), binding is retried with backoff and logged, `/readyz` answering 503 until it succeeds.
+//! - Accept: over `--max-connections` a new connection is closed at once and counted; under it,
+//!   a connection is served by `connection` with the serving certificate in force at accept.
+//! - Shutdown: the listener closes (no new connections), open connections finish what they are
+//!   serving, and whatever is still open at the end of `--shutdown-grace-period` is closed
+//!   (`drain`). `/readyz` turns 503 as shutdown starts (`Running::stop`); the admin listener
+//!   keeps answering until the guarded one has drained.
+
+mod connection;
+pub mod drain;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
 
-use crate::authn::x509;
+use crate::config::Limits;
 use crate::metrics::{self, Metrics, Readiness};
-use crate::proxy::{self, Peer, State};
+use crate::proxy::State;
+use crate::reload::Watched;
+use connection::Limit;
+use drain::Drain;
 
-/// How long a caller may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a caller may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head accepted, as the kubelet's Go server (1 MiB).
-const MAX_HEADER_BYTES: usize = 1 << 20;
-/// How long in-flight requests may take to finish once shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// A listener bound at start-up, or an address another process still holds.
+#[derive(Debug)]
+pub enum Listen {
+    /// Bound and ready to accept.
+    Bound(TcpListener),
+    /// In use at start-up; bound by the serving task, retrying with backoff.
+    InUse(SocketAddr),
+}
 
-/// Serves the guarded API on `listener` until `shutdown` turns true, then drains.
-pub async fn serve_proxy(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    let builder = connection_builder();
+/// The guarded listener and everything its connections share.
+pub struct Proxy {
+    /// Where to accept.
+    pub listen: Listen,
+    /// The serving configuration, polled for new certificates.
+    pub tls: Arc<Watched<ServerConfig>>,
+    /// The request pipeline's state.
+    pub state: Arc<State>,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+    /// How long open connections may take to finish once shutdown starts.
+    pub grace: Duration,
+    /// Tracks open connections and upgraded streams for shutdown.
+    pub drain: Drain,
+    /// Turned ready once the listener is bound.
+    pub ready: Readiness,
+}
+
+/// First delay between two attempts to bind an address in use.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// Longest delay between two attempts to bind an address in use.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Serves the guarded API until `stop` turns true, then drains.
+pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
+    let Proxy {
+        listen,
+        tls,
+        state,
+        limits,
+        grace,
+        drain,
+        ready,
+    } = proxy;
+    let listener = match listen {
+        Listen::Bound(listener) => listener,
+        Listen::InUse(addr) => match bind_retrying(addr, "--listen", &mut stop).await {
+            Some(listener) => listener,
+            None => return,
+        },
+    };
+    if !*stop.borrow() {
+        ready.set(true);
+    }
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let context = Arc::new(connection::Context::new(tls, Arc::clone(&state), limits));
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -48,41 +98,42 @@ pub async fn serve_proxy(
                     continue;
                 }
             },
-            () = stopped(&mut shutdown) => break,
+            () = stopped(&mut stop) => break,
         };
-        let acceptor = acceptor.clone();
-        let state = Arc::clone(&state);
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let open = state.metrics.connection();
-        tokio::spawn(async move {
-            let _open = open;
-            let Some((tls, peer)) = handshake(&acceptor, tcp, addr).await else {
-                return;
-            };
-            let peer = Arc::new(peer);
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                let peer = Arc::clone(&peer);
-                async move {
-                    Ok::<_, std::convert::Infallible>(proxy::handle(&state, &peer, request).await)
-                }
-            });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-            }
-        });
+        // Over the limit the connection is closed before its TLS handshake costs anything.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            state.metrics.limit_hit(Limit::MaxConnections.as_str());
+            tracing::debug!(peer = %addr, "over --max-connections; closed");
+            continue;
+        };
+        tokio::spawn(connection::serve(
+            Arc::clone(&context),
+            tcp,
+            addr,
+            slot,
+            drain.track(),
+        ));
     }
-    drain(graceful, "proxy").await;
+    // No new connections from here on; the kernel refuses them once the socket is closed.
+    drop(listener);
+    tracing::info!(open = drain.open(), "draining connections");
+    let closed = drain.run(grace).await;
+    if closed > 0 {
+        tracing::warn!(
+            closed,
+            "connections and streams still open at the end of --shutdown-grace-period were closed"
+        );
+    }
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` over plain HTTP until `shutdown` turns true.
+/// Serves `/healthz`, `/readyz` and `/metrics` over plain HTTP until `stop` turns true, then
+/// gives open admin connections up to `grace` to finish.
 pub async fn serve_admin(
     listener: TcpListener,
     metrics: Metrics,
     ready: Readiness,
-    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -92,7 +143,7 @@ pub async fn serve_admin(
                 Ok((tcp, _)) => tcp,
                 Err(_) => continue,
             },
-            () = stopped(&mut shutdown) => break,
+            () = stopped(&mut stop) => break,
         };
         let (metrics, ready) = (metrics.clone(), ready.clone());
         let service =
@@ -105,54 +156,36 @@ pub async fn serve_admin(
             let _ = connection.await;
         });
     }
-    drain(graceful, "admin").await;
-}
-
-/// Binds a listener, naming the flag when that fails.
-pub async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, std::io::Error> {
-    TcpListener::bind(addr)
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{flag} {addr}: cannot listen: {e}")))
-}
-
-/// Completes the TLS handshake and reads what the connection proves about the caller.
-async fn handshake(
-    acceptor: &TlsAcceptor,
-    tcp: TcpStream,
-    addr: SocketAddr,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
-    let _ = tcp.set_nodelay(true);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
-            let certificate = x509::peer_identity(tls.get_ref().1.peer_certificates());
-            Some((tls, Peer { addr, certificate }))
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(peer = %addr, "TLS handshake timed out");
-            None
-        }
+        .is_err()
+    {
+        tracing::warn!("admin connections still open after the grace period");
     }
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    // Extended CONNECT (RFC 8441) is let in so the classifier can refuse it as an upgrade with 405,
-    // as the kubelet would, rather than h2 resetting the stream.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    builder
+/// Binds a listener; an address in use is [`Listen::InUse`] (the serving task retries), any other
+/// failure an error naming the flag.
+pub async fn bind(addr: SocketAddr, flag: &'static str) -> Result<Listen, std::io::Error> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Listen::Bound(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                flag,
+                %addr,
+                "address in use (is the kubelet still listening on it?); retrying until it is free"
+            );
+            Ok(Listen::InUse(addr))
+        }
+        Err(e) => Err(cannot_listen(addr, flag, &e)),
+    }
+}
+
+/// Binds a listener that must be available now, naming the flag when it is not.
+pub async fn bind_now(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, std::io::Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| cannot_listen(addr, flag, &e))
 }
 
 /// Resolves once shutdown has been asked for (or its sender is gone).
@@ -160,14 +193,39 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-async fn drain(graceful: GracefulShutdown, listener: &str) {
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener,
-            "connections still open after the grace period; closing them"
-        );
+/// Binds `addr`, retrying with doubling delays while it is in use; `None` if `stop` came first.
+async fn bind_retrying(
+    addr: SocketAddr,
+    flag: &'static str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<TcpListener> {
+    let mut delay = FIRST_RETRY;
+    let mut attempts = 1u32;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stopped(stop) => return None,
+        }
+        attempts += 1;
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(flag, %addr, attempts, "bound");
+                return Some(listener);
+            }
+            Err(e) => {
+                delay = (delay * 2).min(MAX_RETRY);
+                tracing::warn!(
+                    flag,
+                    %addr,
+                    error = %e,
+                    retry_in = ?delay,
+                    "cannot listen yet (is the kubelet still listening on it?)"
+                );
+            }
+        }
     }
+}
+
+fn cannot_listen(addr: SocketAddr, flag: &'static str, e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{flag} {addr}: cannot listen: {e}"))
 }

@@ -1,8 +1,14 @@
 //! PEM loading and the two rustls configurations: the guard's serving side (optional client
-//! certificates verified against `--client-ca-file`) and its client side towards the kubelet.
+//! certificates verified against `--client-ca-file`, the protocol versions and cipher suites of
+//! `--tls-min-version` and `--tls-cipher-suites`) and its client side towards the kubelet.
 //!
 //! ring is the one crypto provider (`provider()`); nothing here may pull in another. Every error
 //! names the flag and the file so a misconfiguration fails at start-up with a usable message.
+//! Configurations are built from file contents already read, so the reload task (`tls::reload`)
+//! builds exactly what it compared.
+
+pub mod policy;
+pub mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +20,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::{ServingFiles, Upstream, UpstreamCredential};
+use crate::reload::FileError;
+pub use policy::{MinVersion, TlsPolicy};
 
 /// A certificate, key or CA file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -27,33 +35,67 @@ pub struct TlsError {
     pub message: String,
 }
 
+/// The client configurations towards the kubelet.
+pub struct UpstreamTls {
+    /// With the guard's client certificate, if that is its credential.
+    pub guard: ClientConfig,
+    /// Without any client certificate, for requests forwarded with the caller's own token
+    /// (`--mode=observe`); `None` when not asked for.
+    pub callers: Option<ClientConfig>,
+}
+
 /// The crypto provider of every TLS configuration in the process.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the serving configuration: ALPN h2 and http/1.1, client certificates requested but
-/// optional when a client CA is given (a caller may use a bearer token instead).
+/// Builds the serving configuration from the files with the default policy: ALPN h2 and
+/// http/1.1, client certificates requested but optional when a client CA is given.
 pub fn server_config(files: &ServingFiles) -> Result<ServerConfig, TlsError> {
+    let mut contents = vec![read(&files.cert, "--tls-cert-file")?];
+    contents.push(read(&files.key, "--tls-private-key-file")?);
+    if let Some(ca) = &files.client_ca {
+        contents.push(read(ca, "--client-ca-file")?);
+    }
+    server_config_from(files, &TlsPolicy::default(), &contents)
+}
+
+/// Builds the serving configuration from the contents of the certificate, the key and, if
+/// configured, the client CA, in that order.
+pub fn server_config_from(
+    files: &ServingFiles,
+    policy: &TlsPolicy,
+    contents: &[Vec<u8>],
+) -> Result<ServerConfig, TlsError> {
+    let (cert_pem, key_pem, ca_pem) = match contents {
+        [cert, key] => (cert, key, None),
+        [cert, key, ca] => (cert, key, Some(ca)),
+        _ => {
+            return Err(error(
+                "--tls-cert-file",
+                &files.cert,
+                "internal: files missing",
+            ));
+        }
+    };
     let (chain, key) = cert_and_key(
-        &files.cert,
-        "--tls-cert-file",
-        &files.key,
-        "--tls-private-key-file",
+        (cert_pem, &files.cert, "--tls-cert-file"),
+        (key_pem, &files.key, "--tls-private-key-file"),
     )?;
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let provider = Arc::new(policy.provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&policy.versions(&provider))
         .map_err(|e| error("--tls-cert-file", &files.cert, e))?;
-    let builder = match &files.client_ca {
-        Some(ca) => {
-            let roots = Arc::new(roots(ca, "--client-ca-file")?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+    let builder = match (&files.client_ca, ca_pem) {
+        (Some(ca), Some(pem)) => {
+            let roots = Arc::new(roots(pem, ca, "--client-ca-file")?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| error("--client-ca-file", ca, e))?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
+        _ => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(chain, key)
@@ -62,42 +104,46 @@ pub fn server_config(files: &ServingFiles) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
-/// Builds the client configuration towards the kubelet: its CA and the guard's client certificate
-/// if that is its credential. ALPN is left to the connector, which offers http/1.1 only.
-pub fn upstream_config(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
-    upstream_client(upstream, true)
-}
-
-/// The client configuration towards the kubelet without the guard's certificate, for requests
-/// forwarded with the caller's own token (`--mode=observe`).
-pub fn upstream_config_for_callers(upstream: &Upstream) -> Result<ClientConfig, TlsError> {
-    upstream_client(upstream, false)
-}
-
-fn upstream_client(upstream: &Upstream, with_identity: bool) -> Result<ClientConfig, TlsError> {
-    let roots = roots(&upstream.ca, "--upstream-ca-file")?;
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| error("--upstream-ca-file", &upstream.ca, e))?
-        .with_root_certificates(roots);
-    let config = match &upstream.credential {
-        UpstreamCredential::ClientCert {
-            cert,
-            key: key_path,
-        } if with_identity => {
-            let (chain, key) = cert_and_key(
-                cert,
-                "--upstream-client-cert-file",
-                key_path,
-                "--upstream-client-key-file",
-            )?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| error("--upstream-client-key-file", key_path, e))?
-        }
-        _ => builder.with_no_client_auth(),
+/// Builds the client configurations towards the kubelet from the contents of the upstream CA and,
+/// for a certificate credential, the client certificate and its key, in that order. ALPN is left
+/// to the connector, which offers http/1.1 only.
+pub fn upstream_config_from(
+    upstream: &Upstream,
+    contents: &[Vec<u8>],
+    callers: bool,
+) -> Result<UpstreamTls, TlsError> {
+    let Some(ca_pem) = contents.first() else {
+        return Err(error(
+            "--upstream-ca-file",
+            &upstream.ca,
+            "internal: file missing",
+        ));
     };
-    Ok(config)
+    let roots = roots(ca_pem, &upstream.ca, "--upstream-ca-file")?;
+    let builder = || {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| error("--upstream-ca-file", &upstream.ca, e))
+            .map(|builder| builder.with_root_certificates(roots.clone()))
+    };
+    let guard = match (&upstream.credential, contents) {
+        (UpstreamCredential::ClientCert { cert, key }, [_, cert_pem, key_pem]) => {
+            let (chain, key_der) = cert_and_key(
+                (cert_pem, cert, "--upstream-client-cert-file"),
+                (key_pem, key, "--upstream-client-key-file"),
+            )?;
+            builder()?
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| error("--upstream-client-key-file", key, e))?
+        }
+        _ => builder()?.with_no_client_auth(),
+    };
+    let callers = if callers {
+        Some(builder()?.with_no_client_auth())
+    } else {
+        None
+    };
+    Ok(UpstreamTls { guard, callers })
 }
 
 /// Reads every certificate of a PEM file; an empty file is an error.
@@ -105,8 +151,27 @@ pub fn load_certs(
     path: &Path,
     flag: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(flag, path, e))?
+    certs(&read(path, flag)?, path, flag)
+}
+
+/// Reads the first private key of a PEM file (PKCS#1, SEC1 or PKCS#8).
+pub fn load_key(path: &Path, flag: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read(path, flag)?).map_err(|e| error(flag, path, e))
+}
+
+impl From<TlsError> for FileError {
+    fn from(e: TlsError) -> Self {
+        crate::reload::error(e.flag, &e.path, e.message)
+    }
+}
+
+/// Every certificate of PEM `bytes` read from `path`; none is an error.
+fn certs(
+    bytes: &[u8],
+    path: &Path,
+    flag: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error(flag, path, e))?;
     if certs.is_empty() {
@@ -115,21 +180,14 @@ pub fn load_certs(
     Ok(certs)
 }
 
-/// Reads the first private key of a PEM file (PKCS#1, SEC1 or PKCS#8).
-pub fn load_key(path: &Path, flag: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| error(flag, path, e))
-}
-
-/// Loads a certificate chain and its key and proves they belong together, so a mismatch fails at
-/// start-up rather than in every handshake.
+/// Parses a certificate chain and its key and proves they belong together, so a mismatch fails
+/// at start-up (or keeps the last good pair on reload) rather than failing every handshake.
 fn cert_and_key(
-    cert_path: &Path,
-    cert_flag: &'static str,
-    key_path: &Path,
-    key_flag: &'static str,
+    (cert_pem, cert_path, cert_flag): (&[u8], &Path, &'static str),
+    (key_pem, key_path, key_flag): (&[u8], &Path, &'static str),
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let chain = load_certs(cert_path, cert_flag)?;
-    let key = load_key(key_path, key_flag)?;
+    let chain = certs(cert_pem, cert_path, cert_flag)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| error(key_flag, key_path, e))?;
     let signing_key = provider()
         .key_provider
         .load_private_key(key.clone_key())
@@ -146,12 +204,16 @@ fn cert_and_key(
     Ok((chain, key))
 }
 
-fn roots(path: &Path, flag: &'static str) -> Result<RootCertStore, TlsError> {
+fn roots(pem: &[u8], path: &Path, flag: &'static str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path, flag)? {
+    for cert in certs(pem, path, flag)? {
         roots.add(cert).map_err(|e| error(flag, path, e))?;
     }
     Ok(roots)
+}
+
+fn read(path: &Path, flag: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| error(flag, path, e))
 }
 
 fn error(flag: &'static str, path: &Path, message: impl std::fmt::Display) -> TlsError {

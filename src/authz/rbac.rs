@@ -1,24 +1,36 @@
-//! Kubernetes RBAC evaluated locally: the authorizer of embedded mode (`--rbac-policy-file`).
+//! Kubernetes RBAC evaluated locally: the authorizer of embedded mode (`--rbac-policy-file`) and
+//! the evaluator behind `kubelet-guard rbac-audit`.
 //!
-//! Owns: turning a YAML stream of `rbac.authorization.k8s.io/v1` objects into a validated
-//! [`Policy`], flattening aggregated ClusterRoles, and answering whether some ClusterRoleBinding
-//! grants an identity a resource request.
+//! Owns: turning streams of `rbac.authorization.k8s.io/v1` objects into a validated [`Policy`],
+//! flattening aggregated ClusterRoles, and answering whether some binding grants an identity a
+//! resource request.
 //!
 //! Must not: read files, log, know HTTP or kubelet paths (the caller turns a request into a
 //! [`ResourceRequest`]), or add implicit groups such as `system:authenticated` (the caller does).
-//! Roles and RoleBindings are loaded and reported, never used: kubelet resources (`nodes/*`) are
-//! cluster-scoped, and a namespaced binding cannot grant cluster-scoped access.
+//!
+//! Scope is the RBAC authorizer's: a cluster-scoped request (`namespace: ""`, such as the kubelet's
+//! `nodes/<subresource>`) is granted only by ClusterRoleBindings; a namespaced request (such as
+//! `create` on `pods/exec` in `team-a`) by ClusterRoleBindings and by the RoleBindings of its
+//! namespace, whose `roleRef` names a Role of that namespace or a ClusterRole. A Role or RoleBinding
+//! whose rules cover `nodes` is reported, since it can never reach the kubelet.
 //!
 //! Follows Kubernetes, so a file means here what it would mean in a cluster:
 //! - matching: `pkg/apis/rbac/v1/evaluation_helpers.go` (`VerbMatches`, `APIGroupMatches`,
 //!   `ResourceMatches`, `ResourceNameMatches`) as combined by `RuleAllows` in
-//!   `plugin/pkg/auth/authorizer/rbac/rbac.go`;
-//! - subjects: `appliesToUser` in `rbac.go`, after the defaults of `pkg/apis/rbac/v1/defaults.go`;
-//! - validation: `pkg/apis/rbac/validation/validation.go` for ClusterRoles and ClusterRoleBindings
-//!   (what the API server would reject, we reject; Roles and RoleBindings are only type-checked);
+//!   `plugin/pkg/auth/authorizer/rbac/rbac.go`, and its `VisitRulesFor` for scope;
+//! - subjects: `appliesToUser` in `rbac.go` (a RoleBinding's ServiceAccount subject without a
+//!   namespace is in the binding's namespace), after the defaults of `pkg/apis/rbac/v1/defaults.go`;
+//! - validation: `pkg/apis/rbac/validation/validation.go` (what the API server would reject, we
+//!   reject); a namespaced object without `metadata.namespace` is taken to be in `default`;
 //! - aggregation: `pkg/controller/clusterroleaggregation`, taken to its fixed point at parse time.
+//!
+//! A binding to a role that is not in the input grants nothing in a cluster. [`Policy::parse`]
+//! (serving) rejects it, since in a policy file it is almost always a typo; with
+//! [`MissingRoles::Report`] ([`Policy::parse_lenient`], [`PolicyBuilder`], used by auditing) it is
+//! kept as an [`UnresolvedBinding`] and reported.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
 
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -32,10 +44,13 @@ use serde_saphyr::{DefaultMessageFormatter, MessageFormatter, Spanned};
 
 use crate::authn::Identity;
 
-/// A validated RBAC policy: every ClusterRoleBinding with the effective rules of its role.
+/// A validated RBAC policy: every binding with the effective rules of its role.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    bindings: Vec<Binding>,
+    cluster_bindings: Vec<Binding>,
+    role_bindings: Vec<Binding>,
+    roles: Vec<RoleDefinition>,
+    unresolved: Vec<UnresolvedBinding>,
 }
 
 /// The attributes of one resource request, as the Kubernetes RBAC authorizer sees them.
@@ -49,30 +64,190 @@ pub struct ResourceRequest<'a> {
     pub subresource: &'a str,
     /// Name of the object, e.g. the node name.
     pub name: &'a str,
+    /// Namespace of the object; `""` for a cluster-scoped resource such as `nodes`.
+    pub namespace: &'a str,
     /// Kubernetes verb, e.g. `get` or `create`.
     pub verb: &'a str,
+}
+
+/// The two kinds of binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BindingKind {
+    /// Grants cluster-scoped requests and namespaced requests in every namespace.
+    ClusterRoleBinding,
+    /// Grants namespaced requests in its own namespace only.
+    RoleBinding,
+}
+
+/// The two kinds of role a binding may refer to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RoleKind {
+    /// A cluster-wide role, possibly aggregated.
+    ClusterRole,
+    /// A role of one namespace; only a RoleBinding of that namespace can refer to it.
+    Role,
 }
 
 /// Which binding, through which role, allowed a request (for audit records).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
-    /// Name of the ClusterRoleBinding.
+    /// Name of the binding.
     pub binding: String,
-    /// Name of the ClusterRole it refers to.
+    /// Name of the role it refers to.
     pub role: String,
+    /// Whether the binding is a ClusterRoleBinding or a RoleBinding.
+    pub binding_kind: BindingKind,
+    /// Namespace of a RoleBinding; `""` for a ClusterRoleBinding.
+    pub namespace: String,
+    /// Whether the role is a ClusterRole or a Role.
+    pub role_kind: RoleKind,
 }
 
-/// One subject of one ClusterRoleBinding with the effective rules it is granted.
+/// Where an object was read: a source (a file name, `""` for [`Policy::parse`]) and a line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// The file or listing the object came from; `""` when there was only one.
+    pub source: String,
+    /// 1-based line of the object's document; 0 when unknown (a cluster listing).
+    pub line: usize,
+}
+
+/// One subject of one binding with the effective rules it is granted.
 #[derive(Clone, Copy, Debug)]
 pub struct SubjectGrant<'a> {
-    /// Name of the ClusterRoleBinding.
+    /// Name of the binding.
     pub binding: &'a str,
-    /// Name of the ClusterRole it refers to.
+    /// Name of the role it refers to.
     pub role: &'a str,
-    /// The subject, with Kubernetes' defaults applied (`apiGroup` of users and groups filled in).
+    /// The subject, with Kubernetes' defaults applied (`apiGroup` of users and groups filled in;
+    /// a RoleBinding's ServiceAccount subject in the binding's namespace when it named none).
     pub subject: &'a Subject,
     /// The role's effective rules (for an aggregated role, the union of the selected roles' rules).
     pub rules: &'a [PolicyRule],
+    /// Whether the binding is a ClusterRoleBinding or a RoleBinding.
+    pub binding_kind: BindingKind,
+    /// Namespace of a RoleBinding; `""` for a ClusterRoleBinding.
+    pub namespace: &'a str,
+    /// Whether the role is a ClusterRole or a Role.
+    pub role_kind: RoleKind,
+    /// Where the binding was read.
+    pub location: &'a Location,
+}
+
+/// A ClusterRole or Role with its effective rules.
+#[derive(Clone, Copy, Debug)]
+pub struct RoleView<'a> {
+    /// ClusterRole or Role.
+    pub kind: RoleKind,
+    /// Namespace of a Role; `""` for a ClusterRole.
+    pub namespace: &'a str,
+    /// Name of the role.
+    pub name: &'a str,
+    /// Its effective rules (an aggregated ClusterRole's are those of the roles it selects).
+    pub rules: &'a [PolicyRule],
+    /// Where the role was read.
+    pub location: &'a Location,
+}
+
+/// A binding whose role is not in the input: in a cluster it grants nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnresolvedBinding {
+    /// ClusterRoleBinding or RoleBinding.
+    pub kind: BindingKind,
+    /// Namespace of a RoleBinding; `""` for a ClusterRoleBinding.
+    pub namespace: String,
+    /// Name of the binding.
+    pub name: String,
+    /// Kind of the missing role.
+    pub role_kind: RoleKind,
+    /// Name of the missing role.
+    pub role: String,
+    /// The binding's subjects, defaulted as for resolved bindings.
+    pub subjects: Vec<Subject>,
+    /// Where the binding was read.
+    pub location: Location,
+}
+
+/// Something loaded that grants less than it seems to. Never fatal.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyWarning {
+    /// A Role, or a RoleBinding's role, covers `nodes`, which only a ClusterRoleBinding can grant.
+    NamespacedNodes {
+        /// `Role` or `RoleBinding`.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A binding without subjects.
+    NoSubjects {
+        /// ClusterRoleBinding or RoleBinding.
+        kind: BindingKind,
+        /// Namespace of a RoleBinding; `""` for a ClusterRoleBinding.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// No ClusterRoleBinding, so nothing cluster-scoped is granted.
+    NoClusterRoleBinding {
+        /// Whether RoleBindings still grant namespaced requests.
+        role_bindings: bool,
+    },
+    /// A namespaced object without `metadata.namespace`, taken to be in `default`.
+    DefaultNamespace {
+        /// `Role` or `RoleBinding`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Where it was read.
+        location: Location,
+    },
+    /// A binding whose role is not in the input ([`MissingRoles::Report`] only).
+    MissingRole(Box<UnresolvedBinding>),
+    /// An object defined twice ([`MissingRoles::Report`] only): the later definition is kept, as
+    /// applying both to a cluster would.
+    Redefined {
+        /// Its kind.
+        kind: &'static str,
+        /// `namespace/name` or `name`.
+        name: String,
+        /// The definition dropped.
+        first: Location,
+        /// The definition kept.
+        then: Location,
+    },
+}
+
+/// What a binding to a role that is not in the input does to parsing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingRoles {
+    /// Reject the input (serving: such a binding is almost always a typo). Also rejects an object
+    /// defined twice.
+    #[default]
+    Reject,
+    /// Keep the binding as unresolved, granting nothing, and warn (auditing). An object defined
+    /// twice keeps its later definition, with a warning.
+    Report,
+}
+
+/// One object of an input stream, before validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// 1-based line where its document starts; 0 when unknown (a cluster listing).
+    pub line: usize,
+    /// Its index in the `List` that held it, if any.
+    pub item: Option<usize>,
+    /// The object, or a `v1` `List` of objects.
+    pub value: Value,
+}
+
+/// Builds a [`Policy`] from several sources (files, a cluster listing), each loaded whole or not
+/// at all.
+#[derive(Debug, Default)]
+pub struct PolicyBuilder {
+    objects: Objects,
+    missing_roles: MissingRoles,
 }
 
 /// Why a policy file was rejected, with the line of the offending document when known.
@@ -88,43 +263,232 @@ pub struct PolicyError {
 impl Policy {
     /// Parses and validates a multi-document YAML stream of ClusterRoles, ClusterRoleBindings,
     /// Roles, RoleBindings and `v1` Lists of them. Returns the policy and human-readable warnings
-    /// (objects loaded but unable to grant anything).
+    /// (objects loaded but unable to grant what they seem to). A binding to a role that is not in
+    /// the stream is an error.
     pub fn parse(yaml: &str) -> Result<(Policy, Vec<String>), PolicyError> {
-        let documents = documents(yaml)?;
-        if documents.is_empty() {
-            return Err(PolicyError::new(None, "the policy file holds no documents"));
-        }
-        let mut objects = Objects::default();
-        for document in documents {
-            let line = usize::try_from(document.referenced.line()).unwrap_or(0);
-            objects.load(document.value, &Origin { line, item: None })?;
-        }
-        objects.into_policy()
+        Self::parse_with(yaml, MissingRoles::Reject)
     }
 
-    /// The first ClusterRoleBinding (in file order) whose subjects include `who` and whose role
-    /// has a rule allowing `request`, or `None` when nothing grants it.
+    /// As [`Policy::parse`], except that a binding to a role that is not in the stream is kept as
+    /// an [`UnresolvedBinding`] (granting nothing) with a warning, and an object defined twice
+    /// keeps its later definition.
+    pub fn parse_lenient(yaml: &str) -> Result<(Policy, Vec<String>), PolicyError> {
+        Self::parse_with(yaml, MissingRoles::Report)
+    }
+
+    /// The first binding whose subjects include `who` and whose role has a rule allowing
+    /// `request`, or `None` when nothing grants it: ClusterRoleBindings in input order, then, for
+    /// a namespaced request, the RoleBindings of its namespace in input order.
     pub fn authorize(&self, who: &Identity, request: &ResourceRequest<'_>) -> Option<Grant> {
+        let namespaced = self
+            .role_bindings()
+            .filter(|grant| !request.namespace.is_empty() && grant.namespace == request.namespace);
         self.bindings()
+            .chain(namespaced)
             .filter(|grant| subject_matches(grant.subject, who))
             .find(|grant| grant.rules.iter().any(|rule| rule_allows(rule, request)))
             .map(|grant| Grant {
                 binding: grant.binding.to_owned(),
                 role: grant.role.to_owned(),
+                binding_kind: grant.binding_kind,
+                namespace: grant.namespace.to_owned(),
+                role_kind: grant.role_kind,
             })
     }
 
-    /// Every (binding, subject) pair in file order with the effective rules it grants; the
-    /// input of `rbac-audit` and of [`Policy::authorize`].
+    /// Every (ClusterRoleBinding, subject) pair in input order with the effective rules it grants:
+    /// everything that can grant a cluster-scoped request such as `nodes/proxy`.
     pub fn bindings(&self) -> impl Iterator<Item = SubjectGrant<'_>> {
-        self.bindings.iter().flat_map(|binding| {
-            binding.subjects.iter().map(move |subject| SubjectGrant {
-                binding: &binding.name,
-                role: &binding.role,
-                subject,
-                rules: &binding.rules,
-            })
+        subject_grants(&self.cluster_bindings)
+    }
+
+    /// Every (RoleBinding, subject) pair in input order with the effective rules it grants in its
+    /// namespace.
+    pub fn role_bindings(&self) -> impl Iterator<Item = SubjectGrant<'_>> {
+        subject_grants(&self.role_bindings)
+    }
+
+    /// Every ClusterRole, then every Role, in input order, with its effective rules.
+    pub fn roles(&self) -> impl Iterator<Item = RoleView<'_>> {
+        self.roles.iter().map(|role| RoleView {
+            kind: role.kind,
+            namespace: &role.namespace,
+            name: &role.name,
+            rules: &role.rules,
+            location: &role.location,
         })
+    }
+
+    /// The bindings whose role is not in the input ([`MissingRoles::Report`] only).
+    pub fn unresolved_bindings(&self) -> &[UnresolvedBinding] {
+        &self.unresolved
+    }
+
+    fn parse_with(
+        yaml: &str,
+        missing_roles: MissingRoles,
+    ) -> Result<(Policy, Vec<String>), PolicyError> {
+        let documents = documents(yaml)?;
+        if documents.is_empty() {
+            return Err(PolicyError::new(None, "the policy file holds no documents"));
+        }
+        let mut builder = PolicyBuilder::new(missing_roles);
+        builder.add_source("", documents)?;
+        let (policy, warnings) = builder.build()?;
+        Ok((policy, warnings.iter().map(ToString::to_string).collect()))
+    }
+}
+
+impl PolicyBuilder {
+    /// An empty builder; `missing_roles` says what a binding to an absent role does.
+    pub fn new(missing_roles: MissingRoles) -> PolicyBuilder {
+        PolicyBuilder {
+            objects: Objects::default(),
+            missing_roles,
+        }
+    }
+
+    /// Validates and adds every RBAC object of one source. A source holding an invalid object, a
+    /// kind other than the four RBAC kinds and `List`, or a wrong `apiVersion` is rejected whole,
+    /// and the builder is left as it was.
+    pub fn add_source(
+        &mut self,
+        source: &str,
+        documents: Vec<Document>,
+    ) -> Result<(), PolicyError> {
+        let mut objects = Objects::default();
+        for document in documents {
+            let origin = Origin {
+                source,
+                line: document.line,
+                item: document.item,
+            };
+            objects.load(document.value, &origin)?;
+        }
+        self.objects.append(objects);
+        Ok(())
+    }
+
+    /// Resolves every binding against the effective rules of its role.
+    pub fn build(self) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
+        self.objects.into_policy(self.missing_roles)
+    }
+}
+
+impl fmt::Display for Grant {
+    /// `ClusterRoleBinding "b" of ClusterRole "r"`, or `RoleBinding "ns/b" of Role "r"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let binding = qualified(&self.namespace, &self.binding);
+        write!(
+            f,
+            "{} {binding:?} of {} {:?}",
+            self.binding_kind, self.role_kind, self.role
+        )
+    }
+}
+
+impl BindingKind {
+    /// `ClusterRoleBinding` or `RoleBinding`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingKind::ClusterRoleBinding => "ClusterRoleBinding",
+            BindingKind::RoleBinding => "RoleBinding",
+        }
+    }
+}
+
+impl fmt::Display for BindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl RoleKind {
+    /// `ClusterRole` or `Role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleKind::ClusterRole => "ClusterRole",
+            RoleKind::Role => "Role",
+        }
+    }
+}
+
+impl fmt::Display for RoleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Location {
+    /// `file:12`, `file` when the line is unknown, or `line 12` for a single unnamed source.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.source.as_str(), self.line) {
+            ("", line) => write!(f, "line {line}"),
+            (source, 0) => f.write_str(source),
+            (source, line) => write!(f, "{source}:{line}"),
+        }
+    }
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyWarning::NamespacedNodes {
+                kind,
+                namespace,
+                name,
+            } => write!(
+                f,
+                "{kind} {namespace}/{name} cannot grant cluster-scoped nodes access; it grants \
+                 only within namespace {namespace}"
+            ),
+            PolicyWarning::NoSubjects {
+                kind,
+                namespace,
+                name,
+            } => write!(
+                f,
+                "{kind} {} has no subjects; it grants nothing",
+                qualified(namespace, name)
+            ),
+            PolicyWarning::NoClusterRoleBinding { role_bindings } => {
+                let denied = if *role_bindings {
+                    "every cluster-scoped request"
+                } else {
+                    "every request"
+                };
+                write!(
+                    f,
+                    "the policy has no ClusterRoleBinding; {denied} is denied"
+                )
+            }
+            PolicyWarning::DefaultNamespace {
+                kind,
+                name,
+                location,
+            } => write!(
+                f,
+                "{kind} {name} ({location}) has no metadata.namespace; taken to be in \"default\""
+            ),
+            PolicyWarning::MissingRole(binding) => write!(
+                f,
+                "{} {} ({}) refers to {} {}, which is not in the input; it grants nothing",
+                binding.kind,
+                qualified(&binding.namespace, &binding.name),
+                binding.location,
+                binding.role_kind,
+                binding.role
+            ),
+            PolicyWarning::Redefined {
+                kind,
+                name,
+                first,
+                then,
+            } => write!(
+                f,
+                "{kind} {name} is defined twice ({first}, then {then}); the later definition is used"
+            ),
+        }
     }
 }
 
@@ -135,19 +499,45 @@ impl PolicyError {
     }
 }
 
+/// The resource names a rule may grant a request on, [`rule_scope`]'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameScope<'r> {
+    /// Every object: the rule lists no `resourceNames`.
+    Any,
+    /// Only the objects listed in the rule's `resourceNames`.
+    Only(&'r [String]),
+}
+
 /// Whether `rule` allows the resource request: Kubernetes' `RuleAllows` for resource requests.
 ///
 /// Verbs and API groups match literally or through `*`. The resource matches as `*`, as the
 /// combined `resource/subresource`, or as `*/subresource`; `nodes/*` is no wildcard. A rule with
 /// `resourceNames` matches only those names. Non-resource-URL rules name no resources, so never match.
 pub fn rule_allows(rule: &PolicyRule, request: &ResourceRequest<'_>) -> bool {
-    holds(Some(&rule.verbs), request.verb)
-        && holds(rule.api_groups.as_ref(), request.api_group)
-        && resource_matches(rule, request)
-        && resource_name_matches(rule, request.name)
+    match rule_scope(rule, request) {
+        Some(NameScope::Any) => true,
+        Some(NameScope::Only(names)) => names.iter().any(|listed| listed == request.name),
+        None => false,
+    }
 }
 
-/// Whether a binding subject denotes `who`: Kubernetes' `appliesToUser` for cluster bindings.
+/// [`rule_allows`] for every name at once: `None` when the rule does not allow the request's verb,
+/// group and resource, else the names it allows them on (`request.name` is not looked at).
+pub fn rule_scope<'r>(
+    rule: &'r PolicyRule,
+    request: &ResourceRequest<'_>,
+) -> Option<NameScope<'r>> {
+    let applies = holds(Some(&rule.verbs), request.verb)
+        && holds(rule.api_groups.as_ref(), request.api_group)
+        && resource_matches(rule, request);
+    let scope = match rule.resource_names.as_deref() {
+        None | Some([]) => NameScope::Any,
+        Some(names) => NameScope::Only(names),
+    };
+    applies.then_some(scope)
+}
+
+/// Whether a binding subject denotes `who`: Kubernetes' `appliesToUser`, on a defaulted subject.
 pub fn subject_matches(subject: &Subject, who: &Identity) -> bool {
     match subject.kind.as_str() {
         "User" => subject.name == who.name,
@@ -160,82 +550,184 @@ pub fn subject_matches(subject: &Subject, who: &Identity) -> bool {
     }
 }
 
+/// Splits a YAML stream (JSON is YAML too) into documents, each with its first line; syntax
+/// errors keep their location.
+pub fn documents(yaml: &str) -> Result<Vec<Document>, PolicyError> {
+    let options = serde_saphyr::options! { with_snippet: false };
+    let spanned: Vec<Spanned<Value>> = serde_saphyr::from_multiple_with_options(yaml, options)
+        .map_err(|error| {
+            let message = DefaultMessageFormatter.format_message(error.without_snippet());
+            // The message may quote the input: keep control characters out of logs.
+            let message: String = message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            match error.location() {
+                Some(at) => PolicyError::new(
+                    usize::try_from(at.line()).ok(),
+                    format!("{message} (column {})", at.column()),
+                ),
+                None => PolicyError::new(None, message),
+            }
+        })?;
+    Ok(spanned
+        .into_iter()
+        .map(|document| Document {
+            line: usize::try_from(document.referenced.line()).unwrap_or(0),
+            item: None,
+            value: document.value,
+        })
+        .collect())
+}
+
 /// The API group and version of every RBAC kind this module reads.
 const RBAC_V1: &str = "rbac.authorization.k8s.io/v1";
 
 /// The API group that `User` and `Group` subjects and every `roleRef` belong to.
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
-/// One ClusterRoleBinding resolved against its role.
+/// The namespace of a namespaced object that names none (`kubectl apply`'s default context).
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// One binding resolved against its role.
 #[derive(Clone, Debug)]
 struct Binding {
+    kind: BindingKind,
+    namespace: String,
     name: String,
+    role_kind: RoleKind,
     role: String,
     subjects: Vec<Subject>,
     rules: Vec<PolicyRule>,
+    location: Location,
 }
 
-/// Where an object came from: its document's first line and, inside a List, its item index.
+/// One role with its effective rules.
+#[derive(Clone, Debug)]
+struct RoleDefinition {
+    kind: RoleKind,
+    namespace: String,
+    name: String,
+    rules: Vec<PolicyRule>,
+    location: Location,
+}
+
+/// Where an object came from: its source, its document's first line and, inside a List, its
+/// item index.
 #[derive(Clone, Copy)]
-struct Origin {
+struct Origin<'s> {
+    source: &'s str,
     line: usize,
     item: Option<usize>,
 }
 
-impl Origin {
-    fn error(&self, message: impl std::fmt::Display) -> PolicyError {
+impl Origin<'_> {
+    fn error(&self, message: impl fmt::Display) -> PolicyError {
         let message = match self.item {
             Some(index) => format!("List items[{index}]: {message}"),
             None => message.to_string(),
         };
         PolicyError::new(Some(self.line), message)
     }
+
+    fn location(&self) -> Location {
+        Location {
+            source: self.source.to_owned(),
+            line: self.line,
+        }
+    }
 }
 
-/// An object with the line of the document that held it.
+/// An object with where it was read.
+#[derive(Debug)]
 struct Located<T> {
-    line: usize,
+    location: Location,
     object: T,
 }
 
-/// Everything loaded from the stream, before roles are resolved.
-#[derive(Default)]
+/// Everything loaded from the sources, before roles are resolved.
+#[derive(Debug, Default)]
 struct Objects {
     cluster_roles: Vec<Located<ClusterRole>>,
-    bindings: Vec<Located<ClusterRoleBinding>>,
-    warnings: Vec<String>,
+    cluster_bindings: Vec<Located<ClusterRoleBinding>>,
+    roles: Vec<Located<Role>>,
+    role_bindings: Vec<Located<RoleBinding>>,
+    warnings: Vec<PolicyWarning>,
+}
+
+/// A binding of either kind, before its role is resolved.
+struct RawBinding {
+    kind: BindingKind,
+    namespace: String,
+    name: String,
+    role_kind: RoleKind,
+    role: String,
+    subjects: Vec<Subject>,
+    location: Location,
 }
 
 impl Objects {
     /// Checks `kind` and `apiVersion`, then validates the object (or List) and files it.
-    fn load(&mut self, value: Value, origin: &Origin) -> Result<(), PolicyError> {
+    fn load(&mut self, value: Value, origin: &Origin<'_>) -> Result<(), PolicyError> {
         let text = |field| value.get(field).and_then(Value::as_str).unwrap_or_default();
         let (api_version, kind) = (text("apiVersion").to_owned(), text("kind").to_owned());
         let what = format!("{kind} {:?}", object_name(&value));
-        let line = origin.line;
+        let location = origin.location();
         let invalid = |message: String| origin.error(format!("{what}: {message}"));
         match (kind.as_str(), api_version.as_str()) {
             ("List", "v1") if origin.item.is_none() => self.load_list(value, origin)?,
             ("ClusterRole", RBAC_V1) => {
                 let role: ClusterRole = typed(value, &what, origin)?;
                 check_cluster_role(&role).map_err(invalid)?;
-                self.cluster_roles.push(Located { line, object: role });
+                self.cluster_roles.push(Located {
+                    location,
+                    object: role,
+                });
             }
             ("ClusterRoleBinding", RBAC_V1) => {
                 let mut binding: ClusterRoleBinding = typed(value, &what, origin)?;
-                default_binding(&mut binding);
-                check_cluster_role_binding(&binding).map_err(invalid)?;
-                self.bindings.push(Located {
-                    line,
+                default_binding(&mut binding.role_ref, binding.subjects.as_mut(), None);
+                check_binding(
+                    &binding.metadata,
+                    &binding.role_ref,
+                    &binding.subjects,
+                    false,
+                )
+                .map_err(invalid)?;
+                self.cluster_bindings.push(Located {
+                    location,
                     object: binding,
                 });
             }
             ("Role", RBAC_V1) => {
-                self.ignore("Role", &typed::<Role>(value, &what, origin)?.metadata)
+                let mut role: Role = typed(value, &what, origin)?;
+                self.default_namespace("Role", &mut role.metadata, &location);
+                check_role(&role).map_err(invalid)?;
+                self.roles.push(Located {
+                    location,
+                    object: role,
+                });
             }
             ("RoleBinding", RBAC_V1) => {
-                let binding: RoleBinding = typed(value, &what, origin)?;
-                self.ignore("RoleBinding", &binding.metadata);
+                let mut binding: RoleBinding = typed(value, &what, origin)?;
+                self.default_namespace("RoleBinding", &mut binding.metadata, &location);
+                let namespace = binding.metadata.namespace.clone();
+                default_binding(
+                    &mut binding.role_ref,
+                    binding.subjects.as_mut(),
+                    namespace.as_deref(),
+                );
+                check_binding(
+                    &binding.metadata,
+                    &binding.role_ref,
+                    &binding.subjects,
+                    true,
+                )
+                .map_err(invalid)?;
+                self.role_bindings.push(Located {
+                    location,
+                    object: binding,
+                });
             }
             ("List", _) if origin.item.is_some() => {
                 return Err(origin.error("a List cannot hold another List"));
@@ -258,7 +750,7 @@ impl Objects {
     }
 
     /// Loads every item of a top-level `kind: List` document.
-    fn load_list(&mut self, mut value: Value, origin: &Origin) -> Result<(), PolicyError> {
+    fn load_list(&mut self, mut value: Value, origin: &Origin<'_>) -> Result<(), PolicyError> {
         let items = match value.get_mut("items").map(Value::take) {
             Some(Value::Array(items)) => items,
             Some(Value::Null) | None => Vec::new(),
@@ -274,80 +766,245 @@ impl Objects {
         Ok(())
     }
 
-    /// Records a namespaced object, which cannot reach cluster-scoped `nodes`.
-    fn ignore(&mut self, kind: &str, metadata: &ObjectMeta) {
-        let name = metadata.name.as_deref().unwrap_or_default();
-        let name = match metadata.namespace.as_deref() {
-            Some(namespace) if !namespace.is_empty() => format!("{namespace}/{name}"),
-            _ => name.to_owned(),
-        };
-        let warning = format!("{kind} {name} cannot grant cluster-scoped nodes access; ignored");
-        self.warnings.push(warning);
+    /// Puts a namespaced object without a namespace in `default`, with a warning.
+    fn default_namespace(&mut self, kind: &'static str, metadata: &mut ObjectMeta, at: &Location) {
+        if metadata.namespace.as_deref().is_none_or(str::is_empty) {
+            metadata.namespace = Some(DEFAULT_NAMESPACE.to_owned());
+            self.warnings.push(PolicyWarning::DefaultNamespace {
+                kind,
+                name: metadata.name.clone().unwrap_or_default(),
+                location: at.clone(),
+            });
+        }
+    }
+
+    /// Moves everything `other` loaded after what this holds.
+    fn append(&mut self, mut other: Objects) {
+        self.cluster_roles.append(&mut other.cluster_roles);
+        self.cluster_bindings.append(&mut other.cluster_bindings);
+        self.roles.append(&mut other.roles);
+        self.role_bindings.append(&mut other.role_bindings);
+        self.warnings.append(&mut other.warnings);
     }
 
     /// Resolves every binding against the effective rules of its role.
-    fn into_policy(self) -> Result<(Policy, Vec<String>), PolicyError> {
+    fn into_policy(
+        self,
+        missing_roles: MissingRoles,
+    ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
         let mut warnings = self.warnings;
-        let roles = index_by_name(&self.cluster_roles, |role| &role.metadata, "ClusterRole")?;
-        index_by_name(
-            &self.bindings,
-            |binding| &binding.metadata,
-            "ClusterRoleBinding",
+        let meta = |m: &ObjectMeta| qualified_meta(m);
+        let cluster_roles = dedupe(
+            self.cluster_roles,
+            |r| meta(&r.metadata),
+            "ClusterRole",
+            missing_roles,
+            &mut warnings,
         )?;
-        let mut bindings = Vec::with_capacity(self.bindings.len());
-        for Located { line, object } in self.bindings {
-            let name = object.metadata.name.unwrap_or_default();
-            let role = object.role_ref.name;
-            let Some(rules) = effective_rules(&role, &roles) else {
-                let message = format!(
-                    "ClusterRoleBinding {name:?} refers to ClusterRole {role:?}, which is not in \
-                     the policy file"
-                );
-                return Err(PolicyError::new(Some(line), message));
-            };
-            let subjects = object.subjects.unwrap_or_default();
-            if subjects.is_empty() {
-                warnings.push(format!(
-                    "ClusterRoleBinding {name} has no subjects; it grants nothing"
-                ));
-            }
-            bindings.push(Binding {
+        let roles = dedupe(
+            self.roles,
+            |r| meta(&r.metadata),
+            "Role",
+            missing_roles,
+            &mut warnings,
+        )?;
+        let cluster_bindings = dedupe(
+            self.cluster_bindings,
+            |b| meta(&b.metadata),
+            "ClusterRoleBinding",
+            missing_roles,
+            &mut warnings,
+        )?;
+        let role_bindings = dedupe(
+            self.role_bindings,
+            |b| meta(&b.metadata),
+            "RoleBinding",
+            missing_roles,
+            &mut warnings,
+        )?;
+
+        let cluster_index: BTreeMap<&str, &ClusterRole> = cluster_roles
+            .iter()
+            .map(|role| {
+                (
+                    role.object.metadata.name.as_deref().unwrap_or_default(),
+                    &role.object,
+                )
+            })
+            .collect();
+        let role_index: BTreeMap<String, &Role> = roles
+            .iter()
+            .map(|role| (qualified_meta(&role.object.metadata), &role.object))
+            .collect();
+
+        let mut policy = Policy::default();
+        for Located { location, object } in &cluster_roles {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let rules = effective_rules(&name, &cluster_index).unwrap_or_default();
+            policy.roles.push(RoleDefinition {
+                kind: RoleKind::ClusterRole,
+                namespace: String::new(),
                 name,
-                role,
-                subjects,
                 rules,
+                location: location.clone(),
             });
         }
-        if bindings.is_empty() {
-            warnings
-                .push("the policy has no ClusterRoleBinding; every request is denied".to_owned());
+        for Located { location, object } in &roles {
+            let namespace = object.metadata.namespace.clone().unwrap_or_default();
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let rules = object.rules.clone().unwrap_or_default();
+            if covers_nodes(&rules) {
+                warnings.push(PolicyWarning::NamespacedNodes {
+                    kind: "Role",
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                });
+            }
+            policy.roles.push(RoleDefinition {
+                kind: RoleKind::Role,
+                namespace,
+                name,
+                rules,
+                location: location.clone(),
+            });
         }
-        Ok((Policy { bindings }, warnings))
+
+        let raw = cluster_bindings
+            .into_iter()
+            .map(RawBinding::from_cluster)
+            .chain(role_bindings.into_iter().map(RawBinding::from_namespaced));
+        for binding in raw {
+            let rules = match binding.role_kind {
+                RoleKind::ClusterRole => effective_rules(&binding.role, &cluster_index),
+                RoleKind::Role => role_index
+                    .get(&qualified(&binding.namespace, &binding.role))
+                    .map(|role| role.rules.clone().unwrap_or_default()),
+            };
+            let Some(rules) = rules else {
+                if missing_roles == MissingRoles::Reject {
+                    let message = format!(
+                        "{} {:?} refers to {} {:?}, which is not in the policy file",
+                        binding.kind,
+                        qualified(&binding.namespace, &binding.name),
+                        binding.role_kind,
+                        binding.role
+                    );
+                    return Err(PolicyError::new(Some(binding.location.line), message));
+                }
+                let unresolved = binding.unresolved();
+                warnings.push(PolicyWarning::MissingRole(Box::new(unresolved.clone())));
+                policy.unresolved.push(unresolved);
+                continue;
+            };
+            if binding.kind == BindingKind::RoleBinding && covers_nodes(&rules) {
+                warnings.push(PolicyWarning::NamespacedNodes {
+                    kind: "RoleBinding",
+                    namespace: binding.namespace.clone(),
+                    name: binding.name.clone(),
+                });
+            }
+            if binding.subjects.is_empty() {
+                warnings.push(PolicyWarning::NoSubjects {
+                    kind: binding.kind,
+                    namespace: binding.namespace.clone(),
+                    name: binding.name.clone(),
+                });
+            }
+            let resolved = binding.resolve(rules);
+            match resolved.kind {
+                BindingKind::ClusterRoleBinding => policy.cluster_bindings.push(resolved),
+                BindingKind::RoleBinding => policy.role_bindings.push(resolved),
+            }
+        }
+        if policy.cluster_bindings.is_empty() {
+            warnings.push(PolicyWarning::NoClusterRoleBinding {
+                role_bindings: !policy.role_bindings.is_empty(),
+            });
+        }
+        Ok((policy, warnings))
     }
 }
 
-/// Splits the stream into documents, each with its first line; YAML errors keep their location.
-fn documents(yaml: &str) -> Result<Vec<Spanned<Value>>, PolicyError> {
-    let options = serde_saphyr::options! { with_snippet: false };
-    serde_saphyr::from_multiple_with_options(yaml, options).map_err(|error| {
-        let message = DefaultMessageFormatter.format_message(error.without_snippet());
-        // The message may quote the input: keep control characters out of logs.
-        let message: String = message
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        match error.location() {
-            Some(at) => PolicyError::new(
-                usize::try_from(at.line()).ok(),
-                format!("{message} (column {})", at.column()),
-            ),
-            None => PolicyError::new(None, message),
+impl RawBinding {
+    fn from_cluster(located: Located<ClusterRoleBinding>) -> RawBinding {
+        let Located { location, object } = located;
+        RawBinding {
+            kind: BindingKind::ClusterRoleBinding,
+            namespace: String::new(),
+            name: object.metadata.name.unwrap_or_default(),
+            role_kind: RoleKind::ClusterRole,
+            role: object.role_ref.name,
+            subjects: object.subjects.unwrap_or_default(),
+            location,
         }
+    }
+
+    fn from_namespaced(located: Located<RoleBinding>) -> RawBinding {
+        let Located { location, object } = located;
+        // Validated: the reference is to a Role or a ClusterRole.
+        let role_kind = match object.role_ref.kind.as_str() {
+            "Role" => RoleKind::Role,
+            _ => RoleKind::ClusterRole,
+        };
+        RawBinding {
+            kind: BindingKind::RoleBinding,
+            namespace: object.metadata.namespace.unwrap_or_default(),
+            name: object.metadata.name.unwrap_or_default(),
+            role_kind,
+            role: object.role_ref.name,
+            subjects: object.subjects.unwrap_or_default(),
+            location,
+        }
+    }
+
+    fn resolve(self, rules: Vec<PolicyRule>) -> Binding {
+        Binding {
+            kind: self.kind,
+            namespace: self.namespace,
+            name: self.name,
+            role_kind: self.role_kind,
+            role: self.role,
+            subjects: self.subjects,
+            rules,
+            location: self.location,
+        }
+    }
+
+    fn unresolved(self) -> UnresolvedBinding {
+        UnresolvedBinding {
+            kind: self.kind,
+            namespace: self.namespace,
+            name: self.name,
+            role_kind: self.role_kind,
+            role: self.role,
+            subjects: self.subjects,
+            location: self.location,
+        }
+    }
+}
+
+/// Every (binding, subject) pair of `bindings`, in order.
+fn subject_grants(bindings: &[Binding]) -> impl Iterator<Item = SubjectGrant<'_>> {
+    bindings.iter().flat_map(|binding| {
+        binding.subjects.iter().map(move |subject| SubjectGrant {
+            binding: &binding.name,
+            role: &binding.role,
+            subject,
+            rules: &binding.rules,
+            binding_kind: binding.kind,
+            namespace: &binding.namespace,
+            role_kind: binding.role_kind,
+            location: &binding.location,
+        })
     })
 }
 
 /// Converts a document to its Kubernetes type, strictly as the API server's JSON decoding would.
-fn typed<T: DeserializeOwned>(value: Value, what: &str, origin: &Origin) -> Result<T, PolicyError> {
+fn typed<T: DeserializeOwned>(
+    value: Value,
+    what: &str,
+    origin: &Origin<'_>,
+) -> Result<T, PolicyError> {
     serde_json::from_value(value).map_err(|error| {
         let error = error.to_string();
         // Like kubectl's YAML 1.1 reader, serde-saphyr reads a bare `y` or `no` as a boolean.
@@ -367,33 +1024,79 @@ fn object_name(value: &Value) -> &str {
         .unwrap_or_default()
 }
 
-/// Indexes objects by name, rejecting a name defined twice.
-fn index_by_name<'a, T>(
-    objects: &'a [Located<T>],
-    metadata: impl Fn(&T) -> &ObjectMeta,
-    kind: &str,
-) -> Result<BTreeMap<&'a str, (usize, &'a T)>, PolicyError> {
-    let mut index = BTreeMap::new();
-    for Located { line, object } in objects {
-        let name = metadata(object).name.as_deref().unwrap_or_default();
-        if let Some((first, _)) = index.insert(name, (*line, object)) {
-            let message = format!("{kind} {name:?} is defined twice (first at line {first})");
-            return Err(PolicyError::new(Some(*line), message));
-        }
+/// `namespace/name`, or `name` for a cluster-scoped object.
+fn qualified(namespace: &str, name: &str) -> String {
+    match namespace {
+        "" => name.to_owned(),
+        namespace => format!("{namespace}/{name}"),
     }
-    Ok(index)
 }
 
-/// `SetDefaults_ClusterRoleBinding` and `SetDefaults_Subject`: an empty `apiGroup` of the role
-/// reference, and of `User` and `Group` subjects, means `rbac.authorization.k8s.io`.
-fn default_binding(binding: &mut ClusterRoleBinding) {
-    if binding.role_ref.api_group.is_empty() {
-        RBAC_GROUP.clone_into(&mut binding.role_ref.api_group);
+/// [`qualified`] from an object's metadata.
+fn qualified_meta(metadata: &ObjectMeta) -> String {
+    qualified(
+        metadata.namespace.as_deref().unwrap_or_default(),
+        metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Drops all but one definition of each name: a second one is an error with
+/// [`MissingRoles::Reject`], else the later one wins with a warning.
+fn dedupe<T>(
+    objects: Vec<Located<T>>,
+    key: impl Fn(&T) -> String,
+    kind: &'static str,
+    missing_roles: MissingRoles,
+    warnings: &mut Vec<PolicyWarning>,
+) -> Result<Vec<Located<T>>, PolicyError> {
+    let mut kept: Vec<Option<Located<T>>> = Vec::with_capacity(objects.len());
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for located in objects {
+        let name = key(&located.object);
+        let slot = kept.len();
+        if let Some(first) = index.insert(name.clone(), slot) {
+            let first = kept
+                .get_mut(first)
+                .and_then(Option::take)
+                .map(|dropped| dropped.location)
+                .unwrap_or_default();
+            let then = located.location.clone();
+            if missing_roles == MissingRoles::Reject {
+                let message = format!("{kind} {name:?} is defined twice (first at {first})");
+                return Err(PolicyError::new(Some(then.line), message));
+            }
+            warnings.push(PolicyWarning::Redefined {
+                kind,
+                name,
+                first,
+                then,
+            });
+        }
+        kept.push(Some(located));
     }
-    for subject in binding.subjects.iter_mut().flatten() {
+    Ok(kept.into_iter().flatten().collect())
+}
+
+/// `SetDefaults_*RoleBinding` and `SetDefaults_Subject`: an empty `apiGroup` of the role
+/// reference, and of `User` and `Group` subjects, means `rbac.authorization.k8s.io`. In a
+/// RoleBinding (`namespace` given), a ServiceAccount subject without a namespace is in the
+/// binding's, as `appliesToUser` reads it.
+fn default_binding(
+    role_ref: &mut RoleRef,
+    subjects: Option<&mut Vec<Subject>>,
+    namespace: Option<&str>,
+) {
+    if role_ref.api_group.is_empty() {
+        RBAC_GROUP.clone_into(&mut role_ref.api_group);
+    }
+    for subject in subjects.into_iter().flatten() {
         let unset = subject.api_group.as_deref().is_none_or(str::is_empty);
         if unset && matches!(subject.kind.as_str(), "User" | "Group") {
             subject.api_group = Some(RBAC_GROUP.to_owned());
+        }
+        let no_namespace = subject.namespace.as_deref().is_none_or(str::is_empty);
+        if subject.kind == "ServiceAccount" && no_namespace {
+            subject.namespace = namespace.map(str::to_owned);
         }
     }
 }
@@ -402,7 +1105,7 @@ fn default_binding(binding: &mut ClusterRoleBinding) {
 fn check_cluster_role(role: &ClusterRole) -> Result<(), String> {
     check_name("metadata.name", role.metadata.name.as_deref())?;
     for (index, rule) in role.rules.iter().flatten().enumerate() {
-        check_rule(rule).map_err(|e| format!("rules[{index}].{e}"))?;
+        check_rule(rule, false).map_err(|e| format!("rules[{index}].{e}"))?;
     }
     let Some(aggregation) = &role.aggregation_rule else {
         return Ok(());
@@ -424,25 +1127,46 @@ fn check_cluster_role(role: &ClusterRole) -> Result<(), String> {
     Ok(())
 }
 
-/// `ValidateClusterRoleBinding`, on a defaulted binding.
-fn check_cluster_role_binding(binding: &ClusterRoleBinding) -> Result<(), String> {
-    check_name("metadata.name", binding.metadata.name.as_deref())?;
+/// `ValidateRole`: a namespaced role's rules cannot name non-resource URLs.
+fn check_role(role: &Role) -> Result<(), String> {
+    check_name("metadata.name", role.metadata.name.as_deref())?;
+    for (index, rule) in role.rules.iter().flatten().enumerate() {
+        check_rule(rule, true).map_err(|e| format!("rules[{index}].{e}"))?;
+    }
+    Ok(())
+}
+
+/// `ValidateClusterRoleBinding` and `ValidateRoleBinding`, on a defaulted binding: a
+/// ClusterRoleBinding refers to a ClusterRole, a RoleBinding to a Role or a ClusterRole.
+fn check_binding(
+    metadata: &ObjectMeta,
+    role_ref: &RoleRef,
+    subjects: &Option<Vec<Subject>>,
+    namespaced: bool,
+) -> Result<(), String> {
+    check_name("metadata.name", metadata.name.as_deref())?;
     let RoleRef {
         api_group,
         kind,
         name,
-    } = &binding.role_ref;
+    } = role_ref;
     ensure(
         api_group == RBAC_GROUP,
         &format!("roleRef.apiGroup: Unsupported value {api_group:?}"),
     )?;
-    let expected_kind = "expected \"ClusterRole\"";
+    let (valid, expected) = match namespaced {
+        true => (
+            kind == "Role" || kind == "ClusterRole",
+            "expected \"Role\" or \"ClusterRole\"",
+        ),
+        false => (kind == "ClusterRole", "expected \"ClusterRole\""),
+    };
     ensure(
-        kind == "ClusterRole",
-        &format!("roleRef.kind: Unsupported value {kind:?}; {expected_kind}"),
+        valid,
+        &format!("roleRef.kind: Unsupported value {kind:?}; {expected}"),
     )?;
     check_name("roleRef.name", Some(name))?;
-    for (index, subject) in binding.subjects.iter().flatten().enumerate() {
+    for (index, subject) in subjects.iter().flatten().enumerate() {
         check_subject(subject).map_err(|e| format!("subjects[{index}].{e}"))?;
     }
     Ok(())
@@ -458,7 +1182,8 @@ fn check_name(field: &str, name: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// `validateRoleBindingSubject` for a cluster binding, on a defaulted subject.
+/// `validateRoleBindingSubject`, on a defaulted subject (a RoleBinding's ServiceAccount subjects
+/// already carry the binding's namespace).
 fn check_subject(subject: &Subject) -> Result<(), String> {
     ensure(!subject.name.is_empty(), "name: Required value")?;
     let namespace = subject.namespace.as_deref().unwrap_or_default();
@@ -479,8 +1204,8 @@ fn check_subject(subject: &Subject) -> Result<(), String> {
     )
 }
 
-/// `validatePolicyRule` for a cluster role: catches, among others, a missing `apiGroups: [""]`.
-fn check_rule(rule: &PolicyRule) -> Result<(), String> {
+/// `validatePolicyRule`: catches, among others, a missing `apiGroups: [""]`.
+fn check_rule(rule: &PolicyRule, namespaced: bool) -> Result<(), String> {
     let count = |list: &Option<Vec<String>>| list.as_ref().map_or(0, Vec::len);
     let (groups, resources) = (count(&rule.api_groups), count(&rule.resources));
     let names = count(&rule.resource_names);
@@ -489,6 +1214,10 @@ fn check_rule(rule: &PolicyRule) -> Result<(), String> {
         "verbs: Required value: verbs must contain at least one value",
     )?;
     if count(&rule.non_resource_urls) > 0 {
+        ensure(
+            !namespaced,
+            "nonResourceURLs: namespaced rules cannot apply to non-resource URLs",
+        )?;
         let both =
             "nonResourceURLs: rules cannot apply to both regular resources and non-resource URLs";
         return ensure(groups + resources + names == 0, both);
@@ -542,16 +1271,13 @@ fn ensure(valid: bool, message: &str) -> Result<(), String> {
 /// of every non-aggregated role reachable through its selectors, following selected aggregated
 /// roles too, each visited once: the least fixed point the aggregation controller converges to
 /// from empty rules (its own `rules` field is the controller's output, so it is ignored).
-fn effective_rules(
-    root: &str,
-    roles: &BTreeMap<&str, (usize, &ClusterRole)>,
-) -> Option<Vec<PolicyRule>> {
+fn effective_rules(root: &str, roles: &BTreeMap<&str, &ClusterRole>) -> Option<Vec<PolicyRule>> {
     roles.get(root)?;
     let mut rules: Vec<PolicyRule> = Vec::new();
     let mut seen = BTreeSet::from([root]);
     let mut queue = VecDeque::from([root]);
     while let Some(name) = queue.pop_front() {
-        let Some((_, role)) = roles.get(name) else {
+        let Some(role) = roles.get(name) else {
             continue;
         };
         let Some(aggregation) = &role.aggregation_rule else {
@@ -564,7 +1290,7 @@ fn effective_rules(
         };
         // Per selector, then by name: the controller's order.
         for selector in aggregation.cluster_role_selectors.iter().flatten() {
-            for (selected, (_, candidate)) in roles {
+            for (selected, candidate) in roles {
                 let labels = candidate.metadata.labels.as_ref();
                 if selector_matches(selector, labels) && seen.insert(*selected) {
                     queue.push_back(*selected);
@@ -625,12 +1351,18 @@ fn resource_matches(rule: &PolicyRule, request: &ResourceRequest<'_>) -> bool {
     })
 }
 
-/// `ResourceNameMatches`: no names means any; otherwise the requested name must be listed.
-fn resource_name_matches(rule: &PolicyRule, name: &str) -> bool {
-    match rule.resource_names.as_deref() {
-        None | Some([]) => true,
-        Some(names) => names.iter().any(|listed| listed == name),
-    }
+/// Whether some rule could reach `nodes` if it were bound cluster-wide: a rule of the core group
+/// (or `*`) naming `nodes`, a `nodes/` subresource, `*` or a `*/` subresource.
+fn covers_nodes(rules: &[PolicyRule]) -> bool {
+    rules.iter().any(|rule| {
+        holds(rule.api_groups.as_ref(), "")
+            && rule.resources.iter().flatten().any(|resource| {
+                resource == "*"
+                    || resource == "nodes"
+                    || resource.starts_with("nodes/")
+                    || resource.starts_with("*/")
+            })
+    })
 }
 
 /// `serviceaccount.MatchesUsername`: `system:serviceaccount:<namespace>:<name>`.
@@ -670,6 +1402,7 @@ mod tests {
             resource: "nodes",
             subresource,
             name: "node-a",
+            namespace: "",
             verb,
         }
     }
@@ -713,6 +1446,42 @@ mod tests {
     fn alice_may(policy: &Policy, request: &ResourceRequest<'_>) -> bool {
         policy.authorize(&who("alice", &[]), request).is_some()
     }
+
+    fn role(name: &str, namespace: &str, rules: &str) -> String {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}, \
+             namespace: {namespace}}}\nrules: {rules}\n---\n"
+        )
+    }
+
+    fn role_binding(name: &str, namespace: &str, kind: &str, role: &str, subject: &str) -> String {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, \
+             namespace: {namespace}}}\nroleRef: {{kind: {kind}, name: {role}}}\nsubjects: [{subject}]\n---\n"
+        )
+    }
+
+    /// `request` in `namespace`.
+    fn in_namespace<'a>(namespace: &'a str, request: ResourceRequest<'a>) -> ResourceRequest<'a> {
+        ResourceRequest {
+            namespace,
+            ..request
+        }
+    }
+
+    /// `create` on `pods/exec` of pod `web` in `namespace`: what `--pod-scoped-authz` asks.
+    fn pod_exec(namespace: &str) -> ResourceRequest<'_> {
+        ResourceRequest {
+            api_group: "",
+            resource: "pods",
+            subresource: "exec",
+            name: "web",
+            namespace,
+            verb: "create",
+        }
+    }
+
+    const EXEC_RULES: &str = "[{apiGroups: [''], resources: [pods/exec], verbs: [create]}]";
 
     // --- rule_allows: the matching cases people get wrong ---
 
@@ -921,6 +1690,9 @@ mod tests {
         let expected = Grant {
             binding: "b".to_owned(),
             role: "proxy".to_owned(),
+            binding_kind: BindingKind::ClusterRoleBinding,
+            namespace: String::new(),
+            role_kind: RoleKind::ClusterRole,
         };
         assert_eq!(grant, Some(expected));
         assert_eq!(
@@ -992,7 +1764,7 @@ mod tests {
     }
 
     #[test]
-    fn role_bindings_never_grant_and_are_reported() {
+    fn role_bindings_never_grant_nodes_and_are_reported() {
         let yaml = cluster_role("r", "{}", &grants("[\"*\"]"))
             + "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
                metadata: {name: x, namespace: ns}\n\
@@ -1003,13 +1775,30 @@ mod tests {
         let (policy, warnings) = parse(&yaml);
         assert!(!alice_may(&policy, &node("proxy", "get")));
         assert_eq!(policy.bindings().count(), 0);
+        assert_eq!(policy.role_bindings().count(), 1);
         assert_eq!(
             warnings,
             [
-                "RoleBinding ns/x cannot grant cluster-scoped nodes access; ignored",
-                "Role ns/viewer cannot grant cluster-scoped nodes access; ignored",
-                "the policy has no ClusterRoleBinding; every request is denied",
+                "Role ns/viewer cannot grant cluster-scoped nodes access; it grants only within \
+                 namespace ns",
+                "RoleBinding ns/x cannot grant cluster-scoped nodes access; it grants only within \
+                 namespace ns",
+                "the policy has no ClusterRoleBinding; every cluster-scoped request is denied",
             ]
+        );
+    }
+
+    #[test]
+    fn role_bindings_without_nodes_rules_are_not_reported() {
+        let yaml = role(
+            "reader",
+            "ns",
+            "[{apiGroups: [''], resources: [pods/log], verbs: [get]}]",
+        ) + &role_binding("b", "ns", "Role", "reader", "{kind: User, name: alice}");
+        let (_, warnings) = parse(&yaml);
+        assert_eq!(
+            warnings,
+            ["the policy has no ClusterRoleBinding; every cluster-scoped request is denied"]
         );
     }
 
@@ -1571,5 +2360,344 @@ metadata:
             message: "bad".to_owned(),
         };
         assert_eq!(error.to_string(), "bad");
+    }
+
+    // --- namespaced requests: Roles and RoleBindings ---
+
+    #[test]
+    fn role_binding_to_a_role_grants_in_its_namespace_only() {
+        let yaml = role("exec", "team-a", EXEC_RULES)
+            + &role_binding("b", "team-a", "Role", "exec", "{kind: User, name: alice}");
+        let (policy, _) = parse(&yaml);
+        let grant = policy.authorize(&who("alice", &[]), &pod_exec("team-a"));
+        let expected = Grant {
+            binding: "b".to_owned(),
+            role: "exec".to_owned(),
+            binding_kind: BindingKind::RoleBinding,
+            namespace: "team-a".to_owned(),
+            role_kind: RoleKind::Role,
+        };
+        assert_eq!(grant, Some(expected));
+        assert!(!alice_may(&policy, &pod_exec("team-b")));
+        assert!(!alice_may(&policy, &pod_exec("")), "cluster-scoped");
+        assert!(
+            policy
+                .authorize(&who("bob", &[]), &pod_exec("team-a"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn role_binding_to_a_cluster_role_grants_in_its_namespace_only() {
+        let yaml = cluster_role("exec", "{}", &format!("rules: {EXEC_RULES}"))
+            + &role_binding(
+                "b",
+                "team-a",
+                "ClusterRole",
+                "exec",
+                "{kind: Group, name: devs}",
+            );
+        let (policy, _) = parse(&yaml);
+        let dev = who("carol", &["devs"]);
+        let grant = policy.authorize(&dev, &pod_exec("team-a")).unwrap();
+        assert_eq!(grant.role_kind, RoleKind::ClusterRole);
+        assert_eq!(
+            grant.to_string(),
+            "RoleBinding \"team-a/b\" of ClusterRole \"exec\""
+        );
+        assert!(policy.authorize(&dev, &pod_exec("team-b")).is_none());
+    }
+
+    #[test]
+    fn role_bindings_never_grant_cluster_scoped_nodes() {
+        let yaml = cluster_role("all", "{}", &grants("[\"*\"]"))
+            + &role_binding(
+                "b",
+                "kube-system",
+                "ClusterRole",
+                "all",
+                "{kind: User, name: alice}",
+            );
+        let (policy, _) = parse(&yaml);
+        assert!(!alice_may(&policy, &node("proxy", "get")));
+        // The same rules do grant namespaced core resources there.
+        let pods = ResourceRequest {
+            resource: "pods",
+            ..in_namespace("kube-system", node("", "get"))
+        };
+        assert!(alice_may(&policy, &pods));
+    }
+
+    #[test]
+    fn cluster_role_bindings_grant_namespaced_requests_everywhere() {
+        let yaml = cluster_role("exec", "{}", &format!("rules: {EXEC_RULES}"))
+            + &bind_user("b", "exec", "alice");
+        let (policy, _) = parse(&yaml);
+        for namespace in ["team-a", "team-b", "kube-system"] {
+            let grant = policy.authorize(&who("alice", &[]), &pod_exec(namespace));
+            assert_eq!(
+                grant.map(|grant| grant.to_string()).as_deref(),
+                Some("ClusterRoleBinding \"b\" of ClusterRole \"exec\"")
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_role_bindings_are_visited_before_role_bindings() {
+        let yaml = role("exec", "team-a", EXEC_RULES)
+            + &role_binding(
+                "local",
+                "team-a",
+                "Role",
+                "exec",
+                "{kind: User, name: alice}",
+            )
+            + &cluster_role("exec", "{}", &format!("rules: {EXEC_RULES}"))
+            + &bind_user("global", "exec", "alice");
+        let (policy, _) = parse(&yaml);
+        let grant = policy
+            .authorize(&who("alice", &[]), &pod_exec("team-a"))
+            .unwrap();
+        assert_eq!(grant.binding, "global");
+    }
+
+    #[test]
+    fn role_binding_cannot_use_a_role_of_another_namespace() {
+        let yaml = role("exec", "team-b", EXEC_RULES)
+            + &role_binding("b", "team-a", "Role", "exec", "{kind: User, name: alice}");
+        let error = parse_error(&yaml);
+        assert!(
+            error
+                .message
+                .contains("RoleBinding \"team-a/b\" refers to Role \"exec\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn role_binding_service_account_defaults_to_the_binding_namespace() {
+        let yaml = role("exec", "team-a", EXEC_RULES)
+            + &role_binding(
+                "b",
+                "team-a",
+                "Role",
+                "exec",
+                "{kind: ServiceAccount, name: deployer}",
+            );
+        let (policy, _) = parse(&yaml);
+        let account = who("system:serviceaccount:team-a:deployer", &[]);
+        assert!(policy.authorize(&account, &pod_exec("team-a")).is_some());
+        let grant = policy.role_bindings().next().unwrap();
+        assert_eq!(grant.subject.namespace.as_deref(), Some("team-a"));
+        let elsewhere = who("system:serviceaccount:team-b:deployer", &[]);
+        assert!(policy.authorize(&elsewhere, &pod_exec("team-a")).is_none());
+    }
+
+    #[test]
+    fn namespaced_objects_without_a_namespace_are_in_default() {
+        let yaml = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: exec}\n\
+                    rules: [{apiGroups: [''], resources: [pods/exec], verbs: [create]}]\n---\n\
+                    apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: b}\n\
+                    roleRef: {kind: Role, name: exec}\nsubjects: [{kind: User, name: alice}]\n";
+        let (policy, warnings) = parse(yaml);
+        assert!(alice_may(&policy, &pod_exec("default")));
+        assert_eq!(
+            warnings[..2],
+            [
+                "Role exec (line 1) has no metadata.namespace; taken to be in \"default\"",
+                "RoleBinding b (line 6) has no metadata.namespace; taken to be in \"default\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn role_and_role_binding_validation_follows_the_api_server() {
+        let error = parse_error(&role("r", "ns", "[{nonResourceURLs: [/x], verbs: [get]}]"));
+        assert!(
+            error
+                .message
+                .contains("namespaced rules cannot apply to non-resource URLs"),
+            "{error}"
+        );
+        let yaml = role("r", "ns", EXEC_RULES)
+            + &role_binding("b", "ns", "Group", "r", "{kind: User, name: a}");
+        let error = parse_error(&yaml);
+        assert!(
+            error.message.contains(
+                "roleRef.kind: Unsupported value \"Group\"; expected \"Role\" or \"ClusterRole\""
+            ),
+            "{error}"
+        );
+        let yaml = role("r", "ns", EXEC_RULES)
+            + &role_binding("b", "ns", "Role", "r", "{kind: Robot, name: a}");
+        assert!(parse_error(&yaml).message.contains("subjects[0].kind"));
+    }
+
+    #[test]
+    fn roles_lists_effective_rules() {
+        let yaml = aggregated("agg", "{}", "[{matchLabels: {a: b}}]")
+            + &cluster_role("leaf", "{a: b}", &grants("[nodes/log]"))
+            + &role("exec", "team-a", EXEC_RULES);
+        let (policy, _) = parse(&yaml);
+        let listed: Vec<_> = policy
+            .roles()
+            .map(|role| {
+                (
+                    role.kind,
+                    role.namespace,
+                    role.name,
+                    role.rules.len(),
+                    role.location.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (RoleKind::ClusterRole, "", "agg", 1, 1),
+                (RoleKind::ClusterRole, "", "leaf", 1, 10),
+                (RoleKind::Role, "team-a", "exec", 1, 20),
+            ]
+        );
+    }
+
+    // --- rule_scope ---
+
+    #[test]
+    fn rule_scope_reports_the_names_a_rule_allows() {
+        let named = rule(json!({
+            "apiGroups": [""], "resources": ["nodes/proxy"], "resourceNames": ["a", "b"], "verbs": ["get"]
+        }));
+        let names = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            rule_scope(&named, &node("proxy", "get")),
+            Some(NameScope::Only(&names[..]))
+        );
+        assert_eq!(rule_scope(&named, &node("proxy", "create")), None);
+        let any = rule(json!({"apiGroups": [""], "resources": ["*"], "verbs": ["*"]}));
+        assert_eq!(
+            rule_scope(&any, &node("log", "delete")),
+            Some(NameScope::Any)
+        );
+    }
+
+    // --- lenient parsing and the builder ---
+
+    #[test]
+    fn lenient_parsing_reports_missing_roles() {
+        let yaml = bind_user("b", "cluster-admin", "alice")
+            + &role_binding(
+                "rb",
+                "kube-system",
+                "Role",
+                "gone",
+                "{kind: User, name: bob}",
+            )
+            + &cluster_role("r", "{}", &grants("[nodes/metrics]"))
+            + &bind_user("ok", "r", "carol");
+        assert!(
+            Policy::parse(&yaml).is_err(),
+            "strict parsing must keep failing"
+        );
+        let (policy, warnings) = Policy::parse_lenient(&yaml).unwrap();
+        assert_eq!(policy.bindings().count(), 1);
+        assert!(!alice_may(&policy, &node("proxy", "get")));
+        let unresolved: Vec<_> = policy
+            .unresolved_bindings()
+            .iter()
+            .map(|b| {
+                (
+                    b.kind,
+                    b.namespace.as_str(),
+                    b.name.as_str(),
+                    b.role_kind,
+                    b.role.as_str(),
+                    b.location.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            unresolved,
+            [
+                (
+                    BindingKind::ClusterRoleBinding,
+                    "",
+                    "b",
+                    RoleKind::ClusterRole,
+                    "cluster-admin",
+                    1
+                ),
+                (
+                    BindingKind::RoleBinding,
+                    "kube-system",
+                    "rb",
+                    RoleKind::Role,
+                    "gone",
+                    13
+                ),
+            ]
+        );
+        assert_eq!(policy.unresolved_bindings()[0].subjects[0].name, "alice");
+        assert_eq!(
+            warnings,
+            [
+                "ClusterRoleBinding b (line 1) refers to ClusterRole cluster-admin, which is not in \
+                 the input; it grants nothing",
+                "RoleBinding kube-system/rb (line 13) refers to Role gone, which is not in the input; \
+                 it grants nothing",
+            ]
+        );
+    }
+
+    #[test]
+    fn lenient_parsing_keeps_the_later_definition() {
+        let yaml = cluster_role("r", "{}", &grants("[nodes/proxy]"))
+            + &cluster_role("r", "{}", &grants("[nodes/metrics]"))
+            + &bind_user("b", "r", "alice");
+        let (policy, warnings) = Policy::parse_lenient(&yaml).unwrap();
+        assert!(alice_may(&policy, &node("metrics", "get")));
+        assert!(!alice_may(&policy, &node("proxy", "get")));
+        assert_eq!(
+            warnings,
+            ["ClusterRole r is defined twice (line 1, then line 11); the later definition is used"]
+        );
+    }
+
+    #[test]
+    fn builder_loads_a_source_whole_or_not_at_all() {
+        let mut builder = PolicyBuilder::new(MissingRoles::Report);
+        let good = documents(&(cluster_role("r", "{}", &grants("[nodes/proxy]")))).unwrap();
+        builder.add_source("charts/a.yaml", good).unwrap();
+        let bad =
+            documents(&(bind_user("b", "r", "alice") + "apiVersion: v1\nkind: Pod\n")).unwrap();
+        let error = builder.add_source("charts/b.yaml", bad).unwrap_err();
+        assert_eq!(error.line, Some(13));
+        let cross = documents(&bind_user("b", "r", "bob")).unwrap();
+        builder.add_source("cluster", cross).unwrap();
+        let (policy, warnings) = builder.build().unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let grants: Vec<_> = policy
+            .bindings()
+            .map(|grant| (grant.subject.name.as_str(), grant.location.to_string()))
+            .collect();
+        assert_eq!(grants, [("bob", "cluster:1".to_owned())]);
+        assert_eq!(
+            policy.roles().next().unwrap().location.to_string(),
+            "charts/a.yaml:1"
+        );
+    }
+
+    #[test]
+    fn locations_print_compactly() {
+        let at = |source: &str, line| {
+            Location {
+                source: source.to_owned(),
+                line,
+            }
+            .to_string()
+        };
+        assert_eq!(at("", 3), "line 3");
+        assert_eq!(at("a.yaml", 3), "a.yaml:3");
+        assert_eq!(at("cluster", 0), "cluster");
     }
 }

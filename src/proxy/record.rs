@@ -109,12 +109,15 @@ pub(super) fn finish(
     if let Ok(value) = HeaderValue::from_str(&audit_id) {
         response.headers_mut().insert("audit-id", value);
     }
+    if !state.audit.is_enabled() {
+        return;
+    }
     let mut event = event(state, peer, &arrival, &trail, audit_id, status, decided);
     match stream {
         Some(stream) if status == StatusCode::SWITCHING_PROTOCOLS => {
             event.stage = Stage::ResponseStarted;
             state.audit.record(event.clone());
-            let audit = Arc::clone(&state.audit);
+            let audit = state.audit.clone();
             tokio::spawn(async move {
                 let relayed = stream.await.unwrap_or_default();
                 event.stage = Stage::ResponseComplete;

@@ -11,6 +11,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod apiserver;
+pub mod audit_receiver;
 pub mod client;
 pub mod guard;
 pub mod kubelet;

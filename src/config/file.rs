@@ -1,0 +1,234 @@
+//! `serve --config FILE`: a YAML mapping whose keys are the flags' names without their dashes
+//! (`listen: 10.0.0.10:10250`, `tls-cert-file: /var/lib/kubelet/pki/kubelet.crt`), a list for a
+//! flag that takes several values (`auth-token-audiences: [a, b]`).
+//!
+//! The file fills in only what neither a flag nor a `KUBELET_GUARD_*` variable set (clap's value
+//! source says which), so the order is flags, then environment, then file, then defaults. Each
+//! value goes through its flag's own parser, so no flag is described twice, and an unknown key or
+//! a bad value is an error naming the file and the line.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::Cli;
+
+/// Why the command line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The flags themselves (including `--help` and `--version`, which are not failures).
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    /// The `--config` file.
+    #[error("--config {}:{line}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line at fault (0 when the file as a whole is).
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The file's entries in order, each with where it was written.
+struct Entries(Vec<(Spanned<String>, Spanned<Value>)>);
+
+/// A value as YAML typed it; flags take text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Value {
+    One(Scalar),
+    Many(Vec<Scalar>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Cli {
+    /// Parses `argv` (program name first) and, for `serve --config FILE`, fills in from the file
+    /// every flag that neither the command line nor the environment set.
+    pub fn parse_args<I, T>(argv: I) -> Result<Cli, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(&argv)?;
+        let file = matches
+            .subcommand_matches("serve")
+            .and_then(|serve| Some((serve, serve.get_one::<PathBuf>("config")?)));
+        let Some((serve, path)) = file else {
+            return Ok(Cli::from_arg_matches(&matches)?);
+        };
+        let serve_command = command
+            .find_subcommand("serve")
+            .ok_or_else(|| file_error(path, 0, "internal: no serve command"))?;
+        for (key, value) in read(path)?.0 {
+            let line = key.referenced.line();
+            let Some(arg) = serve_command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(key.value.as_str()))
+                .filter(|arg| !matches!(arg.get_id().as_str(), "config" | "help"))
+            else {
+                return Err(file_error(
+                    path,
+                    line,
+                    format!(
+                        "unknown key {:?}: keys are serve's flag names without dashes",
+                        key.value
+                    ),
+                ));
+            };
+            let flag = format!("--{}", key.value);
+            let values = match value.value {
+                Value::One(scalar) => vec![scalar.into_text()],
+                Value::Many(_) if !matches!(arg.get_action(), ArgAction::Append) => {
+                    return Err(file_error(
+                        path,
+                        value.referenced.line(),
+                        format!("{flag} takes one value, not a list"),
+                    ));
+                }
+                Value::Many(scalars) => scalars.into_iter().map(Scalar::into_text).collect(),
+            };
+            // The flag's own parser: the file accepts exactly what the command line does.
+            let alone = ["kubelet-guard".to_owned(), "serve".to_owned()]
+                .into_iter()
+                .chain(values.iter().map(|text| format!("{flag}={text}")));
+            if let Err(e) = command.clone().try_get_matches_from(alone) {
+                return Err(file_error(
+                    path,
+                    value.referenced.line(),
+                    clap_message(&flag, &e),
+                ));
+            }
+            let set_elsewhere = matches!(
+                serve.value_source(arg.get_id().as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if !set_elsewhere {
+                argv.extend(
+                    values
+                        .iter()
+                        .map(|text| OsString::from(format!("{flag}={text}"))),
+                );
+            }
+        }
+        let matches = command.try_get_matches_from(&argv)?;
+        Ok(Cli::from_arg_matches(&matches)?)
+    }
+}
+
+impl Scalar {
+    fn into_text(self) -> String {
+        match self {
+            Self::Bool(b) => b.to_string(),
+            Self::Integer(n) => n.to_string(),
+            Self::Float(x) => x.to_string(),
+            Self::Text(text) => text,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of flag names to values")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+
+            fn visit_unit<E>(self) -> Result<Entries, E> {
+                Ok(Entries(Vec::new()))
+            }
+
+            fn visit_none<E>(self) -> Result<Entries, E> {
+                Ok(Entries(Vec::new()))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// Reads and parses the file.
+fn read(path: &Path) -> Result<Entries, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, 0, e))?;
+    if text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---"
+    }) {
+        return Ok(Entries(Vec::new()));
+    }
+    serde_saphyr::from_str::<Entries>(&text).map_err(|e| {
+        let line = e.location().map_or(0, |location| location.line());
+        let rendered = e.to_string();
+        let message = yaml_message(rendered.lines().next().unwrap_or_default());
+        file_error(path, line, message)
+    })
+}
+
+/// serde-saphyr's first error line without the prefixes the file error already gives.
+fn yaml_message(first: &str) -> String {
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let message = match message.split_once(": ") {
+        Some((place, rest)) if place.starts_with("line ") && place.contains(" column ") => rest,
+        _ => message,
+    };
+    if message.contains("untagged enum Value") {
+        "expected a value or a list of values".to_owned()
+    } else if message.starts_with("expected mapping") {
+        "expected a mapping of flag names to values".to_owned()
+    } else {
+        // Advice meant for the library's caller, not the operator.
+        let message = message
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(message);
+        message.to_owned()
+    }
+}
+
+/// The one line of a clap error that says what is wrong, without clap's `error: ` prefix.
+fn clap_message(flag: &str, e: &clap::Error) -> String {
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    if first.contains(flag) {
+        first.to_owned()
+    } else {
+        format!("{flag}: {first}")
+    }
+}
+
+fn file_error(path: &Path, line: u64, message: impl std::fmt::Display) -> CliError {
+    CliError::File {
+        path: path.to_owned(),
+        line,
+        message: message.to_string(),
+    }
+}

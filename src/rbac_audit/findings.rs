@@ -1,0 +1,403 @@
+//! Evaluation: for each subject and kubelet subresource, what the policy grants, with a severity.
+//!
+//! Every grant is the embedded evaluator's answer ([`rbac::rule_scope`] on the effective rules of
+//! each ClusterRoleBinding, aggregation included): this module only asks it, per rule and per verb
+//! the rule lists, about `nodes/<subresource>` for each subresource the kubelet checks, and
+//! gathers the answers per subject. RoleBindings are asked the same question and, since they can
+//! never grant cluster-scoped `nodes`, reported as ineffective when the answer is yes.
+//!
+//! Severity (issue 6): `critical` for `get`, `create` or `*` on `nodes/proxy` (command execution
+//! on every reachable node), `high` for other writes or `nodes/log` / `nodes/checkpoint`, `medium`
+//! for `nodes/configz`, `low` for read-only monitoring subresources, and `info` for expected admin
+//! access (`system:masters`, or a grant only through a bootstrap admin role).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::rbac::v1::{PolicyRule, Subject as RbacSubject};
+use serde::{Serialize, Serializer};
+
+use super::suggest::Suggestion;
+use crate::authz::rbac::{
+    self, Location, NameScope, Policy, PolicyWarning, ResourceRequest, SubjectGrant,
+    UnresolvedBinding,
+};
+
+/// The `nodes` subresources the kubelet authorizes, in report order.
+pub const SUBRESOURCES: [&str; 10] = [
+    "proxy",
+    "metrics",
+    "stats",
+    "log",
+    "pods",
+    "healthz",
+    "configz",
+    "spec",
+    "checkpoint",
+    "statusz",
+];
+
+/// A binding subject: who a finding is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Subject {
+    /// `User`, `Group` or `ServiceAccount`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// A ServiceAccount's namespace; `""` for users and groups.
+    pub namespace: String,
+}
+
+/// How much a finding matters, least first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Expected admin access; never trips `--fail-on`.
+    Info,
+    /// Read-only monitoring subresources.
+    Low,
+    /// The kubelet's configuration (`nodes/configz`).
+    Medium,
+    /// Writes other than exec, node logs (`nodes/log`), container checkpoints.
+    High,
+    /// Command execution in every container on every reachable node.
+    Critical,
+}
+
+/// One binding that grants a finding's access, through one role.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Via {
+    /// The ClusterRoleBinding.
+    pub binding: String,
+    /// The ClusterRole it refers to.
+    pub role: String,
+    /// Where the binding was read (`file:line`, or `cluster`).
+    #[serde(serialize_with = "display")]
+    pub location: Location,
+}
+
+/// What one subject can do with one kubelet subresource.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// Who.
+    pub subject: Subject,
+    /// The subresource, e.g. `nodes/proxy`.
+    pub subresource: String,
+    /// The kubelet verbs granted (`get`, `create`, `update`, `patch`, `delete`), sorted; `*` is
+    /// kept as `*`.
+    pub verbs: Vec<String>,
+    /// The node names the grant is restricted to; empty when unrestricted.
+    pub resource_names: Vec<String>,
+    /// Every binding and role that grants it.
+    pub via: Vec<Via>,
+    /// How much it matters.
+    pub severity: Severity,
+    /// Whether the subject has `get`, `create` or `*` on `nodes/proxy` (through any finding).
+    pub exec_capable: bool,
+    /// The least-privilege replacement, on a subject's `nodes/proxy` finding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<Suggestion>,
+}
+
+/// Findings and warnings of one evaluation.
+pub(super) struct Evaluation {
+    /// Worst first, then by subject, then in [`SUBRESOURCES`] order.
+    pub(super) findings: Vec<Finding>,
+    /// What grants less than it seems to (ineffective RoleBindings, bindings to absent roles).
+    pub(super) warnings: Vec<String>,
+}
+
+/// The verbs the kubelet asks about (KUBELET-API.md), and `*`.
+const KUBELET_VERBS: [&str; 6] = ["get", "create", "update", "patch", "delete", "*"];
+
+/// The verbs that make `nodes/proxy` command execution: a WebSocket exec needs only `get`.
+const EXEC_VERBS: [&str; 3] = ["get", "create", "*"];
+
+/// Verbs that write.
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "*"];
+
+/// Bootstrap ClusterRoles whose holders are expected to have kubelet access.
+const ADMIN_ROLES: [&str; 2] = ["cluster-admin", "system:kubelet-api-admin"];
+
+/// The group that is superuser by construction.
+const MASTERS: &str = "system:masters";
+
+/// Evaluates every ClusterRoleBinding subject against every kubelet subresource.
+pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> Evaluation {
+    let mut held: BTreeMap<(Subject, usize), Access> = BTreeMap::new();
+    for grant in policy.bindings() {
+        let subject = Subject::of(grant.subject);
+        for (index, access) in accesses(grant.rules) {
+            let entry = held.entry((subject.clone(), index)).or_default();
+            entry.merge(access);
+            entry.via.insert(Via::of(&grant));
+        }
+    }
+    let exec_capable: BTreeSet<&Subject> = held
+        .iter()
+        .filter(|((_, index), access)| *index == 0 && access.has_any(&EXEC_VERBS))
+        .map(|((subject, _), _)| subject)
+        .collect();
+    let mut ranked: Vec<(usize, Finding)> = held
+        .iter()
+        .map(|((subject, index), access)| {
+            let subresource = SUBRESOURCES.get(*index).copied().unwrap_or_default();
+            let finding = Finding {
+                subject: subject.clone(),
+                subresource: format!("nodes/{subresource}"),
+                verbs: access.verbs.iter().cloned().collect(),
+                resource_names: match access.unrestricted {
+                    true => Vec::new(),
+                    false => access.names.iter().cloned().collect(),
+                },
+                via: access.via.iter().cloned().collect(),
+                severity: severity(subject, subresource, access),
+                exec_capable: exec_capable.contains(subject),
+                suggestion: None,
+            };
+            (*index, finding)
+        })
+        .collect();
+    ranked.sort_by(|(a_index, a), (b_index, b)| {
+        (b.severity.cmp(&a.severity))
+            .then_with(|| a.subject.cmp(&b.subject))
+            .then_with(|| a_index.cmp(b_index))
+    });
+
+    let mut warnings = Vec::new();
+    for warning in policy_warnings {
+        match warning {
+            // Replaced by the precise account of `ineffective` below.
+            PolicyWarning::NamespacedNodes { .. } => {}
+            PolicyWarning::MissingRole(binding) => warnings.push(missing_role(&binding)),
+            PolicyWarning::NoClusterRoleBinding { .. } => warnings.push(
+                "the input holds no ClusterRoleBinding: nothing in it can grant kubelet access"
+                    .to_owned(),
+            ),
+            other => warnings.push(other.to_string()),
+        }
+    }
+    warnings.extend(ineffective(policy));
+    Evaluation {
+        findings: ranked.into_iter().map(|(_, finding)| finding).collect(),
+        warnings,
+    }
+}
+
+impl Subject {
+    /// The finding subject of a binding subject.
+    pub(super) fn of(subject: &RbacSubject) -> Subject {
+        let namespace = match subject.kind.as_str() {
+            "ServiceAccount" => subject.namespace.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        Subject {
+            kind: subject.kind.clone(),
+            name: subject.name.clone(),
+            namespace,
+        }
+    }
+
+    /// The binding subject, defaulted as the evaluator expects (for [`rbac::subject_matches`]).
+    pub(super) fn to_rbac(&self) -> RbacSubject {
+        let service_account = self.kind == "ServiceAccount";
+        RbacSubject {
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: service_account.then(|| self.namespace.clone()),
+            api_group: (!service_account).then(|| "rbac.authorization.k8s.io".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    /// `ServiceAccount monitoring/prometheus`, `User alice`, `Group ops`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.namespace.as_str() {
+            "" => write!(f, "{} {}", self.kind, self.name),
+            namespace => write!(f, "{} {namespace}/{}", self.kind, self.name),
+        }
+    }
+}
+
+impl Severity {
+    /// `critical`, `high`, `medium`, `low` or `info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Via {
+    fn of(grant: &SubjectGrant<'_>) -> Via {
+        Via {
+            binding: grant.binding.to_owned(),
+            role: grant.role.to_owned(),
+            location: grant.location.clone(),
+        }
+    }
+}
+
+/// What one subject holds on one subresource, gathered over rules and bindings.
+#[derive(Default)]
+struct Access {
+    verbs: BTreeSet<String>,
+    names: BTreeSet<String>,
+    unrestricted: bool,
+    via: BTreeSet<Via>,
+}
+
+impl Access {
+    fn merge(&mut self, other: Access) {
+        self.verbs.extend(other.verbs);
+        self.names.extend(other.names);
+        self.unrestricted |= other.unrestricted;
+    }
+
+    fn has_any(&self, verbs: &[&str]) -> bool {
+        self.verbs.iter().any(|verb| verbs.contains(&verb.as_str()))
+    }
+}
+
+/// What `rules` grant on each kubelet subresource (by index in [`SUBRESOURCES`]), asking the
+/// evaluator once per rule, subresource and kubelet verb the rule lists.
+fn accesses(rules: &[PolicyRule]) -> BTreeMap<usize, Access> {
+    let mut granted: BTreeMap<usize, Access> = BTreeMap::new();
+    for (index, subresource) in SUBRESOURCES.iter().enumerate() {
+        for rule in rules {
+            for verb in rule
+                .verbs
+                .iter()
+                .filter(|v| KUBELET_VERBS.contains(&v.as_str()))
+            {
+                let request = ResourceRequest {
+                    api_group: "",
+                    resource: "nodes",
+                    subresource,
+                    name: "",
+                    namespace: "",
+                    verb,
+                };
+                let Some(scope) = rbac::rule_scope(rule, &request) else {
+                    continue;
+                };
+                let access = granted.entry(index).or_default();
+                access.verbs.insert(verb.clone());
+                match scope {
+                    NameScope::Any => access.unrestricted = true,
+                    NameScope::Only(names) => access.names.extend(names.iter().cloned()),
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// The severity of `access` to `nodes/<subresource>` for `subject`.
+fn severity(subject: &Subject, subresource: &str, access: &Access) -> Severity {
+    let masters = subject.kind == "Group" && subject.name == MASTERS;
+    let admin_role = !access.via.is_empty()
+        && access
+            .via
+            .iter()
+            .all(|via| ADMIN_ROLES.contains(&via.role.as_str()));
+    if masters || admin_role {
+        Severity::Info
+    } else if subresource == "proxy" && access.has_any(&EXEC_VERBS) {
+        Severity::Critical
+    } else if access.has_any(&WRITE_VERBS) || matches!(subresource, "log" | "checkpoint") {
+        Severity::High
+    } else if subresource == "configz" {
+        Severity::Medium
+    } else {
+        Severity::Low
+    }
+}
+
+/// One warning per RoleBinding whose role would grant kubelet subresources if it were bound
+/// cluster-wide: it grants none of them.
+fn ineffective(policy: &Policy) -> Vec<String> {
+    let mut by_binding: BTreeMap<(&str, &str), (&SubjectGrant<'_>, BTreeSet<usize>)> =
+        BTreeMap::new();
+    let grants: Vec<SubjectGrant<'_>> = policy.role_bindings().collect();
+    for grant in &grants {
+        let subresources: BTreeSet<usize> = accesses(grant.rules).into_keys().collect();
+        if !subresources.is_empty() {
+            by_binding
+                .entry((grant.namespace, grant.binding))
+                .or_insert((grant, BTreeSet::new()))
+                .1
+                .extend(subresources);
+        }
+    }
+    by_binding
+        .into_values()
+        .map(|(grant, subresources)| {
+            let covered: Vec<String> = subresources
+                .into_iter()
+                .filter_map(|index| SUBRESOURCES.get(index))
+                .map(|subresource| format!("nodes/{subresource}"))
+                .collect();
+            format!(
+                "RoleBinding {}/{} ({}) refers to {} {}, which covers {}: ineffective, since \
+                 only a ClusterRoleBinding can grant the kubelet's cluster-scoped nodes \
+                 subresources",
+                grant.namespace,
+                grant.binding,
+                grant.location,
+                grant.role_kind,
+                grant.role,
+                covered.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// The warning for a binding to a role that is not in the input.
+fn missing_role(binding: &UnresolvedBinding) -> String {
+    let name = match binding.namespace.as_str() {
+        "" => binding.name.clone(),
+        namespace => format!("{namespace}/{}", binding.name),
+    };
+    let subjects: Vec<String> = binding
+        .subjects
+        .iter()
+        .map(|subject| Subject::of(subject).to_string())
+        .collect();
+    let bootstrap = ADMIN_ROLES.contains(&binding.role.as_str())
+        && binding.role_kind == rbac::RoleKind::ClusterRole;
+    let hint = match bootstrap {
+        true => format!(
+            "; {} is a bootstrap ClusterRole that grants nodes/proxy in every cluster: audit the \
+             cluster to see this grant",
+            binding.role
+        ),
+        false => String::new(),
+    };
+    format!(
+        "{} {name} ({}) refers to {} {}, which is not in the input, so it is audited as granting \
+         nothing (subjects: {}){hint}",
+        binding.kind,
+        binding.location,
+        binding.role_kind,
+        binding.role,
+        subjects.join(", ")
+    )
+}
+
+/// Serializes with `Display`.
+fn display<S: Serializer, T: fmt::Display>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}

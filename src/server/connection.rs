@@ -1,0 +1,460 @@
+//! One caller connection, from TLS handshake to close, and the limits that keep a misbehaving
+//! caller from hurting the node. Each limit hit is counted in `kubelet_guard_limit_hits_total`.
+//!
+//! - ALPN decides the protocol, as in Go's server: `h2` is HTTP/2, anything else HTTP/1.1.
+//! - A connection moves between three phases. *Reading a head* (HTTP/1.1 only): from the
+//!   handshake, or from the first byte after an idle spell, until the request head is complete;
+//!   longer than `--header-read-timeout` and the connection is closed (Go's `ReadHeaderTimeout`).
+//!   *Busy*: at least one request is in flight (its response body not yet sent); no timeout.
+//!   *Idle*: nothing in flight; longer than `--idle-timeout` and the connection is shut down
+//!   gracefully (Go's `IdleTimeout`).
+//! - Request heads are limited to 1 MiB as the kubelet's (hyper answers 431 beyond that) and HTTP/2
+//!   streams to `--http2-max-streams` per connection (counted when a connection reaches it: the
+//!   peer must wait, or its extra streams are refused).
+//! - The connection's socket carries its `--max-connections` slot and its place in the open
+//!   connections gauge, so an upgraded stream, which outlives the HTTP connection, keeps both.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::drain::Tracked;
+use crate::authn::x509;
+use crate::config::Limits;
+use crate::metrics::{ConnectionGuard, Metrics};
+use crate::proxy::{self, Peer, State};
+use crate::reload::Watched;
+
+/// How long a caller may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted, as the kubelet's Go server (1 MiB).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// A limit a caller ran into; the `limit` label of `kubelet_guard_limit_hits_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Limit {
+    /// `--max-connections`: a connection over it was closed at once.
+    MaxConnections,
+    /// `--header-read-timeout`: a request head took too long.
+    HeaderReadTimeout,
+    /// A request head over 1 MiB was refused with 431.
+    HeaderSize,
+    /// `--idle-timeout`: an idle connection was shut down.
+    IdleTimeout,
+    /// `--http2-max-streams`: a connection reached its concurrent-stream limit.
+    Http2MaxStreams,
+}
+
+/// What every connection of the guarded listener shares.
+pub(super) struct Context {
+    tls: Arc<Watched<ServerConfig>>,
+    state: Arc<State>,
+    limits: Limits,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// Where a connection is between requests, and since when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    ReadingHead,
+    Busy,
+    Idle,
+}
+
+/// A connection's requests in flight and its phase, shared by its service, its socket and its
+/// timer.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Set while idle on HTTP/1.1, so a read knows to start the head timer without the lock.
+    awaiting_head: AtomicBool,
+    changed: Notify,
+    http1: bool,
+    stream_limit: usize,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+struct ActivityState {
+    in_flight: usize,
+    phase: Phase,
+    since: Instant,
+}
+
+/// One request in flight, until its response body is sent or dropped.
+struct InFlight(Arc<Activity>);
+
+/// A response body that keeps its request in flight.
+struct InFlightBody<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+/// The caller's socket, with what must live exactly as long as it: its `--max-connections` slot
+/// and its count in the open-connections gauge.
+struct Admitted {
+    io: TlsStream<TcpStream>,
+    activity: Arc<Activity>,
+    _slot: OwnedSemaphorePermit,
+    _open: ConnectionGuard,
+}
+
+impl Limit {
+    /// The label value.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max-connections",
+            Self::HeaderReadTimeout => "header-read-timeout",
+            Self::HeaderSize => "header-size",
+            Self::IdleTimeout => "idle-timeout",
+            Self::Http2MaxStreams => "http2-max-streams",
+        }
+    }
+}
+
+impl Context {
+    /// The HTTP/1.1 and HTTP/2 connection settings for `limits`.
+    pub(super) fn new(tls: Arc<Watched<ServerConfig>>, state: Arc<State>, limits: Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        // The head timer is ours (`Activity`), which tells reading a head from idling.
+        http1
+            .header_read_timeout(None)
+            .max_header_size(MAX_HEADER_BYTES)
+            .max_buf_size(MAX_HEADER_BYTES);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        // Extended CONNECT (RFC 8441) is let in so the classifier can refuse it as an upgrade with
+        // 405, as the kubelet would, rather than h2 resetting the stream.
+        http2
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .max_concurrent_streams(limits.http2_max_streams)
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        Self {
+            tls,
+            state,
+            limits,
+            http1,
+            http2,
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes, a limit closes it, or shutdown does.
+pub(super) async fn serve(
+    context: Arc<Context>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    mut open: Tracked,
+) {
+    let gauge = context.state.metrics.connection();
+    // The serving configuration in force now: a rotated certificate applies from the next accept.
+    let acceptor = TlsAcceptor::from(context.tls.current());
+    let handshake = tokio::select! {
+        handshake = handshake(&acceptor, tcp, addr) => handshake,
+        () = open.draining() => None,
+    };
+    let Some((tls, peer)) = handshake else {
+        return;
+    };
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let activity = Arc::new(Activity::new(&context.limits, !http2));
+    let io = TokioIo::new(Admitted {
+        io: tls,
+        activity: Arc::clone(&activity),
+        _slot: slot,
+        _open: gauge,
+    });
+    let (state, peer) = (Arc::clone(&context.state), Arc::new(peer));
+    let in_flight = Arc::clone(&activity);
+    let service = service_fn(move |request| {
+        let (busy, at_limit) = Activity::begin(&in_flight);
+        if at_limit {
+            state.metrics.limit_hit(Limit::Http2MaxStreams.as_str());
+        }
+        let (state, peer) = (Arc::clone(&state), Arc::clone(&peer));
+        async move {
+            let response = proxy::handle(&state, &peer, request).await;
+            Ok::<_, Infallible>(response.map(|body| InFlightBody {
+                body,
+                _in_flight: busy,
+            }))
+        }
+    });
+    let metrics = &context.state.metrics;
+    if http2 {
+        let connection = context.http2.serve_connection(io, service);
+        drive(
+            connection,
+            |c| c.graceful_shutdown(),
+            &activity,
+            &mut open,
+            metrics,
+            addr,
+        )
+        .await;
+    } else {
+        let connection = context.http1.serve_connection(io, service).with_upgrades();
+        drive(
+            connection,
+            |c| c.graceful_shutdown(),
+            &activity,
+            &mut open,
+            metrics,
+            addr,
+        )
+        .await;
+    }
+}
+
+/// Polls a connection to its end, shutting it down gracefully when shutdown starts or it idles
+/// too long, closing it when a head is too slow or the grace period ends.
+async fn drive<C>(
+    connection: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    activity: &Activity,
+    open: &mut Tracked,
+    metrics: &Metrics,
+    addr: SocketAddr,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut connection = pin!(connection);
+    let limit = tokio::select! {
+        ended = connection.as_mut() => return ended_with(ended, metrics, addr),
+        () = open.draining() => None,
+        limit = activity.expired() => Some(limit),
+    };
+    if let Some(limit) = limit {
+        metrics.limit_hit(limit.as_str());
+        tracing::debug!(peer = %addr, limit = limit.as_str(), "connection limit hit");
+        if limit == Limit::HeaderReadTimeout {
+            // Closed without an answer, as Go's server does: the caller is not reading one.
+            return;
+        }
+    }
+    graceful(connection.as_mut());
+    tokio::select! {
+        ended = connection.as_mut() => ended_with(ended, metrics, addr),
+        () = open.closing() => {
+            tracing::debug!(peer = %addr, "closed at the end of the shutdown grace period");
+        }
+    }
+}
+
+/// Logs how a connection ended and counts an oversized head.
+fn ended_with(ended: Result<(), hyper::Error>, metrics: &Metrics, addr: SocketAddr) {
+    let Err(e) = ended else {
+        return;
+    };
+    if e.is_parse_too_large() {
+        metrics.limit_hit(Limit::HeaderSize.as_str());
+    }
+    tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+}
+
+/// Completes the TLS handshake and reads what the connection proves about the caller.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+) -> Option<(TlsStream<TcpStream>, Peer)> {
+    let _ = tcp.set_nodelay(true);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let certificate = x509::peer_identity(tls.get_ref().1.peer_certificates());
+            Some((tls, Peer { addr, certificate }))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %addr, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+impl Activity {
+    /// A fresh connection: an HTTP/1.1 one is reading its first head, an HTTP/2 one idles.
+    fn new(limits: &Limits, http1: bool) -> Self {
+        let phase = if http1 {
+            Phase::ReadingHead
+        } else {
+            Phase::Idle
+        };
+        Self {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                phase,
+                since: Instant::now(),
+            }),
+            awaiting_head: AtomicBool::new(false),
+            changed: Notify::new(),
+            http1,
+            stream_limit: limits.http2_max_streams as usize,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+
+    /// Marks a request in flight; also says whether that brought an HTTP/2 connection to its
+    /// stream limit.
+    fn begin(this: &Arc<Self>) -> (InFlight, bool) {
+        let in_flight = this.update(|state| {
+            state.in_flight += 1;
+            state.phase = Phase::Busy;
+            state.in_flight
+        });
+        let at_limit = !this.http1 && in_flight == this.stream_limit;
+        (InFlight(Arc::clone(this)), at_limit)
+    }
+
+    /// A read of `bytes` from the socket: the first bytes after an idle spell start a head.
+    fn read(&self, bytes: usize) {
+        if bytes > 0 && self.awaiting_head.load(Ordering::Acquire) {
+            self.update(|state| {
+                if state.phase == Phase::Idle {
+                    state.phase = Phase::ReadingHead;
+                }
+            });
+        }
+    }
+
+    /// Changes the state under the lock, stamps a phase change, and wakes the timer.
+    fn update<R>(&self, change: impl FnOnce(&mut ActivityState) -> R) -> R {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = state.phase;
+        let result = change(&mut state);
+        if state.phase != before {
+            state.since = Instant::now();
+            self.awaiting_head
+                .store(self.http1 && state.phase == Phase::Idle, Ordering::Release);
+            self.changed.notify_waiters();
+        }
+        result
+    }
+
+    /// Resolves with the limit a phase ran over.
+    async fn expired(&self) -> Limit {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            let (phase, since) = {
+                let state = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (state.phase, state.since)
+            };
+            let (limit, timeout) = match phase {
+                Phase::Busy => {
+                    changed.await;
+                    continue;
+                }
+                Phase::Idle => (Limit::IdleTimeout, self.idle_timeout),
+                Phase::ReadingHead => (Limit::HeaderReadTimeout, self.header_read_timeout),
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(since + timeout) => return limit,
+                () = changed => {}
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.update(|state| {
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if state.in_flight == 0 {
+                state.phase = Phase::Idle;
+            }
+        });
+    }
+}
+
+impl<B: Body + Unpin> Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.activity
+            .read(buf.filled().len().saturating_sub(before));
+        polled
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

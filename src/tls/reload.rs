@@ -1,0 +1,54 @@
+//! Certificate rotation: the serving configuration and the upstream client configurations as
+//! polled values (`reload::Watched`), rebuilt when any of their files changes.
+//!
+//! The kubelet rotates its serving certificate, and client CAs and the guard's own upstream
+//! credential rotate too. A new configuration is used by connections opened after it took effect;
+//! open connections keep the one they were made with. A certificate that does not match its key,
+//! or a file that does not parse, keeps the last good configuration (and is logged and counted by
+//! the reload task).
+
+use rustls::ServerConfig;
+
+use super::{TlsPolicy, UpstreamTls};
+use crate::config::{ServingFiles, Upstream, UpstreamCredential};
+use crate::reload::{FileError, Source, Watched};
+
+/// The serving configuration, from `--tls-cert-file`, `--tls-private-key-file` and
+/// `--client-ca-file`, under `policy`.
+pub fn serving(
+    files: &ServingFiles,
+    policy: &TlsPolicy,
+) -> Result<Watched<ServerConfig>, FileError> {
+    let mut sources = vec![
+        Source::new("--tls-cert-file", &files.cert),
+        Source::new("--tls-private-key-file", &files.key),
+    ];
+    if let Some(ca) = &files.client_ca {
+        sources.push(Source::new("--client-ca-file", ca));
+    }
+    let (files, policy) = (files.clone(), policy.clone());
+    Watched::load_with(sources, move |contents| {
+        Ok(super::server_config_from(&files, &policy, contents)?)
+    })
+}
+
+/// The files the upstream client configurations are built from, in the order
+/// [`upstream`] reads them.
+pub fn upstream_sources(upstream: &Upstream) -> Vec<Source> {
+    let mut sources = vec![Source::new("--upstream-ca-file", &upstream.ca)];
+    if let UpstreamCredential::ClientCert { cert, key } = &upstream.credential {
+        sources.push(Source::new("--upstream-client-cert-file", cert));
+        sources.push(Source::new("--upstream-client-key-file", key));
+    }
+    sources
+}
+
+/// Builds the upstream client configurations from the contents of [`upstream_sources`];
+/// `callers` adds the one without the guard's certificate.
+pub fn upstream(
+    settings: &Upstream,
+    contents: &[Vec<u8>],
+    callers: bool,
+) -> Result<UpstreamTls, FileError> {
+    Ok(super::upstream_config_from(settings, contents, callers)?)
+}

@@ -1,0 +1,308 @@
+//! The audit trail end to end: one `audit.k8s.io/v1` Event per request with every field kube-apiserver
+//! fills at the Metadata level, refusals before authorization included, two events for an upgraded
+//! stream, and never a token in an event or a log line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{Value, json};
+use support::guard::{Cluster, NODE};
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "t-very-secret-caller-token";
+const USER: &str = "system:serviceaccount:ops:debugger";
+
+async fn audited(extra: &[&str]) -> (Cluster, PathBuf) {
+    let log = support::temp_dir("audit").join("audit.log");
+    let flag = format!("--audit-log-path={}", log.display());
+    let mut flags = vec![flag.as_str()];
+    flags.extend_from_slice(extra);
+    let cluster = Cluster::start(&flags).await;
+    cluster.api.add_token(TOKEN, USER, "uid-42", &["ops"]);
+    (cluster, log)
+}
+
+/// Waits until the log holds `count` events and returns them.
+async fn events(log: &Path, count: usize) -> Vec<Value> {
+    support::with_deadline("audit events are written", async {
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let events: Vec<Value> = text
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            if events.len() >= count {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_allowed_request_is_one_event_with_every_metadata_field() {
+    let (cluster, log) = audited(&[]).await;
+    cluster.api.allow("ops", "get", "proxy");
+    let mut request = support::client::request("GET", "/pods?fieldSelector=x", Some(TOKEN));
+    request
+        .headers_mut()
+        .insert("user-agent", "kubectl/v1.33.0".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    let response = cluster.client().send(cluster.addr(), request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let audit_id = response.headers()["audit-id"].to_str().unwrap().to_owned();
+
+    let event = events(&log, 1).await.remove(0);
+    assert_eq!(event["kind"], "Event");
+    assert_eq!(event["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(event["level"], "Metadata");
+    assert_eq!(event["auditID"], audit_id);
+    assert_eq!(event["stage"], "ResponseComplete");
+    assert_eq!(event["requestURI"], "/pods?fieldSelector=x");
+    assert_eq!(event["verb"], "get");
+    assert_eq!(
+        event["user"],
+        json!({"username": USER, "uid": "uid-42", "groups": ["ops", "system:authenticated"]})
+    );
+    assert_eq!(
+        event["sourceIPs"],
+        json!(["127.0.0.1"]),
+        "forwarded-for headers are not trusted"
+    );
+    assert_eq!(event["userAgent"], "kubectl/v1.33.0");
+    assert_eq!(
+        event["objectRef"],
+        json!({"resource": "nodes", "name": NODE, "subresource": "proxy", "apiVersion": "v1"})
+    );
+    assert_eq!(
+        event["responseStatus"],
+        json!({"metadata": {}, "code": 200})
+    );
+    for stamp in ["requestReceivedTimestamp", "stageTimestamp"] {
+        let text = event[stamp].as_str().unwrap();
+        assert!(
+            text.len() == 27 && text.ends_with('Z') && text.as_bytes()[10] == b'T',
+            "{stamp}: {text}"
+        );
+    }
+    assert!(event["requestReceivedTimestamp"].as_str() <= event["stageTimestamp"].as_str());
+    let annotations = &event["annotations"];
+    assert_eq!(annotations["authorization.k8s.io/decision"], "allow");
+    assert_eq!(
+        annotations["kubelet-guard.io/checks"],
+        "pods=deny,proxy=allow"
+    );
+    assert_eq!(annotations["kubelet-guard.io/proxy-fallback"], "true");
+}
+
+#[tokio::test]
+async fn refusals_are_audited_with_what_is_known() {
+    let (cluster, log) = audited(&[]).await;
+    let client = cluster.client();
+    assert_eq!(
+        cluster.get("/stats/summary", TOKEN).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        client
+            .get(cluster.addr(), "/stats/summary", Some("t-unknown"))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let raw = client
+        .raw(
+            cluster.addr(),
+            b"GET /stats/%2e%2e/exec/a/b/c HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    let raw = client
+        .raw(cluster.addr(), b"OPTIONS /pods HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
+
+    let events = events(&log, 4).await;
+    let forbidden = &events[0];
+    assert_eq!(forbidden["responseStatus"]["code"], 403);
+    assert_eq!(forbidden["responseStatus"]["status"], "Failure");
+    assert_eq!(forbidden["responseStatus"]["reason"], "Forbidden");
+    assert_eq!(
+        forbidden["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+    assert_eq!(
+        forbidden["annotations"]["kubelet-guard.io/checks"],
+        "stats=deny"
+    );
+    assert_eq!(forbidden["objectRef"]["subresource"], "stats");
+    assert!(
+        !forbidden["annotations"]["authorization.k8s.io/reason"]
+            .as_str()
+            .unwrap()
+            .is_empty(),
+        "the authorizer's reason, or the guard's denial message"
+    );
+
+    let unauthenticated = &events[1];
+    assert_eq!(unauthenticated["responseStatus"]["code"], 401);
+    assert_eq!(unauthenticated["responseStatus"]["reason"], "Unauthorized");
+    assert_eq!(unauthenticated["user"], json!({}));
+    assert_eq!(unauthenticated["verb"], "get");
+
+    for (event, code) in [(&events[2], 400), (&events[3], 405)] {
+        assert_eq!(event["responseStatus"]["code"], code);
+        assert_eq!(event["verb"], "");
+        assert!(event.get("objectRef").is_none());
+        assert!(
+            !event["responseStatus"]["message"]
+                .as_str()
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(events[2]["requestURI"], "/stats/%2e%2e/exec/a/b/c");
+}
+
+#[tokio::test]
+async fn an_upgraded_stream_is_audited_when_it_starts_and_when_it_closes() {
+    let (cluster, log) = audited(&[]).await;
+    cluster.api.allow(USER, "create", "proxy");
+    let target = "/exec/default/web/app?command=sh&command=-c&command=id&stdin=1&stdout=1";
+    let (response, mut socket) = cluster
+        .client()
+        .websocket(cluster.addr(), target, Some(TOKEN), &["v5.channel.k8s.io"])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket.next().await.unwrap().unwrap();
+    socket
+        .send(Message::binary(b"\x00whoami\n".to_vec()))
+        .await
+        .unwrap();
+    socket.next().await.unwrap().unwrap();
+    socket.close(None).await.unwrap();
+    while socket.next().await.is_some() {}
+
+    let events = events(&log, 2).await;
+    assert_eq!(events[0]["stage"], "ResponseStarted");
+    assert_eq!(events[1]["stage"], "ResponseComplete");
+    assert_eq!(events[0]["auditID"], events[1]["auditID"]);
+    for event in &events {
+        assert_eq!(
+            event["requestURI"], target,
+            "the command is part of the trail"
+        );
+        assert_eq!(event["verb"], "create");
+        assert_eq!(event["responseStatus"]["code"], 101);
+        assert_eq!(
+            event["annotations"]["kubelet-guard.io/upgrade"],
+            "websocket"
+        );
+    }
+    let closed = &events[1]["annotations"];
+    let to_kubelet: u64 = closed["kubelet-guard.io/bytes-to-kubelet"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to_caller: u64 = closed["kubelet-guard.io/bytes-to-caller"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(to_kubelet > 8 && to_caller > 16, "{closed}");
+    assert!(
+        closed["kubelet-guard.io/stream-duration"]
+            .as_str()
+            .unwrap()
+            .ends_with('s')
+    );
+}
+
+#[tokio::test]
+async fn no_token_reaches_an_event_or_a_log_line() {
+    let cluster = Cluster::start(&[]).await;
+    cluster.api.add_token(TOKEN, USER, "", &[]);
+    cluster.api.allow(USER, "get", "metrics");
+    let log = support::temp_dir("audit-binary").join("audit.log");
+    let mut argv = support::guard::flags(
+        &cluster.ca,
+        &cluster.kubelet_ca,
+        &cluster.api,
+        &cluster.kubelet,
+        &[],
+    );
+    argv.push(format!("--audit-log-path={}", log.display()));
+    argv.push("--log-format=json".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    argv.retain(|flag| !flag.starts_with("--listen="));
+    argv.push(format!("--listen=127.0.0.1:{port}"));
+    // Logs go to a file, not a pipe: nobody reads a pipe while the test runs, and a full pipe
+    // would stall the guard.
+    let log_file = log.with_file_name("guard.log");
+    let mut guard = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .args(&argv[1..])
+        .env("KUBELET_GUARD_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = cluster.client();
+    support::with_deadline("the guard answers", async {
+        while client
+            .try_send(
+                addr,
+                support::client::request("GET", "/metrics", Some(TOKEN)),
+            )
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    client.get(addr, "/pods", Some(TOKEN)).await;
+    client
+        .get(addr, "/metrics", Some("t-another-secret-token"))
+        .await;
+    cluster.api.fail_with(Some(500));
+    client
+        .get(addr, "/stats/summary", Some("t-third-secret-token"))
+        .await;
+    events(&log, 4).await;
+    guard.start_kill().unwrap();
+    guard.wait().await.unwrap();
+    let logs = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        logs.contains("\"request\""),
+        "the debug request lines were written:\n{logs}"
+    );
+    let trail = std::fs::read_to_string(&log).unwrap();
+    for secret in [
+        TOKEN,
+        "t-another-secret-token",
+        "t-third-secret-token",
+        "guard-sa-token",
+    ] {
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+        assert!(
+            !trail.contains(secret),
+            "{secret} in the audit log:\n{trail}"
+        );
+    }
+}

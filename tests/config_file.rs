@@ -1,0 +1,256 @@
+//! `serve --config FILE` (issue 5, Operations): a YAML file keyed by the flags' names without
+//! dashes. Flags win over the environment, the environment over the file, the file over defaults;
+//! an unknown key, a value its flag would refuse, or a list for a one-value flag is an exit-64
+//! error naming the file and the line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use kubelet_guard::config::{Cli, CliError, Command, ServeArgs};
+use support::DEADLINE;
+
+/// Writes `yaml` to a fresh file.
+fn file(yaml: &str) -> PathBuf {
+    let path = support::temp_dir("config-file").join("guard.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// `serve --config=<path>` plus `flags`, parsed as the binary does.
+fn parse(path: &Path, flags: &[&str]) -> Result<ServeArgs, CliError> {
+    let mut argv = vec![
+        "kubelet-guard".to_owned(),
+        "serve".to_owned(),
+        format!("--config={}", path.display()),
+    ];
+    argv.extend(flags.iter().map(|flag| (*flag).to_owned()));
+    let cli = Cli::parse_args(argv)?;
+    let Command::Serve(args) = cli.command else {
+        panic!("not serve")
+    };
+    Ok(*args)
+}
+
+/// The line and message of a file error.
+fn file_error(result: Result<ServeArgs, CliError>) -> (u64, String) {
+    match result {
+        Err(CliError::File { line, message, .. }) => (line, message),
+        Err(other) => panic!("not a file error: {other}"),
+        Ok(args) => panic!("accepted: {args:?}"),
+    }
+}
+
+const COMPLETE: &str = "\
+# The guard on node-1.
+listen: 10.0.0.10:10250
+tls-cert-file: /var/lib/kubelet/pki/kubelet.crt
+tls-private-key-file: /var/lib/kubelet/pki/kubelet.key
+upstream-ca-file: /etc/kubernetes/pki/ca.crt
+upstream-token-file: /var/run/secrets/guard/token
+node-name: node-1
+idle-timeout: 2m
+http2-max-streams: 100
+anonymous-auth: true
+auth-token-audiences: [https://kubernetes.default.svc, api]
+tls-cipher-suites:
+  - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+  - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+";
+
+#[test]
+fn the_file_sets_what_flags_do_not() {
+    let args = parse(&file(COMPLETE), &[]).unwrap();
+    assert_eq!(args.listen.to_string(), "10.0.0.10:10250");
+    assert_eq!(args.http2_max_streams, 100);
+    assert!(args.anonymous_auth);
+    assert_eq!(args.tls_cipher_suites.len(), 2);
+    let config = args.validate().unwrap();
+    assert_eq!(config.limits.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        config.apiserver.audiences,
+        ["https://kubernetes.default.svc", "api"]
+    );
+    assert_eq!(config.node_name.as_str(), "node-1");
+    assert_eq!(
+        config.serving.cert,
+        Path::new("/var/lib/kubelet/pki/kubelet.crt")
+    );
+    // Untouched flags keep their defaults.
+    assert_eq!(config.limits.max_connections, 10_000);
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let args = parse(
+        &file(COMPLETE),
+        &[
+            "--listen=127.0.0.1:10250",
+            "--idle-timeout=5s",
+            "--auth-token-audiences=other",
+            "--anonymous-auth=false",
+        ],
+    )
+    .unwrap();
+    assert_eq!(args.listen.to_string(), "127.0.0.1:10250");
+    assert_eq!(args.idle_timeout, Duration::from_secs(5));
+    assert_eq!(args.auth_token_audiences, ["other"]);
+    assert!(!args.anonymous_auth);
+    assert_eq!(
+        args.http2_max_streams, 100,
+        "the rest still comes from the file"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_line() {
+    let path = file("listen: 127.0.0.1:10250\n\nlisten-address: 0.0.0.0:10250\n");
+    let (line, message) = file_error(parse(&path, &[]));
+    assert_eq!(line, 3);
+    assert!(message.contains("\"listen-address\""), "{message}");
+    let shown = parse(&path, &[]).unwrap_err().to_string();
+    assert!(
+        shown.starts_with(&format!("--config {}:3: ", path.display())),
+        "{shown}"
+    );
+
+    // Neither dashes nor the file itself can be keys.
+    for yaml in ["--listen: 127.0.0.1:1\n", "config: other.yaml\n"] {
+        let (line, _) = file_error(parse(&file(yaml), &[]));
+        assert_eq!(line, 1, "{yaml}");
+    }
+}
+
+#[test]
+fn values_are_checked_by_their_flags_parser_with_their_line() {
+    for (yaml, line, says) in [
+        (
+            "node-name: n\nmax-connections: many\n",
+            2,
+            "--max-connections",
+        ),
+        ("idle-timeout: soon\n", 1, "--idle-timeout"),
+        ("mode: watch\n", 1, "--mode"),
+        (
+            "\n\ntls-min-version: VersionTLS10\n",
+            3,
+            "--tls-min-version",
+        ),
+        (
+            "tls-cipher-suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
+            1,
+            "--tls-cipher-suites",
+        ),
+        ("listen: [127.0.0.1:1, 127.0.0.1:2]\n", 1, "takes one value"),
+        ("listen:\n  host: 127.0.0.1\n", 2, ""),
+    ] {
+        let (at, message) = file_error(parse(&file(yaml), &[]));
+        assert_eq!(at, line, "{yaml}: {message}");
+        assert!(message.contains(says), "{yaml}: {message}");
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_mapping_is_an_error() {
+    let (line, _) = file_error(parse(&file("listen: [unclosed\n"), &[]));
+    assert!(line >= 1);
+    let (_, message) = file_error(parse(&file("- listen\n"), &[]));
+    assert!(message.contains("mapping"), "{message}");
+    let (line, message) = file_error(parse(&file("node-name: a\nnode-name: b\n"), &[]));
+    assert_eq!(line, 2);
+    assert!(message.contains("duplicate"), "{message}");
+    let (line, message) = file_error(parse(&support::temp_dir("none").join("absent.yaml"), &[]));
+    assert_eq!(line, 0);
+    assert!(message.contains("No such file"), "{message}");
+    assert!(
+        parse(&file("# nothing yet\n"), &[]).is_ok(),
+        "an empty file sets nothing"
+    );
+}
+
+/// Runs the binary with `args` and only `env`; exit code and stderr.
+fn run(args: &[String], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Process::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("the binary did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn the_binary_reads_the_file_below_the_environment() {
+    // Every value here is refused by validation, so the binary exits before reading a file, and
+    // which flag it names shows where the value in force came from.
+    let path = file("upstream-timeout: 0s\nnode-name: node-1\n");
+    let args = vec![
+        "serve".to_owned(),
+        format!("--config={}", path.display()),
+        "--tls-cert-file=c".to_owned(),
+        "--tls-private-key-file=k".to_owned(),
+        "--upstream-ca-file=ca".to_owned(),
+        "--upstream-token-file=t".to_owned(),
+        "--apiserver-timeout=0s".to_owned(),
+    ];
+    let (code, stderr) = run(&args, &[]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--upstream-timeout"),
+        "from the file: {stderr}"
+    );
+
+    let (code, stderr) = run(&args, &[("KUBELET_GUARD_UPSTREAM_TIMEOUT", "5s")]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--apiserver-timeout") && !stderr.contains("--upstream-timeout"),
+        "the environment wins: {stderr}"
+    );
+
+    let (code, stderr) = run(
+        &args,
+        &[
+            ("KUBELET_GUARD_UPSTREAM_TIMEOUT", "5s"),
+            ("KUBELET_GUARD_APISERVER_TIMEOUT", "1s"),
+        ],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--apiserver-timeout"),
+        "the flag wins: {stderr}"
+    );
+
+    let unknown = file("node-name: node-1\nlisen: 127.0.0.1:10250\n");
+    let (code, stderr) = run(
+        &[
+            "serve".to_owned(),
+            format!("--config={}", unknown.display()),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2: ", unknown.display())) && stderr.contains("lisen"),
+        "{stderr}"
+    );
+}

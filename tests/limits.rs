@@ -1,0 +1,302 @@
+//! Limits that keep a misbehaving caller from hurting the node (issue 5, Operations), each hit
+//! counted in `kubelet_guard_limit_hits_total{limit}`: `--max-connections`, a header read timeout
+//! against slow callers, the kubelet's 1 MiB header limit, an idle timeout for keep-alive
+//! connections that never cuts a request in flight, and HTTP/2's concurrent-stream limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
+
+use support::guard::Cluster;
+use support::kubelet::FOLLOW_LINES;
+use support::with_deadline;
+
+const TOKEN: &str = "t-operator";
+const USER: &str = "system:serviceaccount:ops:operator";
+const FOLLOW: &str = "/containerLogs/default/web-0/web?follow=true";
+
+async fn cluster(extra: &[&str]) -> Cluster {
+    let cluster = Cluster::start(extra).await;
+    cluster.api.add_token(TOKEN, USER, "uid", &[]);
+    cluster.api.allow(USER, "get", "proxy");
+    cluster
+}
+
+/// How often `limit` was hit.
+async fn hits(cluster: &Cluster, limit: &str) -> u64 {
+    let series = format!("kubelet_guard_limit_hits_total{{limit=\"{limit}\"}} ");
+    cluster
+        .metrics()
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `limit` was hit at least `at_least` times.
+async fn wait_for_hits(cluster: &Cluster, limit: &str, at_least: u64) {
+    with_deadline(limit, async {
+        while hits(cluster, limit).await < at_least {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Reads until the peer closes; what arrived before.
+async fn read_to_close(tls: &mut TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    let mut answer = Vec::new();
+    with_deadline("the guard closes the connection", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    answer
+}
+
+#[tokio::test]
+async fn connections_over_the_maximum_are_closed_at_once() {
+    let cluster = cluster(&["--max-connections=2"]).await;
+    let client = cluster.client();
+    let first = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
+    let _second = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
+
+    assert!(
+        client.connect(cluster.addr(), b"http/1.1").await.is_err(),
+        "the third connection is closed before its handshake"
+    );
+    assert_eq!(hits(&cluster, "max-connections").await, 1);
+
+    // A slot frees when a connection closes.
+    drop(first);
+    with_deadline("a slot frees", async {
+        loop {
+            let request = support::client::request("GET", "/healthz", Some(TOKEN));
+            if let Ok(response) = client.try_send(cluster.addr(), request).await {
+                assert_eq!(response.status(), StatusCode::OK);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_caller_too_slow_to_send_its_headers_is_disconnected() {
+    let cluster = cluster(&["--header-read-timeout=200ms"]).await;
+    let client = cluster.client();
+    let mut slow = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    slow.flush().await.unwrap();
+    let answer = read_to_close(&mut slow).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(hits(&cluster, "header-read-timeout").await, 1);
+
+    // A caller that sends its headers in time is answered.
+    let (status, _, _) = client.get(cluster.addr(), "/healthz", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hits(&cluster, "header-read-timeout").await, 1);
+}
+
+#[tokio::test]
+async fn request_heads_over_one_mebibyte_are_refused() {
+    let cluster = cluster(&[]).await;
+    let client = cluster.client();
+    let head = |size: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(size)
+        )
+    };
+    // Under the limit: read by the guard, which then wants credentials.
+    let answer = client.raw(cluster.addr(), head(900 << 10).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer:.80}");
+
+    // Over it: 431, as the kubelet answers. The guard stops reading, so write while reading.
+    let tls = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    let big = head(1100 << 10);
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(big.as_bytes()).await;
+        write
+    });
+    let mut answer = Vec::new();
+    with_deadline("the 431", async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+        "{answer}"
+    );
+    drop(read);
+    writer.abort();
+    wait_for_hits(&cluster, "header-size", 1).await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_but_requests_in_flight_are_not() {
+    let cluster = cluster(&["--idle-timeout=200ms"]).await;
+    let client = cluster.client();
+
+    // A followed log that stays quiet for longer than the idle timeout.
+    let request = support::client::request("GET", FOLLOW, Some(TOKEN));
+    let response = client.send(cluster.addr(), request).await;
+    let mut log = response.into_body();
+    let first = with_deadline("line 1", log.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "line 1\n");
+
+    // A keep-alive connection that goes idle after one request.
+    let tls = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut request = support::client::request("GET", "/healthz", Some(TOKEN));
+    request
+        .headers_mut()
+        .insert(http::header::HOST, "localhost".parse().unwrap());
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    with_deadline("the idle connection is closed", connection)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hits(&cluster, "idle-timeout").await, 1);
+
+    // The log, opened before that connection and quiet since, still streams.
+    for n in 2..=FOLLOW_LINES {
+        cluster.kubelet.release_log_line();
+        let frame = with_deadline("next line", log.frame())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), format!("line {n}\n"));
+    }
+    assert_eq!(hits(&cluster, "idle-timeout").await, 1);
+}
+
+/// HTTP/2 frame types used below (RFC 9113 section 6).
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+/// `REFUSED_STREAM`.
+const REFUSED_STREAM: u32 = 0x7;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+async fn read_frame(tls: &mut TlsStream<tokio::net::TcpStream>) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    with_deadline("a frame", tls.read_exact(&mut head))
+        .await
+        .unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    with_deadline("a payload", tls.read_exact(&mut payload))
+        .await
+        .unwrap();
+    (head[3], head[4], stream, payload)
+}
+
+/// A GET of `path` as one HPACK block without Huffman coding or indexing (RFC 7541).
+fn get(path: &str) -> Vec<u8> {
+    let literal = |out: &mut Vec<u8>, value: &str| {
+        out.push(u8::try_from(value.len()).unwrap());
+        out.extend_from_slice(value.as_bytes());
+    };
+    let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
+    block.push(0x04); // :path, literal value
+    literal(&mut block, path);
+    block.push(0x01); // :authority
+    literal(&mut block, "localhost");
+    block.extend_from_slice(&[0x0f, 0x08]); // authorization (static index 23)
+    literal(&mut block, &format!("Bearer {TOKEN}"));
+    block
+}
+
+#[tokio::test]
+async fn http2_streams_over_the_limit_are_refused() {
+    let cluster = cluster(&["--http2-max-streams=2"]).await;
+    let mut tls = cluster
+        .client()
+        .connect(cluster.addr(), b"h2")
+        .await
+        .unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    tls.write_all(&hello).await.unwrap();
+
+    // The limit is announced in the guard's first SETTINGS, which takes effect once acknowledged.
+    let (kind, flags, _, settings) = read_frame(&mut tls).await;
+    assert_eq!((kind, flags), (SETTINGS, 0));
+    let announced = settings.chunks(6).find_map(|setting| {
+        (u16::from_be_bytes([setting[0], setting[1]]) == MAX_CONCURRENT_STREAMS)
+            .then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+    });
+    assert_eq!(announced, Some(2));
+    tls.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+
+    // Two followed logs stay open; a caller ignoring the limit opens a third.
+    for stream in [1, 3, 5] {
+        // END_STREAM | END_HEADERS
+        tls.write_all(&frame(HEADERS, 0x5, stream, &get(FOLLOW)))
+            .await
+            .unwrap();
+    }
+    let mut answered = Vec::new();
+    let refused = loop {
+        let (kind, _, stream, payload) = read_frame(&mut tls).await;
+        match kind {
+            HEADERS => answered.push(stream),
+            RST_STREAM => break (stream, u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            GOAWAY => panic!("the connection was closed: {payload:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(refused, (5, REFUSED_STREAM));
+    with_deadline("both open streams are answered", async {
+        while answered.len() < 2 {
+            let (kind, _, stream, _) = read_frame(&mut tls).await;
+            if kind == HEADERS {
+                answered.push(stream);
+            }
+        }
+    })
+    .await;
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 3]);
+    assert_eq!(hits(&cluster, "http2-max-streams").await, 1);
+}

@@ -1,0 +1,528 @@
+//! `kubelet-guard rbac-audit` on files: the rendered RBAC of five real charts and the RBAC rules of
+//! issue 6 one by one (what is granted, to whom, through what, how severe). Every test runs the
+//! binary as a user would; the outputs, `--fail-on` and malformed input are in
+//! `rbac_audit_outputs.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// What one run of `kubelet-guard rbac-audit` left behind.
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{e}\nstdout: {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+fn audit(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .arg("rbac-audit")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    Run {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+const CHARTS: &str = "tests/fixtures/charts";
+
+fn chart(name: &str) -> String {
+    format!("{CHARTS}/{name}/rendered.yaml")
+}
+
+/// The findings of `report` as (subject, subresource, verbs, severity) rows.
+fn rows(report: &Value) -> Vec<(String, String, String, String)> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let subject = &f["subject"];
+            let who = match subject["namespace"].as_str().unwrap() {
+                "" => format!(
+                    "{} {}",
+                    subject["kind"].as_str().unwrap(),
+                    subject["name"].as_str().unwrap()
+                ),
+                ns => format!(
+                    "{} {ns}/{}",
+                    subject["kind"].as_str().unwrap(),
+                    subject["name"].as_str().unwrap()
+                ),
+            };
+            let verbs: Vec<&str> = f["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            (
+                who,
+                f["subresource"].as_str().unwrap().to_owned(),
+                verbs.join(","),
+                f["severity"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn row(
+    who: &str,
+    subresource: &str,
+    verbs: &str,
+    severity: &str,
+) -> (String, String, String, String) {
+    (
+        who.to_owned(),
+        subresource.to_owned(),
+        verbs.to_owned(),
+        severity.to_owned(),
+    )
+}
+
+fn find<'a>(report: &'a Value, who_name: &str, subresource: &str) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subject"]["name"] == who_name && f["subresource"] == subresource)
+        .unwrap_or_else(|| panic!("no finding for {who_name} {subresource}"))
+}
+
+fn warnings(report: &Value) -> Vec<String> {
+    report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Five real charts
+
+#[test]
+fn five_charts_are_audited_per_subject_and_subresource() {
+    let run = audit(&["-f", CHARTS, "--output", "json"], None);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = run.json();
+    let mut found = rows(&report);
+    let expected = [
+        row(
+            "ServiceAccount datadog/datadog",
+            "nodes/proxy",
+            "get",
+            "critical",
+        ),
+        row(
+            "ServiceAccount logging/fluent-bit",
+            "nodes/proxy",
+            "get",
+            "critical",
+        ),
+        row(
+            "ServiceAccount observability/otel-collector-opentelemetry-collector",
+            "nodes/proxy",
+            "get",
+            "critical",
+        ),
+        row(
+            "ServiceAccount monitoring/prometheus-server",
+            "nodes/proxy",
+            "get",
+            "critical",
+        ),
+        row(
+            "ServiceAccount datadog/datadog",
+            "nodes/metrics",
+            "get",
+            "low",
+        ),
+        row(
+            "ServiceAccount datadog/datadog",
+            "nodes/stats",
+            "get",
+            "low",
+        ),
+        row("ServiceAccount datadog/datadog", "nodes/spec", "get", "low"),
+        row(
+            "ServiceAccount monitoring/kube-prometheus-stack-prometheus",
+            "nodes/metrics",
+            "get",
+            "low",
+        ),
+        row(
+            "ServiceAccount kube-system/metrics-server",
+            "nodes/metrics",
+            "get",
+            "low",
+        ),
+        row(
+            "ServiceAccount observability/otel-collector-opentelemetry-collector",
+            "nodes/stats",
+            "get",
+            "low",
+        ),
+        row(
+            "ServiceAccount monitoring/prometheus-server",
+            "nodes/metrics",
+            "get",
+            "low",
+        ),
+    ];
+    assert_eq!(
+        found, expected,
+        "worst first, then by subject, then by subresource"
+    );
+
+    // Every (subject, subresource) pair appears exactly once.
+    found.sort();
+    found.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    assert_eq!(found.len(), expected.len());
+
+    // `list` and `watch` on nodes/proxy are not kubelet verbs: only `get` is reported.
+    let prometheus = find(&report, "prometheus-server", "nodes/proxy");
+    assert_eq!(prometheus["execCapable"], true);
+    assert_eq!(prometheus["resourceNames"], serde_json::json!([]));
+    assert_eq!(prometheus["via"][0]["binding"], "prometheus-server");
+    assert_eq!(prometheus["via"][0]["role"], "prometheus-server");
+    assert_eq!(
+        prometheus["via"][0]["location"],
+        "tests/fixtures/charts/prometheus/rendered.yaml:72"
+    );
+    // execCapable is about the subject, on each of its findings.
+    assert_eq!(
+        find(&report, "prometheus-server", "nodes/metrics")["execCapable"],
+        true
+    );
+    assert_eq!(
+        find(&report, "kube-prometheus-stack-prometheus", "nodes/metrics")["execCapable"],
+        false
+    );
+
+    // Every nodes/proxy holder gets a suggestion, labelled as a guess without an audit log.
+    for finding in report["findings"].as_array().unwrap() {
+        let suggestion = &finding["suggestion"];
+        if finding["subresource"] == "nodes/proxy" {
+            assert_eq!(suggestion["basis"], "guess");
+            assert_eq!(
+                suggestion["rules"][0]["resources"],
+                serde_json::json!(["nodes/metrics", "nodes/stats", "nodes/pods"])
+            );
+            assert_eq!(suggestion["rules"][0]["verbs"], serde_json::json!(["get"]));
+        } else {
+            assert!(suggestion.is_null(), "{finding}");
+        }
+    }
+
+    // metrics-server binds two roles the chart does not ship: reported, granting nothing.
+    let warnings = warnings(&report);
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(warnings[0].starts_with(
+        "ClusterRoleBinding metrics-server:system:auth-delegator (tests/fixtures/charts/metrics-server/rendered.yaml:72) \
+         refers to ClusterRole system:auth-delegator, which is not in the input"
+    ), "{warnings:#?}");
+    assert!(warnings[1].starts_with(
+        "RoleBinding kube-system/metrics-server-auth-reader (tests/fixtures/charts/metrics-server/rendered.yaml:112) \
+         refers to Role extension-apiserver-authentication-reader, which is not in the input"
+    ), "{warnings:#?}");
+}
+
+#[test]
+fn helm_template_output_is_read_from_standard_input() {
+    let rendered =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(chart("fluent-bit")))
+            .unwrap();
+    let run = audit(&["-f", "-", "-o", "json"], Some(&rendered));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        rows(&report),
+        [row(
+            "ServiceAccount logging/fluent-bit",
+            "nodes/proxy",
+            "get",
+            "critical"
+        )]
+    );
+    assert_eq!(
+        find(&report, "fluent-bit", "nodes/proxy")["via"][0]["location"],
+        "-:62"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The RBAC rules of issue 6
+
+/// ClusterRoles and bindings exercising each rule; `kubectl get -o json`-style for one of them.
+const RULES: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: star-proxy}
+rules: [{apiGroups: [""], resources: ["*/proxy"], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: nodes-star}
+rules: [{apiGroups: [""], resources: ["nodes/*"], verbs: ["*"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: core-star}
+rules: [{apiGroups: [""], resources: ["*"], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: other-group}
+rules: [{apiGroups: [apps, metrics.k8s.io], resources: ["*", nodes/proxy], verbs: ["*"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: named-nodes}
+rules: [{apiGroups: ["*"], resources: [nodes/proxy], resourceNames: [node-b, node-a], verbs: [create]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: writer}
+rules:
+- {apiGroups: [""], resources: [nodes/proxy, nodes/stats], verbs: [update, patch]}
+- {apiGroups: [""], resources: [nodes/log, nodes/checkpoint, nodes/configz, nodes/healthz, nodes/statusz], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: aggregated}
+aggregationRule:
+  clusterRoleSelectors: [{matchLabels: {example.com/kubelet: "true"}}]
+rules: []
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: middle, labels: {example.com/kubelet: "true"}}
+aggregationRule:
+  clusterRoleSelectors: [{matchLabels: {example.com/leaf: "true"}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: leaf, labels: {example.com/leaf: "true"}}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: ["*"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: cluster-admin}
+rules: [{apiGroups: ["*"], resources: ["*"], verbs: ["*"]}]
+---
+{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "List", "items": [
+ {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "a"},
+  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "star-proxy"},
+  "subjects": [{"kind": "User", "name": "alice"}]}]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodes-star}
+subjects: [{kind: User, name: bob}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: c}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: core-star}
+subjects: [{kind: Group, name: ops}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: d}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: other-group}
+subjects: [{kind: User, name: dave}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: e}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: named-nodes}
+subjects: [{kind: ServiceAccount, name: debugger, namespace: tools}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: f}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: writer}
+subjects: [{kind: User, name: frank}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: g}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: aggregated}
+subjects: [{kind: User, name: grace}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: g2}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: star-proxy}
+subjects: [{kind: User, name: grace}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: cluster-admin}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{kind: Group, name: "system:masters"}, {kind: User, name: admin}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: dangling}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kubelet-api-admin"}
+subjects: [{kind: User, name: henry}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: local-proxy, namespace: tools}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: leaf}
+subjects: [{kind: ServiceAccount, name: debugger}]
+"#;
+
+#[test]
+fn rbac_rules_are_evaluated_as_kubernetes_does() {
+    let run = audit(&["-f", "-", "-o", "json"], Some(RULES));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = run.json();
+    let found = rows(&report);
+    let has = |who: &str, subresource: &str| found.iter().any(|r| r.0 == who && r.1 == subresource);
+
+    // `*/<sub>` matches every resource's subresource, nodes included; `nodes/*` is no wildcard.
+    assert!(found.contains(&row("User alice", "nodes/proxy", "get", "critical")));
+    assert!(
+        !found.iter().any(|r| r.0 == "User bob"),
+        "nodes/* granted something: {found:?}"
+    );
+    // `*` resources in the core group match every kubelet subresource.
+    for subresource in [
+        "proxy",
+        "metrics",
+        "stats",
+        "log",
+        "pods",
+        "healthz",
+        "configz",
+        "spec",
+        "checkpoint",
+        "statusz",
+    ] {
+        assert!(
+            has("Group ops", &format!("nodes/{subresource}")),
+            "{subresource}"
+        );
+    }
+    // apiGroups must hold "" or "*".
+    assert!(!found.iter().any(|r| r.0 == "User dave"), "{found:?}");
+    // resourceNames restrict, and are reported sorted.
+    let named = find(&report, "debugger", "nodes/proxy");
+    assert_eq!(
+        named["resourceNames"],
+        serde_json::json!(["node-a", "node-b"])
+    );
+    assert_eq!(
+        named["severity"], "critical",
+        "create on nodes/proxy is exec"
+    );
+    // Severities: other writes high, nodes/log and nodes/checkpoint high, configz medium.
+    assert!(found.contains(&row("User frank", "nodes/proxy", "patch,update", "high")));
+    assert!(found.contains(&row("User frank", "nodes/stats", "patch,update", "high")));
+    assert!(found.contains(&row("User frank", "nodes/log", "get", "high")));
+    assert!(found.contains(&row("User frank", "nodes/checkpoint", "get", "high")));
+    assert!(found.contains(&row("User frank", "nodes/configz", "get", "medium")));
+    assert!(found.contains(&row("User frank", "nodes/healthz", "get", "low")));
+    assert!(found.contains(&row("User frank", "nodes/statusz", "get", "low")));
+    assert_eq!(
+        find(&report, "frank", "nodes/proxy")["execCapable"],
+        false,
+        "update is not exec"
+    );
+    // Aggregation is transitive, `*` is kept as `*`, and every granting binding is listed.
+    let grace = find(&report, "grace", "nodes/proxy");
+    assert_eq!(grace["verbs"], serde_json::json!(["*", "get"]));
+    let via: Vec<(&str, &str)> = grace["via"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["binding"].as_str().unwrap(), v["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(via, [("g", "aggregated"), ("g2", "star-proxy")]);
+    // system:masters and bootstrap admin roles are expected admin access.
+    assert!(found.contains(&row("Group system:masters", "nodes/proxy", "*", "info")));
+    assert!(found.contains(&row("User admin", "nodes/proxy", "*", "info")));
+    assert!(find(&report, "admin", "nodes/proxy")["suggestion"].is_null());
+
+    let warnings = warnings(&report);
+    // A binding to an absent role grants nothing, and is reported.
+    assert!(!found.iter().any(|r| r.0 == "User henry"));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("ClusterRoleBinding dangling (-:")
+                && w.contains(
+                    "refers to ClusterRole system:kubelet-api-admin, which is not in the input"
+                )
+                && w.contains("a bootstrap ClusterRole that grants nodes/proxy in every cluster")),
+        "{warnings:#?}"
+    );
+    // RoleBindings never grant cluster-scoped nodes access: reported as ineffective.
+    assert!(
+        !found
+            .iter()
+            .any(|r| r.0 == "ServiceAccount tools/debugger" && r.2.contains('*'))
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("RoleBinding tools/local-proxy (-:")
+                && w.contains("refers to ClusterRole leaf, which covers nodes/proxy: ineffective")),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn expected_admin_access_never_trips_fail_on() {
+    let admins = RULES
+        .split("---")
+        .filter(|doc| doc.contains("cluster-admin"))
+        .collect::<Vec<_>>()
+        .join("---");
+    let run = audit(
+        &["-f", "-", "--fail-on", "low", "-o", "json"],
+        Some(&admins),
+    );
+    assert_eq!(run.status, 0, "{}", run.stdout);
+    let report = run.json();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["severity"] == "info")
+    );
+    assert_eq!(
+        report["findings"].as_array().unwrap().len(),
+        20,
+        "2 subjects x 10 subresources"
+    );
+}

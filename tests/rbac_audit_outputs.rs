@@ -1,0 +1,359 @@
+//! `kubelet-guard rbac-audit` outputs and exit statuses: the table, SARIF, `--fail-on`, malformed
+//! inputs (file and line, the others still audited) and unusable flags. Every test runs the
+//! binary as a user would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// What one run of `kubelet-guard rbac-audit` left behind.
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{e}\nstdout: {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+fn audit(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .arg("rbac-audit")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    Run {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+const CHARTS: &str = "tests/fixtures/charts";
+
+fn chart(name: &str) -> String {
+    format!("{CHARTS}/{name}/rendered.yaml")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kubelet-guard-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The findings of `report` as (subject, subresource, verbs, severity) rows.
+fn rows(report: &Value) -> Vec<(String, String, String, String)> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let subject = &f["subject"];
+            let who = match subject["namespace"].as_str().unwrap() {
+                "" => format!(
+                    "{} {}",
+                    subject["kind"].as_str().unwrap(),
+                    subject["name"].as_str().unwrap()
+                ),
+                ns => format!(
+                    "{} {ns}/{}",
+                    subject["kind"].as_str().unwrap(),
+                    subject["name"].as_str().unwrap()
+                ),
+            };
+            let verbs: Vec<&str> = f["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            (
+                who,
+                f["subresource"].as_str().unwrap().to_owned(),
+                verbs.join(","),
+                f["severity"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn row(
+    who: &str,
+    subresource: &str,
+    verbs: &str,
+    severity: &str,
+) -> (String, String, String, String) {
+    (
+        who.to_owned(),
+        subresource.to_owned(),
+        verbs.to_owned(),
+        severity.to_owned(),
+    )
+}
+
+fn warnings(report: &Value) -> Vec<String> {
+    report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs
+
+#[test]
+fn the_table_is_worst_first_with_suggestions_warnings_and_a_summary() {
+    let run = audit(
+        &["-f", &chart("prometheus"), "-f", &chart("metrics-server")],
+        None,
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("SEVERITY  SUBJECT"), "{}", run.stdout);
+    assert!(
+        lines[1].starts_with("critical  ServiceAccount monitoring/prometheus-server  nodes/proxy"),
+        "{}",
+        run.stdout
+    );
+    assert!(lines[2].starts_with("low       "), "{}", run.stdout);
+    // Columns line up.
+    let column = |line: &str| line.find("nodes/").unwrap();
+    assert_eq!(column(lines[1]), column(lines[2]));
+    assert_eq!(column(lines[1]), lines[0].find("SUBRESOURCE").unwrap());
+    assert!(run.stdout.contains("Suggestions (least-privilege replacements of nodes/proxy):\n  ServiceAccount monitoring/prometheus-server:\n    ClusterRole kubelet-api:sa:monitoring:prometheus-server\n      get on nodes/metrics, nodes/stats, nodes/pods\n    a guess"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("\nWarnings:\n  - ClusterRoleBinding metrics-server:system:auth-delegator"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.ends_with("\n3 findings: 1 critical, 2 low; 1 subject can run commands on nodes through nodes/proxy\n"), "{}", run.stdout);
+}
+
+#[test]
+fn the_table_keeps_control_characters_from_the_input_off_the_terminal() {
+    let yaml = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: star-proxy}\n\
+         rules: [{apiGroups: [''], resources: ['*/proxy'], verbs: [get]}]\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+         metadata: {name: evil}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: star-proxy}\n\
+         subjects: [{kind: User, name: \"alice\\e]0;pwned\\a\"}]\n";
+    let run = audit(&["-f", "-"], Some(yaml));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(!run.stdout.contains('\u{1b}'), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("User alice?]0;pwned?"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn sarif_output_locates_each_finding_at_its_binding() {
+    let run = audit(&["-f", CHARTS, "-o", "sarif"], None);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let sarif = run.json();
+    assert_eq!(sarif["version"], "2.1.0");
+    let run0 = &sarif["runs"][0];
+    let rules: Vec<&str> = run0["tool"]["driver"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "kubelet-exec",
+            "kubelet-sensitive",
+            "kubelet-config",
+            "kubelet-read",
+            "kubelet-admin"
+        ]
+    );
+    assert_eq!(
+        run0["tool"]["driver"]["rules"][0]["properties"]["security-severity"],
+        "9.1"
+    );
+    let results = run0["results"].as_array().unwrap();
+    assert_eq!(results.len(), 11);
+    let fluent = results
+        .iter()
+        .find(|r| r["properties"]["subject"]["name"] == "fluent-bit")
+        .unwrap();
+    assert_eq!(fluent["ruleId"], "kubelet-exec");
+    assert_eq!(fluent["level"], "error");
+    let location = &fluent["locations"][0];
+    assert_eq!(
+        location["physicalLocation"]["artifactLocation"]["uri"],
+        "tests/fixtures/charts/fluent-bit/rendered.yaml"
+    );
+    assert_eq!(location["physicalLocation"]["region"]["startLine"], 62);
+    assert_eq!(location["logicalLocations"][0]["name"], "fluent-bit");
+    assert!(fluent["message"]["text"].as_str().unwrap().starts_with(
+        "ServiceAccount logging/fluent-bit holds get on nodes/proxy through ClusterRoleBinding fluent-bit"
+    ));
+    assert_eq!(
+        fluent["partialFingerprints"]["subjectSubresource/v1"],
+        "ServiceAccount/logging/fluent-bit/nodes/proxy"
+    );
+    let low = results
+        .iter()
+        .find(|r| r["properties"]["severity"] == "low")
+        .unwrap();
+    assert_eq!(
+        (low["ruleId"].as_str(), low["level"].as_str()),
+        (Some("kubelet-read"), Some("note"))
+    );
+    let notes = run0["invocations"][0]["toolExecutionNotifications"]
+        .as_array()
+        .unwrap();
+    assert_eq!(notes.len(), 2, "the two missing roles of metrics-server");
+}
+
+// ---------------------------------------------------------------------------------------------
+// --fail-on
+
+#[test]
+fn fail_on_gates_on_the_worst_finding() {
+    let status = |args: &[&str]| audit(args, None).status;
+    assert_eq!(status(&["-f", CHARTS]), 0, "--fail-on defaults to none");
+    assert_eq!(status(&["-f", CHARTS, "--fail-on", "critical"]), 1);
+    let stack = chart("kube-prometheus-stack");
+    assert_eq!(status(&["-f", &stack, "--fail-on", "critical"]), 0);
+    assert_eq!(status(&["-f", &stack, "--fail-on", "high"]), 0);
+    assert_eq!(status(&["-f", &stack, "--fail-on", "medium"]), 0);
+    assert_eq!(status(&["-f", &stack, "--fail-on", "low"]), 1);
+    assert_eq!(status(&["-f", &stack, "--fail-on", "none"]), 0);
+    assert_eq!(
+        status(&["-f", &stack, "--fail-on", "bogus"]),
+        64,
+        "a bad flag"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed input
+
+#[test]
+fn malformed_files_are_reported_with_file_and_line_and_the_others_still_audited() {
+    let dir = temp_dir("rbac-audit-malformed");
+    std::fs::create_dir_all(dir.join("nested/.hidden")).unwrap();
+    let fluent =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(chart("fluent-bit")))
+            .unwrap();
+    std::fs::write(dir.join("nested/fluent-bit.yaml"), &fluent).unwrap();
+    std::fs::write(dir.join("nested/.hidden/ignored.yaml"), "kind: [broken\n").unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+    std::fs::write(
+        dir.join("a-syntax.yaml"),
+        "apiVersion: v1\nkind: List\nitems: [unclosed\n",
+    )
+    .unwrap();
+    let invalid = "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: rbac.authorization.k8s.io/v1\n\
+                   kind: ClusterRole\nmetadata: {name: bad}\nrules: [{apiGroups: [''], verbs: get}]\n";
+    std::fs::write(dir.join("b-invalid.yaml"), invalid).unwrap();
+    std::fs::write(
+        dir.join("c-broken.json"),
+        "{\"kind\": \"List\",\n\"items\": [}\n",
+    )
+    .unwrap();
+
+    let dir_arg = dir.display().to_string();
+    let run = audit(&["-f", &dir_arg, "-f", "missing.yaml", "-o", "json"], None);
+    assert_eq!(
+        run.status, 64,
+        "an input could not be audited: {}",
+        run.stderr
+    );
+    let report = run.json();
+    assert_eq!(
+        rows(&report),
+        [row(
+            "ServiceAccount logging/fluent-bit",
+            "nodes/proxy",
+            "get",
+            "critical"
+        )]
+    );
+    let warnings = warnings(&report);
+    let at = |file: &str| format!("{dir_arg}/{file}");
+    assert!(
+        warnings[0].starts_with(&format!("{}:3: ", at("a-syntax.yaml"))),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[1].starts_with(&format!(
+            "{}:4: ClusterRole \"bad\": invalid type",
+            at("b-invalid.yaml")
+        )),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[2].starts_with(&format!("{}:2: invalid JSON", at("c-broken.json"))),
+        "{warnings:#?}"
+    );
+    assert!(warnings[3].starts_with("missing.yaml: "), "{warnings:#?}");
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
+    // Machine output goes to a pipe: the errors are on standard error too.
+    assert!(
+        run.stderr.contains(&format!("{}:3: ", at("a-syntax.yaml"))),
+        "{}",
+        run.stderr
+    );
+
+    // A tripped --fail-on still says 1: the findings that were read are certain.
+    let run = audit(&["-f", &dir_arg, "--fail-on", "critical"], None);
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stdout.contains("a-syntax.yaml:3: "),
+        "the table lists it: {}",
+        run.stdout
+    );
+}
+
+#[test]
+fn unusable_flags_exit_64_before_auditing() {
+    let run = audit(&["-f", CHARTS, "--from-audit-log", "no-such.log"], None);
+    assert_eq!(run.status, 64);
+    assert!(
+        run.stderr.contains("--from-audit-log no-such.log: "),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+    let file = temp_dir("rbac-audit-emit-file").join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let run = audit(
+        &["-f", CHARTS, "--emit-roles", &file.display().to_string()],
+        None,
+    );
+    assert_eq!(run.status, 64, "{}", run.stderr);
+    assert!(run.stderr.contains("--emit-roles "), "{}", run.stderr);
+    let run = audit(&["-f", CHARTS, "--kubeconfig", "x"], None);
+    assert_eq!(
+        run.status, 64,
+        "-f and --kubeconfig exclude each other: {}",
+        run.stderr
+    );
+}
