@@ -21,10 +21,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::authn::Identity;
 use crate::authn::token::{TokenOutcome, TokenReviewer};
-use crate::authz::Decision;
 use crate::authz::sar::AccessReviewer;
+use crate::authz::{Decision, Resource};
 use crate::config::{self, NodeName};
-use crate::kubelet_api::{Subresource, Verb};
+use crate::kubelet_api::Verb;
 use crate::metrics::Metrics;
 
 /// A future returned by a reviewer.
@@ -193,9 +193,15 @@ impl AccessReviewer for ApiServer {
         &'a self,
         who: &'a Identity,
         verb: Verb,
-        subresource: Subresource,
+        resource: &'a Resource,
     ) -> ReviewFuture<'a, Decision> {
         Box::pin(async move {
+            let (namespace, name) = match resource {
+                Resource::Node(_) => (None, self.node.as_str()),
+                Resource::Pod {
+                    namespace, name, ..
+                } => (Some(namespace.clone()), name.as_str()),
+            };
             let request = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {
                     user: Some(who.name.clone()),
@@ -205,9 +211,10 @@ impl AccessReviewer for ApiServer {
                     resource_attributes: Some(ResourceAttributes {
                         group: Some(String::new()),
                         version: Some("v1".into()),
-                        resource: Some("nodes".into()),
-                        subresource: Some(subresource.as_str().into()),
-                        name: Some(self.node.as_str().into()),
+                        resource: Some(resource.resource().into()),
+                        subresource: Some(resource.subresource().into()),
+                        name: Some(name.into()),
+                        namespace,
                         verb: Some(verb.as_str().into()),
                         ..ResourceAttributes::default()
                     }),

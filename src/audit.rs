@@ -33,6 +33,8 @@ pub const CHECKS: &str = "kubelet-guard.io/checks";
 pub const PROXY_FALLBACK: &str = "kubelet-guard.io/proxy-fallback";
 /// Annotation: the upgrade protocol asked for (`websocket`, `spdy`, `other`).
 pub const UPGRADE: &str = "kubelet-guard.io/upgrade";
+/// Annotation: the `--pod-scoped-authz` check, e.g. `create pods/exec team-a/web=deny`.
+pub const POD_CHECK: &str = "kubelet-guard.io/pod-check";
 /// Annotation: the rollout mode's verdict when it differs from what happened (`observe` mode).
 pub const OBSERVED: &str = "kubelet-guard.io/observe";
 /// Annotation: bytes relayed to the kubelet over an upgraded stream.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::apiserver::ReviewError;
 use crate::authn::Identity;
+use crate::kubelet_api::pod_scope::{PodAction, PodTarget};
 use crate::kubelet_api::{Subresource, Verb};
 use sar::DecisionCache;
 
@@ -36,14 +37,30 @@ pub struct Verdict {
     pub checks: Vec<(Subresource, Decision)>,
 }
 
+/// What one access review is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// `nodes/<subresource>` of the guard's node.
+    Node(Subresource),
+    /// `pods/<subresource>` of one pod (`--pod-scoped-authz`).
+    Pod {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        name: String,
+        /// What is done to it.
+        action: PodAction,
+    },
+}
+
 /// A review failed, so nothing was decided.
 #[derive(Debug, thiserror::Error)]
-#[error("reviewing {verb} nodes/{} failed", subresource.as_str())]
+#[error("reviewing {verb} {}/{} failed", resource.resource(), resource.subresource())]
 pub struct AuthzError {
     /// The verb being checked.
     pub verb: Verb,
     /// The check whose review failed.
-    pub subresource: Subresource,
+    pub resource: Resource,
     /// Why.
     #[source]
     pub source: ReviewError,
@@ -52,6 +69,24 @@ pub struct AuthzError {
 /// Walks a request's checks through the decision cache.
 pub struct Authorizer {
     cache: DecisionCache,
+}
+
+impl Resource {
+    /// `nodes` or `pods`.
+    pub fn resource(&self) -> &'static str {
+        match self {
+            Self::Node(_) => "nodes",
+            Self::Pod { .. } => "pods",
+        }
+    }
+
+    /// The subresource checked.
+    pub fn subresource(&self) -> &'static str {
+        match self {
+            Self::Node(subresource) => subresource.as_str(),
+            Self::Pod { action, .. } => action.subresource(),
+        }
+    }
 }
 
 impl Decision {
@@ -90,11 +125,11 @@ impl Authorizer {
         for &subresource in checks {
             let decision = self
                 .cache
-                .decide(who, verb, subresource)
+                .decide(who, verb, &Resource::Node(subresource))
                 .await
                 .map_err(|source| AuthzError {
                     verb,
-                    subresource,
+                    resource: Resource::Node(subresource),
                     source,
                 })?;
             let allowed = decision.is_allow();
@@ -104,5 +139,27 @@ impl Authorizer {
             }
         }
         Ok(verdict)
+    }
+
+    /// Reviews the namespaced permission a pod-scoped request needs (`--pod-scoped-authz`).
+    pub async fn authorize_pod(
+        &self,
+        who: &Arc<Identity>,
+        target: PodTarget<'_>,
+    ) -> Result<Decision, AuthzError> {
+        let verb = target.action.verb();
+        let resource = Resource::Pod {
+            namespace: target.namespace.to_owned(),
+            name: target.pod.to_owned(),
+            action: target.action,
+        };
+        self.cache
+            .decide(who, verb, &resource)
+            .await
+            .map_err(|source| AuthzError {
+                verb,
+                resource,
+                source,
+            })
     }
 }

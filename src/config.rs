@@ -119,6 +119,17 @@ pub struct ServeArgs {
     /// Treat callers without credentials as system:anonymous (still authorized) instead of 401.
     #[arg(long, env = "KUBELET_GUARD_ANONYMOUS_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub anonymous_auth: bool,
+    /// Also require the API server's namespaced permission on the pod (pods/exec, pods/attach, pods/portforward, pods/log) for exec, attach, portForward, run and containerLogs.
+    #[arg(long, env = "KUBELET_GUARD_POD_SCOPED_AUTHZ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub pod_scoped_authz: bool,
+    /// Comma-separated users exempt from --pod-scoped-authz (the API server already authorized them).
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_POD_SCOPE_EXEMPT_USERS",
+        value_delimiter = ',',
+        default_value = "kube-apiserver-kubelet-client"
+    )]
+    pub pod_scope_exempt_users: Vec<String>,
     /// enforce: refuse what is not authorized; observe: decide and record, but forward token callers with their own token.
     #[arg(long, env = "KUBELET_GUARD_MODE", value_enum, default_value_t = Mode::Enforce)]
     pub mode: Mode,
@@ -215,6 +226,8 @@ pub struct Config {
     pub proxy_fallback: bool,
     /// Enforce or observe.
     pub mode: Mode,
+    /// With `--pod-scoped-authz`, the users exempt from it; `None` when it is off.
+    pub pod_scope_exempt: Option<Vec<String>>,
     /// How often files are re-read.
     pub reload_interval: Duration,
     /// Where audit events go.
@@ -453,6 +466,12 @@ impl ServeArgs {
             anonymous_auth: self.anonymous_auth,
             proxy_fallback: self.proxy_fallback,
             mode: self.mode,
+            pod_scope_exempt: self.pod_scoped_authz.then(|| {
+                self.pod_scope_exempt_users
+                    .into_iter()
+                    .filter(|user| !user.is_empty())
+                    .collect()
+            }),
             reload_interval: self.tls_reload_interval,
             audit: self.audit.validate()?,
             tls_policy: TlsPolicy {

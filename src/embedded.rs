@@ -12,11 +12,11 @@ use crate::apiserver::ReviewFuture;
 use crate::authn::Identity;
 use crate::authn::static_tokens::StaticTokens;
 use crate::authn::token::{TokenOutcome, TokenReviewer};
-use crate::authz::Decision;
 use crate::authz::rbac::{Policy, ResourceRequest};
 use crate::authz::sar::AccessReviewer;
+use crate::authz::{Decision, Resource};
 use crate::config::NodeName;
-use crate::kubelet_api::{Subresource, Verb};
+use crate::kubelet_api::Verb;
 use crate::reload::Watched;
 
 /// The token file, reviewed locally.
@@ -62,22 +62,25 @@ impl AccessReviewer for PolicyFile {
         &'a self,
         who: &'a Identity,
         verb: Verb,
-        subresource: Subresource,
+        resource: &'a Resource,
     ) -> ReviewFuture<'a, Decision> {
+        let (namespace, name) = match resource {
+            Resource::Node(_) => ("", self.node.as_str()),
+            Resource::Pod {
+                namespace, name, ..
+            } => (namespace.as_str(), name.as_str()),
+        };
         let request = ResourceRequest {
             api_group: "",
-            resource: "nodes",
-            subresource: subresource.as_str(),
-            name: self.node.as_str(),
-            namespace: "",
+            resource: resource.resource(),
+            subresource: resource.subresource(),
+            name,
+            namespace,
             verb: verb.as_str(),
         };
         let decision = match self.policy.current().authorize(who, &request) {
             Some(grant) => Decision::Allow {
-                reason: format!(
-                    "RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{}\"",
-                    grant.binding, grant.role
-                ),
+                reason: format!("RBAC: allowed by {grant}"),
             },
             None => Decision::Deny {
                 reason: String::new(),

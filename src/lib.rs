@@ -144,6 +144,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             proxy_fallback: config.proxy_fallback,
         },
         mode: config.mode,
+        pod_scope_exempt: config.pod_scope_exempt.clone(),
         node: config.node_name.clone(),
     });
 

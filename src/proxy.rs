@@ -13,9 +13,10 @@ use hyper::body::Incoming;
 
 use crate::audit::sink::Auditor;
 use crate::authn::{Authenticator, AuthnError, PeerCertificate};
-use crate::authz::{Authorizer, AuthzError};
+use crate::authz::{Authorizer, AuthzError, Resource};
 use crate::config::{Mode, NodeName};
 use crate::forward::{Body, Credential, ForwardError, Forwarded, Upstream};
+use crate::kubelet_api::pod_scope::{PodScope, pod_scope};
 use crate::kubelet_api::{self, Rejection, Subresource, Verb};
 use crate::metrics::{Metrics, Outcome};
 use record::{Arrival, Trail};
@@ -36,6 +37,8 @@ pub struct State {
     pub classify: kubelet_api::Options,
     /// Enforce or observe.
     pub mode: Mode,
+    /// With `--pod-scoped-authz`, the users exempt from it; `None` when it is off.
+    pub pod_scope_exempt: Option<Vec<String>>,
     /// The node, for audit events.
     pub node: NodeName,
 }
@@ -62,6 +65,14 @@ enum Refusal {
         verb: Verb,
         checks: Vec<Subresource>,
     },
+    /// A pod-scoped request whose caller lacks the namespaced permission on the pod.
+    PodForbidden {
+        user: String,
+        verb: Verb,
+        resource: Resource,
+    },
+    /// A pod-scoped endpoint whose path names no pod the guard can check.
+    PodUnnamed,
     /// The API server could not decide.
     Undecided { user: String, error: AuthzError },
     /// The kubelet failed.
@@ -165,13 +176,48 @@ async fn decide(
         })?;
     let allowed = verdict.allowed_by().is_some();
     trail.verdict = Some(verdict);
-    if allowed {
-        Ok(())
-    } else {
-        Err(Refusal::Forbidden {
+    if !allowed {
+        return Err(Refusal::Forbidden {
             user: who.name.clone(),
             verb: classified.verb(),
             checks: classified.checks().to_vec(),
+        });
+    }
+    // Pod scope: exec, attach, port-forward, run and container logs also need the namespaced
+    // permission the API server would require, unless the caller is the API server itself.
+    let Some(exempt) = &state.pod_scope_exempt else {
+        return Ok(());
+    };
+    if exempt.iter().any(|user| *user == who.name) {
+        return Ok(());
+    }
+    let target = match pod_scope(request.uri().path()) {
+        PodScope::None => return Ok(()),
+        PodScope::Malformed => return Err(Refusal::PodUnnamed),
+        PodScope::Pod(target) => target,
+    };
+    let decision = state
+        .authorizer
+        .authorize_pod(who, target)
+        .await
+        .map_err(|error| Refusal::Undecided {
+            user: who.name.clone(),
+            error,
+        })?;
+    let resource = Resource::Pod {
+        namespace: target.namespace.to_owned(),
+        name: target.pod.to_owned(),
+        action: target.action,
+    };
+    let allowed = decision.is_allow();
+    trail.pod = Some((resource.clone(), decision));
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refusal::PodForbidden {
+            user: who.name.clone(),
+            verb: target.action.verb(),
+            resource,
         })
     }
 }
@@ -192,7 +238,8 @@ fn refuse(refusal: &Refusal, metrics: &Metrics) -> (Response<Body>, Outcome, Str
             tracing::debug!(reason = %e, "unauthenticated");
             StatusCode::UNAUTHORIZED
         }
-        Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+        Refusal::Forbidden { .. } | Refusal::PodForbidden { .. } => StatusCode::FORBIDDEN,
+        Refusal::PodUnnamed => StatusCode::BAD_REQUEST,
         Refusal::Undecided { user, error } => {
             tracing::warn!(error = %error, cause = %error.source, user, "authorization failed");
             StatusCode::INTERNAL_SERVER_ERROR
@@ -220,12 +267,12 @@ fn refuse(refusal: &Refusal, metrics: &Metrics) -> (Response<Body>, Outcome, Str
 /// The metric outcome of a refusal.
 fn outcome_of(refusal: &Refusal) -> Outcome {
     match refusal {
-        Refusal::Unclassifiable(_) => Outcome::Rejected,
+        Refusal::Unclassifiable(_) | Refusal::PodUnnamed => Outcome::Rejected,
         Refusal::Unauthenticated(AuthnError::Review(_)) | Refusal::Undecided { .. } => {
             Outcome::Error
         }
         Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
-        Refusal::Forbidden { .. } => Outcome::Forbidden,
+        Refusal::Forbidden { .. } | Refusal::PodForbidden { .. } => Outcome::Forbidden,
         Refusal::Upstream(_) => Outcome::Allowed,
     }
 }
@@ -246,10 +293,30 @@ fn message_of(refusal: &Refusal) -> String {
                 checks.join(" ")
             )
         }
+        Refusal::PodForbidden {
+            user,
+            verb,
+            resource,
+        } => match resource {
+            Resource::Pod {
+                namespace, name, ..
+            } => format!(
+                "Forbidden (user={user}, verb={}, resource=pods, subresource(s)=[{}], namespace={namespace}, name={name})",
+                verb.as_str(),
+                resource.subresource()
+            ),
+            Resource::Node(_) => format!("Forbidden (user={user}, verb={})", verb.as_str()),
+        },
+        Refusal::PodUnnamed => {
+            "pod-scoped authorization: the path names no pod as the kubelet's route does \
+                                (/exec/{namespace}/{pod}[/{uid}]/{container})"
+                .into()
+        }
         Refusal::Undecided { user, error } => format!(
-            "Authorization error (user={user}, verb={}, resource=nodes, subresource={})",
+            "Authorization error (user={user}, verb={}, resource={}, subresource={})",
             error.verb.as_str(),
-            error.subresource.as_str()
+            error.resource.resource(),
+            error.resource.subresource()
         ),
         Refusal::Upstream(ForwardError::Timeout(_)) => {
             "Gateway Timeout: the kubelet did not answer in time".into()

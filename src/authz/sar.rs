@@ -1,8 +1,7 @@
 //! The decision cache in front of whatever answers access reviews (the API server's
 //! SubjectAccessReview or the embedded RBAC policy).
 //!
-//! Keyed by (identity, verb, subresource): the node name and every other attribute are fixed for
-//! the process. Allowed and denied answers live for their own TTLs (the kubelet's
+//! Keyed by (identity, verb, resource): the node name is fixed for the process. Allowed and denied answers live for their own TTLs (the kubelet's
 //! `--authorization-webhook-cache-*-ttl` defaults, 5m and 30s); concurrent misses for one key share
 //! one review; errors are never cached.
 
@@ -12,20 +11,21 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::Decision;
+use super::{Decision, Resource};
 use crate::apiserver::{ReviewError, ReviewFuture};
 use crate::authn::Identity;
-use crate::kubelet_api::{Subresource, Verb};
+use crate::kubelet_api::Verb;
 use crate::metrics::{CacheKind, Metrics};
 
 /// Something that answers one access review for the guard's node.
 pub trait AccessReviewer: Send + Sync {
-    /// May `who` do `verb` on `nodes/<subresource>` of this node? `Err` means no answer.
+    /// May `who` do `verb` on `resource` (a subresource of this node, or of a pod)? `Err` means
+    /// no answer.
     fn review<'a>(
         &'a self,
         who: &'a Identity,
         verb: Verb,
-        subresource: Subresource,
+        resource: &'a Resource,
     ) -> ReviewFuture<'a, Decision>;
 }
 
@@ -36,7 +36,7 @@ pub struct DecisionCache {
     metrics: Metrics,
 }
 
-type Key = (Arc<Identity>, Verb, Subresource);
+type Key = (Arc<Identity>, Verb, Resource);
 
 /// Lifetimes by decision.
 struct Ttls {
@@ -68,12 +68,12 @@ impl DecisionCache {
         &self,
         who: &Arc<Identity>,
         verb: Verb,
-        subresource: Subresource,
+        resource: &Resource,
     ) -> Result<Decision, ReviewError> {
         let entry = self
             .cache
-            .entry((Arc::clone(who), verb, subresource))
-            .or_try_insert_with(self.reviewer.review(who, verb, subresource))
+            .entry((Arc::clone(who), verb, resource.clone()))
+            .or_try_insert_with(self.reviewer.review(who, verb, resource))
             .await
             .map_err(|e| (*e).clone())?;
         self.metrics.cache(CacheKind::Sar, !entry.is_fresh());

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::State;
 use crate::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
 use crate::authn::Identity;
-use crate::authz::{Decision, Verdict};
+use crate::authz::{Decision, Resource, Verdict};
 use crate::forward::{Body, Relayed};
 use crate::kubelet_api::{KubeletRequest, Subresource};
 use crate::metrics::Outcome;
@@ -30,6 +30,8 @@ pub(super) struct Trail {
     pub(super) verdict: Option<Verdict>,
     /// The refusal's one-line message, when the guard answered itself.
     pub(super) message: Option<String>,
+    /// With `--pod-scoped-authz`, the pod check and its decision.
+    pub(super) pod: Option<(Resource, Decision)>,
     /// In observe mode, what enforcing would have answered instead of forwarding.
     pub(super) observed: Option<Outcome>,
 }
@@ -209,6 +211,23 @@ fn event(
     }
     if let Some(protocol) = trail.classified.as_ref().and_then(KubeletRequest::upgrade) {
         annotations.insert(audit::UPGRADE, protocol.as_str().to_owned());
+    }
+    if let Some((
+        Resource::Pod {
+            namespace,
+            name,
+            action,
+        },
+        decision,
+    )) = &trail.pod
+    {
+        let outcome = if decision.is_allow() { "allow" } else { "deny" };
+        let check = format!(
+            "{} pods/{} {namespace}/{name}={outcome}",
+            action.verb().as_str(),
+            action.subresource()
+        );
+        annotations.insert(audit::POD_CHECK, check);
     }
     if let Some(observed) = trail.observed {
         annotations.insert(audit::OBSERVED, format!("would-{}", observed.as_str()));

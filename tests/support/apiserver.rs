@@ -150,6 +150,13 @@ impl ApiServerDouble {
             .push(Rule::new(subject, verb, subresource));
     }
 
+    /// Allows `subject` `verb` on `pods/<subresource>` of any pod in `namespace`.
+    pub fn allow_pod(&self, subject: &str, verb: &str, subresource: &str, namespace: &str) {
+        self.lock()
+            .allow
+            .push(Rule::in_namespace(subject, verb, subresource, namespace));
+    }
+
     /// Explicitly denies (`denied: true`); a matching deny rule wins over any allow rule.
     pub fn deny(&self, subject: &str, verb: &str, subresource: &str) {
         self.lock().deny.push(Rule::new(subject, verb, subresource));

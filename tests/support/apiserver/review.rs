@@ -1,24 +1,37 @@
 //! How the API server double decides: TokenReview status from the scripted tokens (with
 //! audience intersection, as the API server's authenticator does), SubjectAccessReview status
-//! from the scripted rules (deny wins, then allow, else no opinion), always for core `v1` `nodes`.
+//! from the scripted rules (deny wins, then allow, else no opinion), for core `v1` `nodes` (the
+//! node checks) and namespaced `pods` (the pod checks of `--pod-scoped-authz`).
 
 use serde_json::{Value, json};
 
 use super::State;
 
-/// A scripted rule: `subject` is a user name or a group; `verb` and `subresource` may be `*`.
+/// A scripted rule: `subject` is a user name or a group; `verb` and `subresource` may be `*`;
+/// `namespace` is empty for `nodes` rules and names the namespace of a `pods` rule.
 pub(super) struct Rule {
     subject: String,
     verb: String,
     subresource: String,
+    namespace: String,
 }
 
 impl Rule {
     pub(super) fn new(subject: &str, verb: &str, subresource: &str) -> Rule {
+        Rule::in_namespace(subject, verb, subresource, "")
+    }
+
+    pub(super) fn in_namespace(
+        subject: &str,
+        verb: &str,
+        subresource: &str,
+        namespace: &str,
+    ) -> Rule {
         Rule {
             subject: subject.to_owned(),
             verb: verb.to_owned(),
             subresource: subresource.to_owned(),
+            namespace: namespace.to_owned(),
         }
     }
 
@@ -28,10 +41,12 @@ impl Rule {
         groups: &[&str],
         verb: &str,
         subresource: &str,
+        namespace: &str,
     ) -> bool {
         (self.subject == user || groups.contains(&self.subject.as_str()))
             && (self.verb == "*" || self.verb == verb)
             && (self.subresource == "*" || self.subresource == subresource)
+            && self.namespace == namespace
     }
 
     pub(super) fn describe(&self) -> String {
@@ -39,8 +54,11 @@ impl Rule {
             subject,
             verb,
             subresource,
+            namespace,
         } = self;
-        format!("rule (subject={subject}, verb={verb}, subresource={subresource})")
+        format!(
+            "rule (subject={subject}, verb={verb}, subresource={subresource}, namespace={namespace:?})"
+        )
     }
 }
 
@@ -92,7 +110,13 @@ pub(super) fn access_review_status(st: &mut State, review: &Value) -> Value {
         field(&attrs["version"]),
         field(&attrs["resource"]),
     );
-    if !attrs.is_object() || !group.is_empty() || version != "v1" || resource != "nodes" {
+    let namespace = field(&attrs["namespace"]);
+    let scoped_right = match resource.as_str() {
+        "nodes" => namespace.is_empty(),
+        "pods" => !namespace.is_empty() && !field(&attrs["name"]).is_empty(),
+        _ => false,
+    };
+    if !attrs.is_object() || !group.is_empty() || version != "v1" || !scoped_right {
         st.mismatches.push(format!(
             "expected core v1 nodes, got group={group:?} version={version:?} resource={resource:?}"
         ));
@@ -107,14 +131,14 @@ pub(super) fn access_review_status(st: &mut State, review: &Value) -> Value {
     if let Some(rule) = st
         .deny
         .iter()
-        .find(|r| r.matches(&user, &groups, &verb, &subresource))
+        .find(|r| r.matches(&user, &groups, &verb, &subresource, &namespace))
     {
         return json!({"allowed": false, "denied": true, "reason": format!("denied by {}", rule.describe())});
     }
     if let Some(rule) = st
         .allow
         .iter()
-        .find(|r| r.matches(&user, &groups, &verb, &subresource))
+        .find(|r| r.matches(&user, &groups, &verb, &subresource, &namespace))
     {
         return json!({"allowed": true, "reason": format!("allowed by {}", rule.describe())});
     }
