@@ -29,62 +29,45 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
-            if rustls::crypto::ring::default_provider()
-                .install_default()
-                .is_err()
-            {
-                tracing::debug!("a crypto provider was already installed");
-            }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => return fail(1, &e),
-            };
-            runtime.block_on(serve(config))
+            run(serve(config))
         }
         Command::Demo(args) => {
             init_tracing(LogFormat::Text, "warn");
-            if rustls::crypto::ring::default_provider()
-                .install_default()
-                .is_err()
-            {
-                tracing::debug!("a crypto provider was already installed");
-            }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => return fail(1, &e),
-            };
-            match runtime.block_on(kubelet_guard::demo::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(1, &e),
-            }
+            run(async {
+                match kubelet_guard::demo::run(args).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(1, &e),
+                }
+            })
         }
         Command::RbacAudit(args) => {
             init_tracing(LogFormat::Text, "warn");
-            if rustls::crypto::ring::default_provider()
-                .install_default()
-                .is_err()
-            {
-                tracing::debug!("a crypto provider was already installed");
-            }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => return fail(1, &e),
-            };
-            match runtime.block_on(kubelet_guard::rbac_audit::run(args)) {
-                Ok(outcome) => ExitCode::from(outcome.exit_code()),
-                Err(e) if e.is_usage() => fail(EXIT_CONFIG, &e),
-                Err(e) => fail(1, &e),
-            }
+            run(async {
+                match kubelet_guard::rbac_audit::run(args).await {
+                    Ok(outcome) => ExitCode::from(outcome.exit_code()),
+                    Err(e) if e.is_usage() => fail(EXIT_CONFIG, &e),
+                    Err(e) => fail(1, &e),
+                }
+            })
         }
+    }
+}
+
+/// Installs ring as the process's one crypto provider and runs `command` on a multi-threaded
+/// runtime.
+fn run(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a crypto provider was already installed");
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => fail(1, &e),
     }
 }
 

@@ -8,18 +8,7 @@ use http::StatusCode;
 use support::guard::Cluster;
 
 async fn admin_get(cluster: &Cluster, path: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(cluster.guard.admin_addr)
-        .await
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
-        .await
-        .unwrap();
-    answer
+    support::guard::admin_get(cluster.guard.admin_addr, path).await
 }
 
 #[tokio::test]
@@ -145,19 +134,7 @@ async fn kubelet_failures_are_counted_by_kind() {
         .get(guard.proxy_addr, "/metrics", Some("t"))
         .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    let mut tcp = tokio::net::TcpStream::connect(guard.admin_addr)
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut tcp,
-        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut scrape = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut scrape)
-        .await
-        .unwrap();
+    let scrape = support::guard::admin_get(guard.admin_addr, "/metrics").await;
     assert!(
         scrape.contains(r#"kubelet_guard_upstream_errors_total{kind="unreachable"} 1"#),
         "{scrape}"

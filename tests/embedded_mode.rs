@@ -177,22 +177,7 @@ async fn an_edit_takes_effect_and_a_broken_one_keeps_the_last_good_policy() {
         "kind: ClusterRoleBinding\nroleRef: {name: missing}\n",
     )
     .unwrap();
-    let metrics_text = || async {
-        let mut tcp = tokio::net::TcpStream::connect(guard.admin_addr)
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::write_all(
-            &mut tcp,
-            b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut text)
-            .await
-            .unwrap();
-        text
-    };
+    let metrics_text = || support::guard::admin_get(guard.admin_addr, "/metrics");
     support::with_deadline("the broken edit is counted", async {
         while !metrics_text().await.contains(
             r#"kubelet_guard_file_reloads_total{flag="--rbac-policy-file",result="error"} 1"#,

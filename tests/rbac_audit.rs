@@ -4,54 +4,12 @@
 //! `rbac_audit_outputs.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
-
-/// What one run of `kubelet-guard rbac-audit` left behind.
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("{e}\nstdout: {}\nstderr: {}", self.stdout, self.stderr))
-    }
-}
-
-fn audit(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
-        .arg("rbac-audit")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(input);
-    let output = child.wait_with_output().unwrap();
-    Run {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
-}
-
-const CHARTS: &str = "tests/fixtures/charts";
-
-fn chart(name: &str) -> String {
-    format!("{CHARTS}/{name}/rendered.yaml")
-}
+use support::rbac_audit::{CHARTS, audit, chart};
 
 /// The findings of `report` as (subject, subresource, verbs, severity) rows.
 fn rows(report: &Value) -> Vec<(String, String, String, String)> {

@@ -70,18 +70,7 @@ fn with_flag(mut argv: Vec<String>, flag: &str, value: &Path) -> Vec<String> {
 
 /// The guard's `/metrics` text.
 async fn metrics(guard: &Running) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(guard.admin_addr)
-        .await
-        .unwrap();
-    let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
-    tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
-        .await
-        .unwrap();
-    answer
+    support::guard::admin_get(guard.admin_addr, "/metrics").await
 }
 
 /// The value of the sample `series` (name and labels exactly as rendered), 0 if absent.

@@ -79,18 +79,7 @@ impl Cluster {
 
     /// The admin listener's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let mut tcp = tokio::net::TcpStream::connect(self.guard.admin_addr)
-            .await
-            .expect("admin connect");
-        let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
-        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
-            .await
-            .expect("admin write");
-        let mut answer = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
-            .await
-            .expect("admin read");
-        answer
+        admin_get(self.guard.admin_addr, "/metrics").await
     }
 }
 
@@ -146,4 +135,21 @@ async fn start_guard(
     extra: &[&str],
 ) -> Result<Running, String> {
     start_with_flags(&flags(ca, kubelet_ca, api, kubelet, extra)).await
+}
+
+/// GETs `path` from an admin listener over plain HTTP/1.1 and returns the whole answer, status line
+/// and headers included.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
+        .await
+        .expect("admin write");
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
+        .await
+        .expect("admin read");
+    answer
 }

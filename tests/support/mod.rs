@@ -16,6 +16,7 @@ pub mod client;
 pub mod guard;
 pub mod kubelet;
 pub mod pki;
+pub mod rbac_audit;
 
 use std::future::Future;
 use std::path::PathBuf;
