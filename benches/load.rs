@@ -48,7 +48,7 @@ async fn main() {
     )
     .await;
     api.add_token("t-scraper", "scraper", "", &[]);
-    api.allow("*", "get", "metrics");
+    api.allow("system:authenticated", "get", "metrics");
     for n in 0..identities {
         api.add_token(&format!("t-{n}"), &format!("agent-{n}"), "", &[]);
     }
