@@ -134,7 +134,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     } else {
         tour::print(guard.proxy_addr, &pki.ca, &tokens);
         println!("Serving until Ctrl-C.");
-        let _ = tokio::signal::ctrl_c().await;
+        crate::stop_signal().await;
         Ok(())
     };
     guard.stop().await;

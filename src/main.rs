@@ -77,29 +77,10 @@ async fn serve(config: kubelet_guard::config::Config) -> ExitCode {
         Err(e) if e.is_configuration() => return fail(EXIT_CONFIG, &e),
         Err(e) => return fail(1, &e),
     };
-    shutdown_signal().await;
+    kubelet_guard::stop_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Logs to stderr at `default_level`, or as `KUBELET_GUARD_LOG` (an env-filter directive) says.
