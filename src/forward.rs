@@ -196,9 +196,15 @@ impl Upstream {
             .uri(uri)
             .version(http::Version::HTTP_11);
         let clients = self.clients.current();
-        let client = match (credential, &clients.callers) {
-            (Credential::Caller, Some(callers)) => callers,
-            _ => &clients.guard,
+        // Never pair the caller's token with the guard's certificate: the kubelet would believe
+        // the certificate. Without a client for callers (enforce mode) such a request fails.
+        let client = match credential {
+            Credential::Guard => &clients.guard,
+            Credential::Caller => clients.callers.as_ref().ok_or_else(|| {
+                ForwardError::Unreachable(
+                    "no connection without the guard's identity outside observe mode".into(),
+                )
+            })?,
         };
         if let Some(headers) = outbound.headers_mut() {
             *headers = request_headers(&parts.headers, upgrade);
