@@ -8,63 +8,13 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::rbac_audit::{CHARTS, audit, chart};
+use support::rbac_audit::{CHARTS, audit, chart, row, rows};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kubelet-guard-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The findings of `report` as (subject, subresource, verbs, severity) rows.
-fn rows(report: &Value) -> Vec<(String, String, String, String)> {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            let subject = &f["subject"];
-            let who = match subject["namespace"].as_str().unwrap() {
-                "" => format!(
-                    "{} {}",
-                    subject["kind"].as_str().unwrap(),
-                    subject["name"].as_str().unwrap()
-                ),
-                ns => format!(
-                    "{} {ns}/{}",
-                    subject["kind"].as_str().unwrap(),
-                    subject["name"].as_str().unwrap()
-                ),
-            };
-            let verbs: Vec<&str> = f["verbs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap())
-                .collect();
-            (
-                who,
-                f["subresource"].as_str().unwrap().to_owned(),
-                verbs.join(","),
-                f["severity"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn row(
-    who: &str,
-    subresource: &str,
-    verbs: &str,
-    severity: &str,
-) -> (String, String, String, String) {
-    (
-        who.to_owned(),
-        subresource.to_owned(),
-        verbs.to_owned(),
-        severity.to_owned(),
-    )
 }
 
 fn warnings(report: &Value) -> Vec<String> {

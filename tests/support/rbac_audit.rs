@@ -48,3 +48,53 @@ pub const CHARTS: &str = "tests/fixtures/charts";
 pub fn chart(name: &str) -> String {
     format!("{CHARTS}/{name}/rendered.yaml")
 }
+
+/// The findings of `report` as (subject, subresource, verbs, severity) rows.
+pub fn rows(report: &Value) -> Vec<(String, String, String, String)> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let subject = &f["subject"];
+            let who = match subject["namespace"].as_str().unwrap() {
+                "" => format!(
+                    "{} {}",
+                    subject["kind"].as_str().unwrap(),
+                    subject["name"].as_str().unwrap()
+                ),
+                ns => format!(
+                    "{} {ns}/{}",
+                    subject["kind"].as_str().unwrap(),
+                    subject["name"].as_str().unwrap()
+                ),
+            };
+            let verbs: Vec<&str> = f["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            (
+                who,
+                f["subresource"].as_str().unwrap().to_owned(),
+                verbs.join(","),
+                f["severity"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+pub fn row(
+    who: &str,
+    subresource: &str,
+    verbs: &str,
+    severity: &str,
+) -> (String, String, String, String) {
+    (
+        who.to_owned(),
+        subresource.to_owned(),
+        verbs.to_owned(),
+        severity.to_owned(),
+    )
+}

@@ -1,5 +1,7 @@
 //! Builders of RBAC YAML, requests and identities shared by the unit tests of every part of
 //! `rbac`.
+//!
+//! Compiled only under `#[cfg(test)]` (see the `mod` line in `rbac.rs`).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,7 @@
 //! Unit tests of the evaluation entry points: which binding grants what, in which scope and in
 //! which order, and how errors and locations print.
+//!
+//! Compiled only under `#[cfg(test)]` (see the `mod` line in `rbac.rs`).
 
 use super::fixtures::*;
 use super::*;
