@@ -37,15 +37,7 @@ async fn cluster(extra: &[&str]) -> Cluster {
 
 /// The status line of an admin GET.
 async fn admin_status(addr: SocketAddr, path: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
-        .await
-        .unwrap();
+    let answer = support::guard::admin_get(addr, path).await;
     answer.lines().next().unwrap_or_default().to_owned()
 }
 

@@ -74,19 +74,7 @@ impl AuditReceiver {
     /// Starts the receiver with a serving certificate for `127.0.0.1` and `localhost` from `ca`.
     pub async fn start(ca: &Ca) -> AuditReceiver {
         super::init();
-        let serving = ca.server_cert("audit-receiver", &["127.0.0.1", "localhost"]);
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![serving.cert_der()], serving.key_der())
-        .expect("receiver TLS config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
+        let (listener, acceptor, addr) = super::tls_listener(ca, "audit-receiver").await;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: watch::Sender::new(0),

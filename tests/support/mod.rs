@@ -58,3 +58,34 @@ pub async fn with_deadline<F: Future>(what: &str, f: F) -> F::Output {
         Err(_) => panic!("{what}: no result within {DEADLINE:?}"),
     }
 }
+
+/// A loopback listener and a TLS acceptor (ALPN h2 and http/1.1, no client certificates) serving a
+/// certificate from `ca` for `127.0.0.1` and `localhost`: the front of the HTTPS doubles.
+pub async fn tls_listener(
+    ca: &pki::Ca,
+    name: &str,
+) -> (
+    tokio::net::TcpListener,
+    tokio_rustls::TlsAcceptor,
+    std::net::SocketAddr,
+) {
+    let serving = ca.server_cert(name, &["127.0.0.1", "localhost"]);
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![serving.cert_der()], serving.key_der())
+    .expect("TLS config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    (
+        listener,
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        addr,
+    )
+}
