@@ -68,6 +68,16 @@ pub enum SetupError {
     InCluster(String),
 }
 
+/// The guard's own bearer token towards the API server: what the kubelet lockdown probe offers
+/// the kubelet, to prove that the kubelet refuses it.
+#[derive(Clone)]
+pub enum OwnToken {
+    /// Written in the kubeconfig.
+    Inline(secrecy::SecretString),
+    /// A file, re-read at every use (projected service-account tokens rotate).
+    File(std::path::PathBuf),
+}
+
 /// A client for the two review APIs, bound to one node name.
 #[derive(Clone)]
 pub struct ApiServer {
@@ -241,6 +251,34 @@ impl AccessReviewer for ApiServer {
                 (false, _) => Ok(Decision::Deny { reason }),
             }
         })
+    }
+}
+
+impl OwnToken {
+    /// The bearer token of `--kubeconfig`, else of the in-cluster configuration; `None` when
+    /// neither has one (embedded mode on a machine outside a cluster).
+    pub async fn find(settings: &config::ApiServer) -> Option<Self> {
+        let kube_config = match &settings.kubeconfig {
+            Some(path) => from_file(path).await.ok()?,
+            None => kube::Config::incluster().ok()?,
+        };
+        let auth = kube_config.auth_info;
+        match (auth.token, auth.token_file) {
+            (Some(token), _) => Some(Self::Inline(token)),
+            (None, Some(file)) => Some(Self::File(file.into())),
+            (None, None) => None,
+        }
+    }
+
+    /// The token now; `None` if its file cannot be read.
+    pub fn read(&self) -> Option<String> {
+        use secrecy::ExposeSecret;
+        match self {
+            Self::Inline(token) => Some(token.expose_secret().to_owned()),
+            Self::File(path) => std::fs::read_to_string(path)
+                .ok()
+                .map(|token| token.trim().to_owned()),
+        }
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Show what the guard does, with no cluster: a kubelet stand-in, embedded mode, a tour.
     Demo(crate::demo::DemoArgs),
+    /// Make or renew this node's kubelet-guard PKI: a node-local CA and the guard's client certificate.
+    NodePki(crate::node_pki::NodePkiArgs),
     /// Audit RBAC for grants of the kubelet's subresources (above all nodes/proxy) and suggest least-privilege roles.
     RbacAudit(crate::rbac_audit::RbacAuditArgs),
 }
@@ -80,6 +82,17 @@ pub struct ServeArgs {
     /// File holding the bearer token the guard presents to the kubelet (re-read when it changes).
     #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TOKEN_FILE")]
     pub upstream_token_file: Option<PathBuf>,
+    /// Directory made by `kubelet-guard node-pki`: its client certificate is the guard's
+    /// credential towards the kubelet, renewed by the guard itself.
+    #[arg(long, env = "KUBELET_GUARD_NODE_PKI_DIR")]
+    pub node_pki_dir: Option<PathBuf>,
+    /// Self-check that the kubelet refuses whoever lacks the guard's certificate: warn,
+    /// require (/readyz 503 while the kubelet is exposed) or off.
+    #[arg(long, env = "KUBELET_GUARD_KUBELET_LOCKDOWN", value_enum, default_value_t = Lockdown::Warn)]
+    pub kubelet_lockdown: Lockdown,
+    /// How often the kubelet lockdown self-check runs.
+    #[arg(long, env = "KUBELET_GUARD_KUBELET_LOCKDOWN_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub kubelet_lockdown_interval: Duration,
     /// How long to wait for the kubelet's response headers before answering 504.
     #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
@@ -190,6 +203,17 @@ pub enum Mode {
     Observe,
 }
 
+/// What the guard does about a kubelet that answers callers without the guard's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lockdown {
+    /// Probe, export `kubelet_guard_kubelet_exposed` and log an exposed kubelet (the default).
+    Warn,
+    /// As warn, and `/readyz` answers 503 until the kubelet is proven locked.
+    Require,
+    /// No probe.
+    Off,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -238,6 +262,10 @@ pub struct Config {
     pub limits: Limits,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// `--node-pki-dir`: the guard renews the client certificate there itself.
+    pub node_pki_dir: Option<PathBuf>,
+    /// The kubelet lockdown self-check and how often it runs.
+    pub lockdown: (Lockdown, Duration),
 }
 
 /// Limits on callers' connections.
@@ -288,6 +316,8 @@ pub enum UpstreamCredential {
         cert: PathBuf,
         /// PEM key.
         key: PathBuf,
+        /// The flags that named the certificate and the key, for errors and metric labels.
+        flags: [&'static str; 2],
     },
     /// A bearer token read from a file.
     TokenFile(PathBuf),
@@ -368,6 +398,17 @@ impl NodeName {
         Ok(Self(raw.to_owned()))
     }
 
+    /// The node name from `flag`'s value, else from `NODE_NAME`, else the host name.
+    pub fn resolve(value: Option<String>, flag: &'static str) -> Result<Self, ConfigError> {
+        match value {
+            Some(name) => Self::parse(&name, flag),
+            None => match std::env::var("NODE_NAME") {
+                Ok(name) => Self::parse(&name, "--node-name (from NODE_NAME)"),
+                Err(_) => Self::parse(&host_name(), "--node-name (from the host name)"),
+            },
+        }
+    }
+
     /// The name as sent in reviews.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -394,13 +435,7 @@ impl ServeArgs {
             })?,
             client_ca: self.client_ca_file,
         };
-        let node_name = match self.node_name {
-            Some(name) => NodeName::parse(&name, "--node-name")?,
-            None => match std::env::var("NODE_NAME") {
-                Ok(name) => NodeName::parse(&name, "--node-name (from NODE_NAME)")?,
-                Err(_) => NodeName::parse(&host_name(), "--node-name (from the host name)")?,
-            },
-        };
+        let node_name = NodeName::resolve(self.node_name, "--node-name")?;
         let upstream = upstream(
             &self.upstream,
             self.upstream_server_name,
@@ -409,6 +444,7 @@ impl ServeArgs {
                 self.upstream_client_cert_file,
                 self.upstream_client_key_file,
                 self.upstream_token_file,
+                self.node_pki_dir.as_deref(),
             )?,
             self.upstream_timeout,
         )?;
@@ -420,6 +456,10 @@ impl ServeArgs {
         }
         for (flag, duration) in [
             ("--tls-reload-interval", self.tls_reload_interval),
+            (
+                "--kubelet-lockdown-interval",
+                self.kubelet_lockdown_interval,
+            ),
             ("--header-read-timeout", self.header_read_timeout),
             ("--idle-timeout", self.idle_timeout),
         ] {
@@ -485,12 +525,14 @@ impl ServeArgs {
                 http2_max_streams: self.http2_max_streams,
             },
             shutdown_grace: self.shutdown_grace_period,
+            node_pki_dir: self.node_pki_dir,
+            lockdown: (self.kubelet_lockdown, self.kubelet_lockdown_interval),
         })
     }
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`.
-fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw)
         .map_err(|e| format!("{raw:?} is not a duration like 500ms, 30s or 2m: {e}"))
 }
@@ -507,9 +549,34 @@ fn credential(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     token: Option<PathBuf>,
+    node_pki: Option<&std::path::Path>,
 ) -> Result<UpstreamCredential, ConfigError> {
+    if let Some(dir) = node_pki {
+        let other = [
+            ("--upstream-client-cert-file", cert.is_some()),
+            ("--upstream-client-key-file", key.is_some()),
+            ("--upstream-token-file", token.is_some()),
+        ];
+        if let Some((flag, _)) = other.iter().find(|(_, given)| *given) {
+            return Err(ConfigError::Invalid {
+                flag: "--node-pki-dir",
+                message: format!(
+                    "and {flag} both name the guard's credential towards the kubelet; give one"
+                ),
+            });
+        }
+        return Ok(UpstreamCredential::ClientCert {
+            cert: dir.join("client.crt"),
+            key: dir.join("client.key"),
+            flags: ["--node-pki-dir", "--node-pki-dir"],
+        });
+    }
     match (cert, key, token) {
-        (Some(cert), Some(key), None) => Ok(UpstreamCredential::ClientCert { cert, key }),
+        (Some(cert), Some(key), None) => Ok(UpstreamCredential::ClientCert {
+            cert,
+            key,
+            flags: ["--upstream-client-cert-file", "--upstream-client-key-file"],
+        }),
         (None, None, Some(token)) => Ok(UpstreamCredential::TokenFile(token)),
         (Some(_), None, _) => Err(ConfigError::Missing {
             flag: "--upstream-client-key-file",
@@ -524,9 +591,10 @@ fn credential(
             message: "give either a client certificate or a token file, not both".into(),
         }),
         (None, None, None) => Err(ConfigError::Missing {
-            flag: "--upstream-client-cert-file",
-            why: "the guard calls the kubelet as its own identity: give --upstream-client-cert-file \
-                  with --upstream-client-key-file, or --upstream-token-file",
+            flag: "--node-pki-dir",
+            why: "the guard calls the kubelet as its own identity: give --node-pki-dir, or \
+                  --upstream-client-cert-file with --upstream-client-key-file, or \
+                  --upstream-token-file",
         }),
     }
 }
@@ -670,6 +738,53 @@ mod tests {
         };
         let err = serve.validate().unwrap_err().to_string();
         assert!(err.contains("--upstream-client-cert-file"), "{err}");
+    }
+
+    #[test]
+    fn the_node_pki_excludes_every_other_upstream_credential() {
+        let config = Cli::try_parse_from([
+            "kubelet-guard",
+            "serve",
+            "--tls-cert-file=c",
+            "--tls-private-key-file=k",
+            "--upstream-ca-file=ca",
+            "--node-name=n",
+            "--node-pki-dir=/pki",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = config.command else {
+            panic!("not serve")
+        };
+        let config = serve.validate().unwrap();
+        assert!(matches!(
+            config.upstream.credential,
+            UpstreamCredential::ClientCert { ref cert, .. } if cert == std::path::Path::new("/pki/client.crt")
+        ));
+        for other in [
+            "--upstream-token-file=t",
+            "--upstream-client-cert-file=c",
+            "--upstream-client-key-file=k",
+        ] {
+            let mut argv = vec![
+                "kubelet-guard",
+                "serve",
+                "--tls-cert-file=c",
+                "--tls-private-key-file=k",
+                "--upstream-ca-file=ca",
+                "--node-name=n",
+                "--node-pki-dir=/pki",
+            ];
+            argv.push(other);
+            let Command::Serve(serve) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve")
+            };
+            let err = serve.validate().unwrap_err().to_string();
+            let flag = other.split('=').next().unwrap();
+            assert!(
+                err.contains("--node-pki-dir") && err.contains(flag),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -167,6 +167,11 @@ impl Upstream {
         watched
     }
 
+    /// The polled TLS files, to poll at once when the guard renewed its own certificate.
+    pub fn client_files(&self) -> Arc<dyn Poll> {
+        self.clients.clone()
+    }
+
     /// The polled token file, for the reload task.
     pub fn token(&self) -> Option<&Arc<Watched<HeaderValue>>> {
         self.token.as_ref()

@@ -21,8 +21,12 @@ pub mod embedded;
 pub mod forward;
 /// Request classification: verb, subresources, upgrade, canonical target (KUBELET-API.md).
 pub mod kubelet_api;
+/// The self-check that the kubelet refuses whoever lacks the guard's certificate.
+pub mod lockdown;
 /// Prometheus metrics and the admin endpoints.
 pub mod metrics;
+/// `kubelet-guard node-pki`: the node-local CA and the guard's renewable upstream certificate.
+pub mod node_pki;
 /// The per-request pipeline and the error → response mapping.
 pub mod proxy;
 /// `kubelet-guard rbac-audit`: RBAC grants of the kubelet's subresources, and their replacements.
@@ -74,6 +78,9 @@ pub enum StartError {
     /// An audit sink cannot be opened.
     #[error(transparent)]
     Audit(#[from] audit::sink::AuditError),
+    /// The node PKI directory is unusable, or its CA is trusted for callers.
+    #[error(transparent)]
+    NodePki(#[from] node_pki::PkiError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -110,6 +117,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.mode == config::Mode::Observe,
         drain.clone(),
     )?;
+    let node_pki = config.node_pki_dir.as_deref().map(node_pki::Paths::new);
+    if let (Some(paths), Some(client_ca)) = (&node_pki, &config.serving.client_ca) {
+        node_pki::check_not_trusted_for_callers(paths, client_ca)?;
+    }
+    let upstream_files = upstream.client_files();
     let mut watched: Vec<Arc<dyn Poll>> = vec![serving.clone()];
     watched.extend(upstream.watched());
     let metrics = Metrics::new(prometheus::Registry::new())?;
@@ -172,7 +184,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         drain_stop,
     ));
-    let tasks = vec![
+    let mut tasks = vec![
         audit_writer,
         tokio::spawn(server::serve_admin(
             admin,
@@ -181,8 +193,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config.shutdown_grace,
             stop.clone(),
         )),
-        tokio::spawn(reload_files(watched, metrics, config.reload_interval, stop)),
+        tokio::spawn(reload_files(
+            watched,
+            metrics.clone(),
+            config.reload_interval,
+            stop.clone(),
+        )),
     ];
+    if let Some(paths) = node_pki {
+        tasks.push(tokio::spawn(node_pki::renew(
+            paths,
+            config.node_name.clone(),
+            upstream_files,
+            metrics.clone(),
+            stop.clone(),
+        )));
+    }
+    let (lockdown, interval) = config.lockdown;
+    if lockdown != config::Lockdown::Off {
+        let probe = lockdown::Probe {
+            upstream: config.upstream.clone(),
+            token: apiserver::OwnToken::find(&config.apiserver).await,
+            mode: lockdown,
+            metrics,
+            ready: ready.clone(),
+        };
+        tasks.push(tokio::spawn(lockdown::run(probe, interval, stop)));
+    }
     tracing::info!(%proxy_addr, %admin_addr, node = %config.node_name, "kubelet-guard serving");
     Ok(Running {
         proxy_addr,

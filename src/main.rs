@@ -40,6 +40,16 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::NodePki(args) => {
+            init_tracing(LogFormat::Text, "warn");
+            match kubelet_guard::node_pki::run(args) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_CONFIG, &e),
+            }
+        }
         Command::RbacAudit(args) => {
             init_tracing(LogFormat::Text, "warn");
             run(async {

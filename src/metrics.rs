@@ -31,6 +31,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     observed: IntCounterVec,
     connections: IntGauge,
+    exposed: IntGaugeVec,
     reloads: IntCounterVec,
     limit_hits: IntCounterVec,
     /// Audit events dropped because the queue was full.
@@ -63,9 +64,16 @@ pub enum CacheKind {
     Sar,
 }
 
-/// Whether the guard is serving; `/readyz` reports it.
+/// Whether the guard is serving; `/readyz` reports it. Ready takes both: the guarded listener
+/// serving, and no condition holding it back (the kubelet lockdown under `require`).
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Default)]
+struct ReadinessState {
+    serving: AtomicBool,
+    held: std::sync::Mutex<Option<String>>,
+}
 
 /// Counts one open connection for as long as it lives.
 pub struct ConnectionGuard(IntGauge);
@@ -143,6 +151,14 @@ impl Metrics {
             "Connections that ran into a limit (max-connections, header-read-timeout, header-size, idle-timeout, http2-max-streams).",
             &["limit"],
         )?;
+        let exposed = IntGaugeVec::new(
+            Opts::new(
+                "kubelet_guard_kubelet_exposed",
+                "1 while the kubelet answers a probe without the guard's certificate (credential none or the guard's own token), 0 once it refuses it.",
+            ),
+            &["credential"],
+        )?;
+        registry.register(Box::new(exposed.clone()))?;
         let connections =
             IntGauge::new("kubelet_guard_open_connections", "Open caller connections.")?;
         registry.register(Box::new(connections.clone()))?;
@@ -173,6 +189,7 @@ impl Metrics {
             upstream_errors,
             observed,
             connections,
+            exposed,
             reloads,
             limit_hits,
             audit_dropped,
@@ -243,6 +260,13 @@ impl Metrics {
         ConnectionGuard(self.connections.clone())
     }
 
+    /// Records what the lockdown probe with `credential` found.
+    pub fn kubelet_exposed(&self, credential: &str, exposed: bool) {
+        self.exposed
+            .with_label_values(&[credential])
+            .set(i64::from(exposed));
+    }
+
     /// Counts one re-read of a changed file; a failure kept the last good content.
     pub fn reload(&self, flag: &str, succeeded: bool) {
         let result = if succeeded { "success" } else { "error" };
@@ -282,14 +306,35 @@ impl Outcome {
 }
 
 impl Readiness {
-    /// Marks the guard ready or not.
+    /// Marks the guarded listener serving or not.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.0.serving.store(ready, Ordering::Release);
+    }
+
+    /// Holds readiness back for `reason` (`/readyz` says it), or releases it with `None`.
+    pub fn hold(&self, reason: Option<String>) {
+        *self
+            .0
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
     }
 
     /// Whether the guard is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.unready_reason().is_none()
+    }
+
+    /// Why the guard is not ready, or `None` when it is.
+    pub fn unready_reason(&self) -> Option<String> {
+        if !self.0.serving.load(Ordering::Acquire) {
+            return Some("not serving the guarded listener".to_owned());
+        }
+        self.0
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -305,16 +350,18 @@ pub async fn admin<B>(
             "text/plain; charset=utf-8",
             "ok\n".to_owned(),
         ),
-        "/readyz" if ready.is_ready() => (
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            "ok\n".to_owned(),
-        ),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "not ready\n".to_owned(),
-        ),
+        "/readyz" => match ready.unready_reason() {
+            None => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ok\n".to_owned(),
+            ),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("not ready: {reason}\n"),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -127,14 +127,12 @@ pub fn upstream_config_from(
             .map(|builder| builder.with_root_certificates(roots.clone()))
     };
     let guard = match (&upstream.credential, contents) {
-        (UpstreamCredential::ClientCert { cert, key }, [_, cert_pem, key_pem]) => {
-            let (chain, key_der) = cert_and_key(
-                (cert_pem, cert, "--upstream-client-cert-file"),
-                (key_pem, key, "--upstream-client-key-file"),
-            )?;
+        (UpstreamCredential::ClientCert { cert, key, flags }, [_, cert_pem, key_pem]) => {
+            let (chain, key_der) =
+                cert_and_key((cert_pem, cert, flags[0]), (key_pem, key, flags[1]))?;
             builder()?
                 .with_client_auth_cert(chain, key_der)
-                .map_err(|e| error("--upstream-client-key-file", key, e))?
+                .map_err(|e| error(flags[1], key, e))?
         }
         _ => builder()?.with_no_client_auth(),
     };

@@ -36,9 +36,9 @@ pub fn serving(
 /// [`upstream`] reads them.
 pub fn upstream_sources(upstream: &Upstream) -> Vec<Source> {
     let mut sources = vec![Source::new("--upstream-ca-file", &upstream.ca)];
-    if let UpstreamCredential::ClientCert { cert, key } = &upstream.credential {
-        sources.push(Source::new("--upstream-client-cert-file", cert));
-        sources.push(Source::new("--upstream-client-key-file", key));
+    if let UpstreamCredential::ClientCert { cert, key, flags } = &upstream.credential {
+        sources.push(Source::new(flags[0], cert));
+        sources.push(Source::new(flags[1], key));
     }
     sources
 }

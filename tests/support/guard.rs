@@ -12,7 +12,7 @@ use kubelet_guard::config::{Cli, Command};
 
 use super::apiserver::ApiServerDouble;
 use super::client::TlsClient;
-use super::kubelet::KubeletDouble;
+use super::kubelet::{Auth, KubeletDouble};
 use super::pki::{Ca, CertKey};
 
 /// The node name every review must carry.
@@ -30,6 +30,8 @@ pub struct Cluster {
     pub kubelet: KubeletDouble,
     /// The guard.
     pub guard: Running,
+    /// The node PKI directory the guard's upstream credential comes from, if it has one.
+    pub node_pki: Option<std::path::PathBuf>,
 }
 
 impl Cluster {
@@ -53,6 +55,41 @@ impl Cluster {
             api,
             kubelet,
             guard,
+            node_pki: None,
+        }
+    }
+
+    /// Makes a node PKI with `kubelet-guard node-pki --validity=<validity>`, starts a kubelet
+    /// that trusts its CA for client certificates and authenticates as `auth` says, and a guard
+    /// with `--node-pki-dir` and the default flags plus `extra`.
+    pub async fn start_with_node_pki(auth: Auth, validity: &str, extra: &[&str]) -> Cluster {
+        super::init();
+        let ca = Ca::new("cluster");
+        let kubelet_ca = Ca::new("kubelet");
+        let api = ApiServerDouble::start(&ca).await;
+        let dir = super::temp_dir("node-pki").join("pki");
+        make_node_pki(&dir, NODE, validity);
+        let kubelet = KubeletDouble::start_trusting(
+            &kubelet_ca.server_cert(NODE, &["127.0.0.1", "localhost"]),
+            &dir.join("ca.crt"),
+            auth,
+        )
+        .await;
+        let mut argv: Vec<String> = flags(&ca, &kubelet_ca, &api, &kubelet, extra)
+            .into_iter()
+            .filter(|flag| !flag.starts_with("--upstream-client-"))
+            .collect();
+        argv.push(format!("--node-pki-dir={}", dir.display()));
+        let guard = start_with_flags(&argv)
+            .await
+            .unwrap_or_else(|e| panic!("guard did not start: {e}"));
+        Cluster {
+            ca,
+            kubelet_ca,
+            api,
+            kubelet,
+            guard,
+            node_pki: Some(dir),
         }
     }
 
@@ -111,8 +148,32 @@ pub fn flags(
         format!("--kubeconfig={}", api.write_kubeconfig().display()),
         format!("--node-name={NODE}"),
     ];
+    // The lockdown probe would add its requests to what the kubelet double records: off unless a
+    // test asks for it.
+    if !extra
+        .iter()
+        .any(|flag| flag.starts_with("--kubelet-lockdown="))
+    {
+        argv.push("--kubelet-lockdown=off".into());
+    }
     argv.extend(extra.iter().map(|flag| (*flag).to_owned()));
     argv
+}
+
+/// Runs `kubelet-guard node-pki` for `node` into `dir`, as the DaemonSet's init container does.
+pub fn make_node_pki(dir: &std::path::Path, node: &str, validity: &str) {
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "kubelet-guard",
+        "node-pki",
+        &format!("--dir={}", dir.display()),
+        &format!("--node-name={node}"),
+        &format!("--validity={validity}"),
+    ])
+    .expect("node-pki flags");
+    let Command::NodePki(args) = cli.command else {
+        panic!("not node-pki")
+    };
+    kubelet_guard::node_pki::run(args).expect("node-pki");
 }
 
 /// Parses `flags` exactly as the binary does and starts the guard.

@@ -81,7 +81,22 @@ pub struct Recorded {
     pub body: Bytes,
 }
 
+/// How the double authenticates its callers (KubeletConfiguration `authentication`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// Webhook authentication on, anonymous off: a client certificate or any bearer token; 401
+    /// to a request with neither.
+    Webhook,
+    /// The kubelet's own defaults: as `Webhook`, and anonymous requests are served too.
+    Open,
+    /// Locked to its guard (KUBELET-API.md §9): a client certificate from the client CA only,
+    /// checked against the clock on every request as Kubernetes' x509 authenticator does; 401 to
+    /// anything else, bearer token or not.
+    Locked,
+}
+
 struct Shared {
+    auth: Auth,
     requests: Mutex<Vec<Recorded>>,
     log_lines: Arc<Semaphore>,
     upgrades: AtomicUsize,
@@ -92,10 +107,35 @@ impl KubeletDouble {
     /// `client_ca`. As a kubelet with webhook authentication, it also takes a bearer token instead
     /// of a certificate, and answers 401 to a request with neither.
     pub async fn start(serving: &CertKey, client_ca: &Ca) -> KubeletDouble {
+        Self::start_with(serving, client_ca.root_store(), Auth::Webhook).await
+    }
+
+    /// Starts a kubelet that authenticates as `auth` says, verifying client certificates against
+    /// the PEM bundle `client_ca_file` (for example a node PKI's `ca.crt`).
+    pub async fn start_trusting(
+        serving: &CertKey,
+        client_ca_file: &std::path::Path,
+        auth: Auth,
+    ) -> KubeletDouble {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(client_ca_file)
+            .expect("client CA file")
+        {
+            roots.add(cert.expect("client CA PEM")).expect("client CA");
+        }
+        Self::start_with(serving, Arc::new(roots), auth).await
+    }
+
+    async fn start_with(
+        serving: &CertKey,
+        client_roots: Arc<rustls::RootCertStore>,
+        auth: Auth,
+    ) -> KubeletDouble {
         super::init();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            client_ca.root_store(),
+            client_roots,
             Arc::clone(&provider),
         )
         .allow_unauthenticated()
@@ -112,6 +152,7 @@ impl KubeletDouble {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
+            auth,
             requests: Mutex::new(Vec::new()),
             log_lines: Arc::new(Semaphore::new(0)),
             upgrades: AtomicUsize::new(0),
@@ -165,16 +206,16 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let client_cn = tls
+            let peer = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|cert| common_name(cert));
+                .and_then(|cert| peer(cert));
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                let client_cn = client_cn.clone();
-                async move { Ok::<_, Infallible>(route(shared, client_cn, req).await) }
+                let peer = peer.clone();
+                async move { Ok::<_, Infallible>(route(shared, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
@@ -184,18 +225,21 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
     }
 }
 
-fn common_name(der: &[u8]) -> Option<String> {
+/// The client certificate's CN and the second at which it expires.
+fn peer(der: &[u8]) -> Option<(String, i64)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    let not_after = cert.validity().not_after.timestamp();
+    cn.as_str().ok().map(|cn| (cn.to_owned(), not_after))
 }
 
 /// Dispatches one request the way the kubelet's mux does.
 async fn route(
     shared: Arc<Shared>,
-    client_cn: Option<String>,
+    peer: Option<(String, i64)>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let client_cn = peer.as_ref().map(|(cn, _)| cn.clone());
     let (parts, body) = req.into_parts();
     // Upgrade handshakes have an empty body, so reading it first never holds back a 101.
     let body = body
@@ -204,7 +248,16 @@ async fn route(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let req = Request::from_parts(parts, ());
-    let anonymous = client_cn.is_none() && !req.headers().contains_key(http::header::AUTHORIZATION);
+    let has_token = req.headers().contains_key(http::header::AUTHORIZATION);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let refused = match shared.auth {
+        Auth::Webhook => client_cn.is_none() && !has_token,
+        Auth::Open => false,
+        // Kubernetes verifies the chain against the current time on every request.
+        Auth::Locked => peer.as_ref().is_none_or(|(_, not_after)| now > *not_after),
+    };
     shared.requests.lock().expect("requests").push(Recorded {
         method: req.method().clone(),
         target: req.uri().to_string(),
@@ -213,7 +266,7 @@ async fn route(
         version: req.version(),
         body: body.clone(),
     });
-    if anonymous {
+    if refused {
         return text(StatusCode::UNAUTHORIZED, "text/plain", "Unauthorized");
     }
     let path = req.uri().path().to_owned();

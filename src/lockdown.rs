@@ -1,0 +1,329 @@
+//! The kubelet lockdown self-check (KUBELET-API.md §9): proof that the kubelet answers to this
+//! node's guard alone, so nothing on the node's network walks around the guard.
+//!
+//! At start and then every `--kubelet-lockdown-interval`, the guard calls its kubelet **without
+//! its client certificate**, with a read-only `GET /healthz` on a connection of its own: once with
+//! no credential and once with the guard's own API-server bearer token (skipped, and said once,
+//! when it has none). A 401, or a handshake the kubelet refuses for want of a client certificate,
+//! means locked; any other HTTP answer means exposed. A kubelet that cannot be reached changes
+//! nothing and is counted in `kubelet_guard_upstream_errors_total{kind="lockdown-probe"}`.
+//!
+//! Reported in `kubelet_guard_kubelet_exposed{credential}`, logged at ERROR when a credential is
+//! first seen to get through (with the kubelet setting to change) and at INFO when it stops; with
+//! `--kubelet-lockdown=require`, `/readyz` answers 503 until both are proven refused.
+//!
+//! Must not: send the guard's certificate or any caller's credential, or any request but that GET.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use rustls::{AlertDescription, ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use crate::apiserver::OwnToken;
+use crate::config::{self, Lockdown};
+use crate::metrics::{Metrics, Readiness};
+
+/// The path probed: read-only, never streaming, cheap for the kubelet.
+pub const PROBE_PATH: &str = "/healthz";
+
+/// How long one probe may take at most.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the self-check needs.
+pub struct Probe {
+    /// The kubelet: address, server name and the CA that verifies it.
+    pub upstream: config::Upstream,
+    /// The guard's own API-server token, if it has one.
+    pub token: Option<OwnToken>,
+    /// `warn` or `require` (`off` never starts the probe).
+    pub mode: Lockdown,
+    /// Where the gauge and the probe's failures are counted.
+    pub metrics: Metrics,
+    /// Held back under `require` while the kubelet is exposed.
+    pub ready: Readiness,
+}
+
+/// What the kubelet did with a request that lacked the guard's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Refused it: 401, or a handshake refused for want of a client certificate.
+    Locked,
+    /// Answered it with this status.
+    Exposed(StatusCode),
+}
+
+/// A probe that learned nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The upstream CA file is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// No connection, or no answer.
+    #[error("the kubelet could not be probed: {0}")]
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No answer in time.
+    #[error("the kubelet did not answer the probe within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The two probes, by the `credential` label they report under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Credential {
+    None,
+    Token,
+}
+
+impl Credential {
+    fn label(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Token => "token",
+        }
+    }
+
+    /// What to change on the kubelet when this probe gets through.
+    fn advice(self) -> &'static str {
+        match self {
+            Self::None => {
+                "the kubelet answers requests that carry no credential: set \
+                 authentication.anonymous.enabled: false in its KubeletConfiguration"
+            }
+            Self::Token => {
+                "the kubelet accepts bearer tokens, so every hostNetwork pod with a token walks \
+                 around the guard: set authentication.webhook.enabled: false and \
+                 authentication.x509.clientCAFile to the node PKI's ca.crt in its \
+                 KubeletConfiguration"
+            }
+        }
+    }
+}
+
+/// Probes every `interval` until `stop`, keeping the gauge, the log and readiness up to date.
+pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let require = probe.mode == Lockdown::Require;
+    if require {
+        probe.ready.hold(Some(
+            "the kubelet lockdown is not proven yet (--kubelet-lockdown=require)".into(),
+        ));
+    }
+    if probe.token.is_none() {
+        tracing::info!(
+            "the guard has no API-server token of its own: the lockdown probe with a bearer token \
+             is skipped"
+        );
+    }
+    let mut credentials = vec![Credential::None];
+    if probe.token.is_some() {
+        credentials.push(Credential::Token);
+    }
+    // The last verdict per credential: None until one probe got an answer.
+    let mut known: Vec<Option<Verdict>> = vec![None; credentials.len()];
+    loop {
+        for (credential, known) in credentials.iter().zip(known.iter_mut()) {
+            let bearer = match credential {
+                Credential::None => None,
+                Credential::Token => match probe.token.as_ref().and_then(OwnToken::read) {
+                    Some(token) => Some(token),
+                    None => {
+                        tracing::warn!("the guard's own API-server token cannot be read");
+                        continue;
+                    }
+                },
+            };
+            match probe.check(bearer.as_deref()).await {
+                Ok(verdict) => {
+                    report(&probe.metrics, *credential, *known, verdict);
+                    *known = Some(verdict);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, credential = credential.label(), "lockdown probe failed");
+                    probe.metrics.upstream_error("lockdown-probe");
+                }
+            }
+        }
+        if require {
+            probe.ready.hold(hold_reason(&credentials, &known));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = crate::server::stopped(&mut stop) => return,
+        }
+    }
+}
+
+impl Probe {
+    /// One probe: `GET /healthz` without a client certificate, with `bearer` if given, on a
+    /// connection of its own (a pooled one could have been made with the guard's certificate).
+    pub async fn check(&self, bearer: Option<&str>) -> Result<Verdict, ProbeError> {
+        let mut roots = RootCertStore::empty();
+        for cert in crate::tls::load_certs(&self.upstream.ca, "--upstream-ca-file")? {
+            roots
+                .add(cert)
+                .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
+        }
+        let mut tls = ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ProbeError::Unreachable(Box::new(e)))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let authority = self.upstream.authority.clone();
+        let server_name = self.upstream.server_name.clone();
+        let mut request = Request::get(PROBE_PATH)
+            .header(header::HOST, authority.as_str())
+            .header(header::USER_AGENT, "kubelet-guard lockdown probe");
+        if let Some(token) = bearer {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
+        let exchange = async move {
+            let tcp = TcpStream::connect(authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            let stream = TlsConnector::from(Arc::new(tls))
+                .connect(server_name, tcp)
+                .await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let response = sender.send_request(request).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response.status())
+        };
+        let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(ProbeError::Timeout(timeout)),
+            Ok(Ok(StatusCode::UNAUTHORIZED)) => Ok(Verdict::Locked),
+            Ok(Ok(status)) => Ok(Verdict::Exposed(status)),
+            Ok(Err(e)) if refused_for_want_of_a_certificate(e.as_ref()) => Ok(Verdict::Locked),
+            Ok(Err(e)) => Err(ProbeError::Unreachable(e)),
+        }
+    }
+}
+
+/// Exports one verdict and logs a change.
+fn report(metrics: &Metrics, credential: Credential, before: Option<Verdict>, now: Verdict) {
+    let label = credential.label();
+    match now {
+        Verdict::Exposed(status) => {
+            metrics.kubelet_exposed(label, true);
+            if !matches!(before, Some(Verdict::Exposed(_))) {
+                tracing::error!(
+                    credential = label,
+                    status = status.as_u16(),
+                    "the kubelet is reachable around the guard: {}",
+                    credential.advice()
+                );
+            }
+        }
+        Verdict::Locked => {
+            metrics.kubelet_exposed(label, false);
+            if before != Some(Verdict::Locked) {
+                tracing::info!(
+                    credential = label,
+                    "the kubelet refuses requests without the guard's certificate"
+                );
+            }
+        }
+    }
+}
+
+/// Why readiness is held under `require`, or `None` once every probe found the kubelet locked.
+fn hold_reason(credentials: &[Credential], known: &[Option<Verdict>]) -> Option<String> {
+    let mut reasons = Vec::new();
+    for (credential, verdict) in credentials.iter().zip(known) {
+        match verdict {
+            Some(Verdict::Locked) => {}
+            Some(Verdict::Exposed(status)) => reasons.push(format!(
+                "the kubelet answered {} to a probe with credential {}: {}",
+                status.as_u16(),
+                credential.label(),
+                credential.advice()
+            )),
+            None => reasons.push(format!(
+                "the kubelet lockdown is not proven yet for credential {}",
+                credential.label()
+            )),
+        }
+    }
+    (!reasons.is_empty()).then(|| format!("{} (--kubelet-lockdown=require)", reasons.join("; ")))
+}
+
+/// Whether `error` is the kubelet refusing the handshake for want of a client certificate: the
+/// TLS alert `certificate_required` (TLS 1.3), or `handshake_failure`/`bad_certificate` (TLS 1.2).
+fn refused_for_want_of_a_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::AlertReceived(
+                    AlertDescription::CertificateRequired
+                        | AlertDescription::HandshakeFailure
+                        | AlertDescription::BadCertificate
+                )
+            );
+        }
+        // io::Error's source() skips the error it wraps; look at that one too.
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && refused_for_want_of_a_certificate(inner)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_handshake_is_locked_and_other_failures_are_not() {
+        let refused = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired,
+        ));
+        assert!(refused_for_want_of_a_certificate(&refused));
+        let untrusted = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(!refused_for_want_of_a_certificate(&untrusted));
+        let refused_connection = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!refused_for_want_of_a_certificate(&refused_connection));
+    }
+
+    #[test]
+    fn readiness_is_held_until_every_probe_is_locked() {
+        let both = [Credential::None, Credential::Token];
+        let reason = hold_reason(&both, &[Some(Verdict::Locked), None]).unwrap();
+        assert!(
+            reason.contains("not proven yet for credential token"),
+            "{reason}"
+        );
+        let reason = hold_reason(
+            &both,
+            &[
+                Some(Verdict::Locked),
+                Some(Verdict::Exposed(StatusCode::FORBIDDEN)),
+            ],
+        )
+        .unwrap();
+        assert!(reason.contains("answered 403") && reason.contains("webhook.enabled: false"));
+        assert_eq!(hold_reason(&both, &[Some(Verdict::Locked); 2]), None);
+    }
+}

@@ -1,0 +1,274 @@
+//! The kubelet answers to its own node's guard alone, and the guard proves it: the node-local
+//! upstream credential, its renewal under load, and the lockdown self-check against a kubelet
+//! double that is open, on webhook authentication, or locked to the node PKI's CA.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::guard::{Cluster, NODE, admin_get, flags, make_node_pki, start_with_flags};
+use support::kubelet::Auth;
+
+const TOKEN: &str = "t-agent";
+const USER: &str = "system:serviceaccount:monitoring:agent";
+const GUARD_TOKEN: &str = "guard-sa-token";
+
+fn allow_pods(cluster: &Cluster) {
+    cluster.api.add_token(TOKEN, USER, "uid-agent", &[]);
+    cluster.api.allow(USER, "get", "pods");
+}
+
+/// The value of `kubelet_guard_kubelet_exposed{credential}` once both have one.
+async fn exposed(cluster: &Cluster) -> (String, String) {
+    support::with_deadline("both lockdown gauges", async {
+        loop {
+            let metrics = cluster.metrics().await;
+            let value = |credential: &str| {
+                let prefix =
+                    format!("kubelet_guard_kubelet_exposed{{credential=\"{credential}\"}} ");
+                metrics
+                    .lines()
+                    .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+            };
+            if let (Some(none), Some(token)) = (value("none"), value("token")) {
+                return (none, token);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Every request the kubelet double received without a client certificate: the probe's.
+fn probes(cluster: &Cluster) -> Vec<support::kubelet::Recorded> {
+    cluster
+        .kubelet
+        .requests()
+        .into_iter()
+        .filter(|r| r.client_cn.is_none())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_open_kubelet_reads_exposed_and_require_keeps_the_guard_unready() {
+    let cluster = Cluster::start_with_node_pki(
+        Auth::Open,
+        "168h",
+        &[
+            "--kubelet-lockdown=require",
+            "--kubelet-lockdown-interval=1s",
+        ],
+    )
+    .await;
+    assert_eq!(exposed(&cluster).await, ("1".into(), "1".into()));
+    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("anonymous.enabled: false"), "{readyz}");
+    assert!(readyz.contains("webhook.enabled: false"), "{readyz}");
+
+    // The probe sent read-only GETs without a certificate: one bare, one with the guard's own
+    // API-server token, never a caller's credential.
+    let probes = probes(&cluster);
+    assert!(probes.len() >= 2, "{probes:?}");
+    for probe in &probes {
+        assert_eq!(
+            (probe.method.as_str(), probe.target.as_str()),
+            ("GET", "/healthz")
+        );
+        let authorization = probe.headers.get(http::header::AUTHORIZATION);
+        assert!(
+            authorization.is_none() || authorization.unwrap() == &format!("Bearer {GUARD_TOKEN}"),
+            "{probe:?}"
+        );
+    }
+    assert!(
+        probes
+            .iter()
+            .any(|p| p.headers.contains_key(http::header::AUTHORIZATION))
+    );
+    assert!(
+        probes
+            .iter()
+            .any(|p| !p.headers.contains_key(http::header::AUTHORIZATION))
+    );
+}
+
+#[tokio::test]
+async fn a_locked_kubelet_reads_locked_and_require_turns_the_guard_ready() {
+    let cluster =
+        Cluster::start_with_node_pki(Auth::Locked, "168h", &["--kubelet-lockdown=require"]).await;
+    assert_eq!(exposed(&cluster).await, ("0".into(), "0".into()));
+    let readyz = support::with_deadline("ready", async {
+        loop {
+            let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+            if readyz.starts_with("HTTP/1.1 200") {
+                return readyz;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(readyz.ends_with("ok\n"), "{readyz}");
+
+    // The guard itself gets through, as this node's identity.
+    allow_pods(&cluster);
+    let (status, body) = cluster.get("/pods", TOKEN).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let forwarded: Vec<_> = cluster
+        .kubelet
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.client_cn)
+        .collect();
+    assert_eq!(forwarded, [format!("kubelet-guard:node:{NODE}")]);
+    for probe in probes(&cluster) {
+        assert_eq!(
+            (probe.method.as_str(), probe.target.as_str()),
+            ("GET", "/healthz")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_kubelet_on_webhook_authentication_reads_exposed_to_tokens_only() {
+    let cluster =
+        Cluster::start_with_node_pki(Auth::Webhook, "168h", &["--kubelet-lockdown=warn"]).await;
+    assert_eq!(exposed(&cluster).await, ("0".into(), "1".into()));
+    // warn reports it but stays ready.
+    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+}
+
+#[tokio::test]
+async fn another_nodes_guard_certificate_is_refused_by_a_locked_kubelet() {
+    let cluster = Cluster::start_with_node_pki(Auth::Locked, "168h", &[]).await;
+    allow_pods(&cluster);
+    let other = support::temp_dir("other-node").join("pki");
+    make_node_pki(&other, "node-2", "168h");
+    assert_ne!(
+        std::fs::read(other.join("ca.crt")).unwrap(),
+        std::fs::read(cluster.node_pki.as_ref().unwrap().join("ca.crt")).unwrap(),
+        "two nodes, two CAs"
+    );
+    let mut argv: Vec<String> = flags(
+        &cluster.ca,
+        &cluster.kubelet_ca,
+        &cluster.api,
+        &cluster.kubelet,
+        &[],
+    )
+    .into_iter()
+    .filter(|flag| !flag.starts_with("--upstream-client-"))
+    .collect();
+    argv.push(format!("--node-pki-dir={}", other.display()));
+    let intruder = start_with_flags(&argv).await.unwrap();
+    let (status, _, body) = cluster
+        .client()
+        .get(intruder.proxy_addr, "/pods", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        cluster
+            .kubelet
+            .requests()
+            .iter()
+            .all(|r| r.client_cn.is_none()),
+        "the kubelet served no request with the other node's certificate"
+    );
+    // Its own guard still gets through.
+    let (status, _) = cluster.get("/pods", TOKEN).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_guard_renews_its_certificate_under_load_without_a_failed_request() {
+    // Valid 10 s: renewed after about 6.7 s, expired at 10 s; the load runs past both.
+    let cluster = Cluster::start_with_node_pki(Auth::Locked, "10s", &[]).await;
+    allow_pods(&cluster);
+    let dir = cluster.node_pki.clone().unwrap();
+    let first = std::fs::read(dir.join("client.crt")).unwrap();
+    let started = Instant::now();
+    let cluster = std::sync::Arc::new(cluster);
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let cluster = std::sync::Arc::clone(&cluster);
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while started.elapsed() < Duration::from_secs(12) {
+                let (status, body) = cluster.get("/pods", TOKEN).await;
+                if status == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{:?} {status} {body}", started.elapsed()));
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (n, f) = worker.await.unwrap();
+        ok += n;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {failed:?}",
+        failed.len(),
+        ok + failed.len() as u32
+    );
+    assert!(ok > 100, "only {ok} requests in 12 s");
+    assert_ne!(
+        std::fs::read(dir.join("client.crt")).unwrap(),
+        first,
+        "renewed"
+    );
+    let metrics = cluster.metrics().await;
+    assert!(
+        metrics.contains(
+            "kubelet_guard_file_reloads_total{flag=\"--node-pki-dir\",result=\"success\"}"
+        ),
+        "{metrics}"
+    );
+    // Requests after the first certificate expired reached the kubelet (the double checks the
+    // certificate's dates on every request).
+    assert!(cluster.kubelet.count() > 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_kubelet_changes_nothing_and_is_counted() {
+    let cluster = Cluster::start_with_node_pki(
+        Auth::Locked,
+        "168h",
+        &[
+            "--kubelet-lockdown=require",
+            "--kubelet-lockdown-interval=100ms",
+        ],
+    )
+    .await;
+    assert_eq!(exposed(&cluster).await, ("0".into(), "0".into()));
+    let admin = cluster.guard.admin_addr;
+    drop(cluster.kubelet);
+    let metrics = support::with_deadline("a failed probe", async {
+        loop {
+            let metrics = admin_get(admin, "/metrics").await;
+            if metrics.contains("kubelet_guard_upstream_errors_total{kind=\"lockdown-probe\"}") {
+                return metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        metrics.contains("kubelet_guard_kubelet_exposed{credential=\"none\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kubelet_guard_kubelet_exposed{credential=\"token\"} 0"),
+        "{metrics}"
+    );
+    let readyz = admin_get(admin, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+}

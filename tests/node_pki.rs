@@ -1,0 +1,229 @@
+//! `kubelet-guard node-pki`, the real binary as the DaemonSet's init container runs it: the
+//! node-local CA and the guard's client certificate, file modes, idempotence, and every bad input
+//! refused with exit status 64, naming the file, changing nothing. The guard refuses the node CA
+//! as a caller CA at start-up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// sysexits EX_USAGE.
+const EXIT_CONFIG: i32 = 64;
+
+/// Runs the binary with `args` and a cleared environment plus `env`.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run kubelet-guard")
+}
+
+fn node_pki(dir: &Path, extra: &[&str]) -> Output {
+    let dir = format!("--dir={}", dir.display());
+    let mut args = vec!["node-pki", dir.as_str(), "--node-name=node-a"];
+    args.extend_from_slice(extra);
+    run(&args, &[])
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file of the directory with its content, to prove a refused run changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let content = std::fs::read(&path).unwrap();
+            (path, content)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_first_run_makes_the_pki_and_a_second_keeps_it() {
+    let dir = support::temp_dir("node-pki").join("pki");
+    let first = node_pki(&dir, &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    let said = text(&first);
+    assert!(said.contains("created the node-local CA"), "{said}");
+    assert!(
+        said.contains("CN=kubelet-guard:node:node-a, O=kubelet-guard:nodes"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&dir.join("ca.crt").display().to_string()),
+        "{said}"
+    );
+    assert!(!said.contains("PRIVATE KEY"), "never prints a key: {said}");
+    assert_eq!(mode(&dir), 0o700);
+    for key in ["ca.key", "client.key", "client.crt"] {
+        assert_eq!(mode(&dir.join(key)), 0o600, "{key}");
+    }
+    let before = snapshot(&dir);
+
+    let second = node_pki(&dir, &[]);
+    assert!(second.status.success(), "{}", text(&second));
+    let said = text(&second);
+    assert!(said.contains("kept the node-local CA"), "{said}");
+    assert!(said.contains("kept the client certificate"), "{said}");
+    assert_eq!(snapshot(&dir), before, "an idempotent second run");
+}
+
+#[test]
+fn every_flag_has_its_environment_twin() {
+    let dir = support::temp_dir("node-pki-env").join("pki");
+    let dir_text = dir.display().to_string();
+    let output = run(
+        &["node-pki"],
+        &[
+            ("KUBELET_GUARD_NODE_PKI_DIR", dir_text.as_str()),
+            ("NODE_NAME", "node-b"),
+            ("KUBELET_GUARD_NODE_PKI_VALIDITY", "1h"),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("kubelet-guard:node:node-b"),
+        "{}",
+        text(&output)
+    );
+    let output = run(
+        &["node-pki", &format!("--dir={dir_text}")],
+        &[("KUBELET_GUARD_NODE_NAME", "node-b")],
+    );
+    assert!(
+        text(&output).contains("kept the client certificate"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn bad_input_exits_64_naming_the_file_and_changes_nothing() {
+    // A CA key that belongs to another CA, and a corrupt file.
+    let dir = support::temp_dir("node-pki-bad").join("pki");
+    let other = support::temp_dir("node-pki-other").join("pki");
+    assert!(node_pki(&dir, &[]).status.success());
+    assert!(node_pki(&other, &[]).status.success());
+    std::fs::copy(other.join("ca.key"), dir.join("ca.key")).unwrap();
+    let before = snapshot(&dir);
+    let refused = node_pki(&dir, &[]);
+    assert_eq!(
+        refused.status.code(),
+        Some(EXIT_CONFIG),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).contains("ca.key: does not match ca.crt"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(snapshot(&dir), before);
+
+    std::fs::write(
+        other.join("client.crt"),
+        "-----BEGIN CERTIFICATE-----\nnope\n",
+    )
+    .unwrap();
+    let before = snapshot(&other);
+    let refused = node_pki(&other, &[]);
+    assert_eq!(
+        refused.status.code(),
+        Some(EXIT_CONFIG),
+        "{}",
+        text(&refused)
+    );
+    assert!(text(&refused).contains("client.crt"), "{}", text(&refused));
+    assert_eq!(snapshot(&other), before);
+
+    // A directory that cannot be made: its parent is a file.
+    let file = support::temp_dir("node-pki-file").join("file");
+    std::fs::write(&file, "x").unwrap();
+    let refused = node_pki(&file.join("pki"), &[]);
+    assert_eq!(
+        refused.status.code(),
+        Some(EXIT_CONFIG),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).contains(&file.display().to_string()),
+        "{}",
+        text(&refused)
+    );
+
+    // Flags.
+    let fresh = support::temp_dir("node-pki-flags").join("pki");
+    for (extra, flag) in [
+        (&["--validity=5s"][..], "--validity"),
+        (&["--validity=soon"][..], "--validity"),
+        (&["--node-name=Node_A"][..], "--node-name"),
+    ] {
+        let dir = format!("--dir={}", fresh.display());
+        let mut args = vec!["node-pki", dir.as_str()];
+        args.extend_from_slice(extra);
+        let refused = run(&args, &[]);
+        assert_eq!(
+            refused.status.code(),
+            Some(EXIT_CONFIG),
+            "{extra:?}: {}",
+            text(&refused)
+        );
+        assert!(
+            text(&refused).contains(flag),
+            "{extra:?}: {}",
+            text(&refused)
+        );
+        assert!(!fresh.exists(), "{extra:?} made the directory");
+    }
+}
+
+#[tokio::test]
+async fn the_guard_refuses_the_node_ca_as_a_caller_ca() {
+    support::init();
+    let ca = support::pki::Ca::new("cluster");
+    let kubelet_ca = support::pki::Ca::new("kubelet");
+    let api = support::apiserver::ApiServerDouble::start(&ca).await;
+    let kubelet = support::kubelet::KubeletDouble::start(
+        &kubelet_ca.server_cert("node-1", &["127.0.0.1"]),
+        &kubelet_ca,
+    )
+    .await;
+    let dir = support::temp_dir("node-pki-callers").join("pki");
+    support::guard::make_node_pki(&dir, "node-1", "168h");
+    let argv: Vec<String> = support::guard::flags(&ca, &kubelet_ca, &api, &kubelet, &[])
+        .into_iter()
+        .filter(|flag| {
+            !flag.starts_with("--upstream-client-") && !flag.starts_with("--client-ca-file")
+        })
+        .chain([
+            format!("--node-pki-dir={}", dir.display()),
+            format!("--client-ca-file={}", dir.join("ca.crt").display()),
+        ])
+        .collect();
+    let Err(refused) = support::guard::start_with_flags(&argv).await else {
+        panic!("the guard started trusting its own node CA for callers");
+    };
+    assert!(
+        refused.contains("must never be trusted for callers"),
+        "{refused}"
+    );
+}
