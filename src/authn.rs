@@ -1,7 +1,7 @@
 //! Who is calling: a verified client certificate, else a bearer token (TokenReview or the static
 //! token file, both behind one cache), else `system:anonymous` when `--anonymous-auth` allows it.
 //!
-//! Follows KUBELET-API.md section 6 and the order of Kubernetes' union authenticator (x509 first).
+//! Follows docs/kubelet-api.md section 6 and the order of Kubernetes' union authenticator (x509 first).
 //! This module decides identities only: it never authorizes, never chooses a status code, and never
 //! logs or stores a token (cache keys are SHA-256 digests).
 

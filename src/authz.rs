@@ -1,5 +1,5 @@
 //! May this caller do this: one `(verb, nodes/<subresource>)` review per check of the classified
-//! request, in order, first allow wins (KUBELET-API.md section 1).
+//! request, in order, first allow wins (docs/kubelet-api.md section 1).
 //!
 //! A review that errors stops the walk at once: no fallback to a later check, nothing cached, and
 //! the caller answers 500. This module decides only; it never picks a status code.

@@ -3,7 +3,7 @@
 //! Owns the *classify* step: method, request-target and upgrade headers become a
 //! [`KubeletRequest`] (the verb, and the `nodes/<subresource>` checks to try in order), or a
 //! [`Rejection`] before any review is made or any byte is forwarded. Follows
-//! `shared/KUBELET-API.md` section 2 (verbs, upgrades), section 3 (subresources in check order,
+//! `docs/kubelet-api.md` section 2 (verbs, upgrades), section 3 (subresources in check order,
 //! with the `isSubpath` of the kubelet's `pkg/kubelet/server/auth.go`) and section 4 (classify
 //! and forward the same bytes), including where that spec is stricter than the kubelet.
 //!
@@ -15,7 +15,7 @@
 //! The `http` crate's [`Uri`] parser runs first: it silently drops a `#fragment` (`/pods#x`
 //! arrives as `/pods`) and refuses control bytes, space and DEL, but accepts `%`, `\` and
 //! non-ASCII UTF-8. Every byte rule is enforced here again, so no rule depends on that parser.
-//! The one rule this cannot enforce is KUBELET-API.md's 400 for `#`: the fragment is gone before
+//! The one rule this cannot enforce is docs/kubelet-api.md's 400 for `#`: the fragment is gone before
 //! classification, so `/metrics#/../exec` is authorized and forwarded as `/metrics` (both readings
 //! are the same bytes, which is what the rule protects; `tests/path_confusion.rs` pins it).
 //! On HTTP/2 hyper builds the `Uri` from `:scheme`, `:authority` and `:path`: only the path is
@@ -29,7 +29,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Uri, Version};
 
-/// Kubelet authorization verb (KUBELET-API.md section 2).
+/// Kubelet authorization verb (docs/kubelet-api.md section 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verb {
     /// `get`: a GET that is neither an upgrade nor a streaming endpoint.
@@ -44,7 +44,7 @@ pub enum Verb {
     Delete,
 }
 
-/// A `nodes/<subresource>` the kubelet authorizes against (KUBELET-API.md section 3).
+/// A `nodes/<subresource>` the kubelet authorizes against (docs/kubelet-api.md section 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subresource {
     /// `nodes/pods`: `/pods` and `/runningpods/`.

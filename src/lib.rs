@@ -19,7 +19,7 @@ pub mod demo;
 pub mod embedded;
 /// Forwarding to the kubelet: header hygiene, streaming, upgrade splice.
 pub mod forward;
-/// Request classification: verb, subresources, upgrade, canonical target (KUBELET-API.md).
+/// Request classification: verb, subresources, upgrade, canonical target (docs/kubelet-api.md).
 pub mod kubelet_api;
 /// The self-check that the kubelet refuses whoever lacks the guard's certificate.
 pub mod lockdown;

@@ -1,4 +1,4 @@
-//! The kubelet lockdown self-check (KUBELET-API.md §9): proof that the kubelet answers to this
+//! The kubelet lockdown self-check (docs/kubelet-api.md §9): proof that the kubelet answers to this
 //! node's guard alone, so nothing on the node's network walks around the guard.
 //!
 //! At start and then every `--kubelet-lockdown-interval`, the guard calls its kubelet **without

@@ -1,5 +1,5 @@
 //! `kubelet-guard node-pki`: the node-local CA and the guard's upstream client certificate
-//! (KUBELET-API.md §9).
+//! (docs/kubelet-api.md §9).
 //!
 //! The kubelet trusts this CA alone (`authentication.x509.clientCAFile`), so the one credential it
 //! accepts is the one this node's guard holds: no other node, no `hostNetwork` pod and no

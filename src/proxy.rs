@@ -1,6 +1,6 @@
-//! One request's life, in the order DESIGN.md gives: classify, authenticate, authorize, forward,
+//! One request's life, in the order docs/design.md gives: classify, authenticate, authorize, forward,
 //! record. Also the one place where an error becomes a status code, a body in the kubelet's format
-//! (KUBELET-API.md section 7) and a metric label.
+//! (docs/kubelet-api.md section 7) and a metric label.
 
 mod record;
 

@@ -1,4 +1,4 @@
-//! Callers may speak h2 (KUBELET-API.md section 2): they get the same answers as over HTTP/1.1,
+//! Callers may speak h2 (docs/kubelet-api.md section 2): they get the same answers as over HTTP/1.1,
 //! the guard always talks HTTP/1.1 to the kubelet, and an HTTP/2 extended CONNECT (RFC 8441, a
 //! WebSocket over h2), which the guard's h2 settings allow, is refused with 405 before any review
 //! and never reaches the kubelet.

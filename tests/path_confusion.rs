@@ -1,4 +1,4 @@
-//! The guard forwards exactly the bytes it authorized (KUBELET-API.md section 4): a request-target
+//! The guard forwards exactly the bytes it authorized (docs/kubelet-api.md section 4): a request-target
 //! that the kubelet could read another way (percent-escapes or dot segments in the path, empty
 //! segments, backslashes, non-origin forms) is refused with 400 before any review, a method the
 //! kubelet has no verb for is refused with 405, and every canonical target, query included,

@@ -1,4 +1,4 @@
-//! A broken configuration stops the binary before it serves (STYLE.md rule 1): exit status 64 and
+//! A broken configuration stops the binary before it serves (parse once, at the edge): exit status 64 and
 //! a message on stderr naming the flag and, for files, the file. `serve --help` documents every
 //! flag in a line and its `KUBELET_GUARD_*` environment twin, and the twins are checked like the
 //! flags. Every run is the real binary with a cleared environment, killed if still up after 10 s.
@@ -244,7 +244,7 @@ fn a_node_name_that_no_node_can_have_is_refused() {
 }
 
 /// Without `--node-name` and `NODE_NAME` the guard names its node after the host, as the
-/// kubelet does (KUBELET-API.md section 1 mentions only the flag and `NODE_NAME`).
+/// kubelet does (docs/kubelet-api.md section 1 mentions only the flag and `NODE_NAME`).
 #[test]
 fn without_a_node_name_the_host_name_is_used() {
     let f = Fixture::new();

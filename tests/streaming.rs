@@ -1,4 +1,4 @@
-//! Bodies stream through the guard both ways (KUBELET-API.md sections 4 and 5): a followed
+//! Bodies stream through the guard both ways (docs/kubelet-api.md sections 4 and 5): a followed
 //! container log reaches the caller line by line while the kubelet still holds the rest, request
 //! bodies (sized, chunked, 1 MiB) reach the kubelet intact, the kubelet's redirects come back
 //! unfollowed, and a kubelet that is down or silent is the kubelet's fault: 502 and 504.

@@ -1,4 +1,4 @@
-//! Upgrades need `create` (KUBELET-API.md section 2): a WebSocket or SPDY handshake to `exec`,
+//! Upgrades need `create` (docs/kubelet-api.md section 2): a WebSocket or SPDY handshake to `exec`,
 //! `attach` or `portForward` from a caller with only `get` on `nodes/proxy` (the grant many Helm
 //! charts hand out) is refused with the kubelet's 403 and never reaches the kubelet; with `create`
 //! the kubelet's 101 and the stream behind it are relayed unchanged. Any `Upgrade` or

@@ -1,5 +1,5 @@
 //! Client certificate → identity, as Kubernetes' x509 authenticator does it: user = subject CN,
-//! groups = every subject O (KUBELET-API.md section 6). The certificate has already been verified
+//! groups = every subject O (docs/kubelet-api.md section 6). The certificate has already been verified
 //! by rustls against `--client-ca-file`; this only reads names from it.
 
 use std::collections::BTreeMap;

@@ -108,7 +108,7 @@ pub(super) struct Evaluation {
     pub(super) warnings: Vec<String>,
 }
 
-/// The verbs the kubelet asks about (KUBELET-API.md), and `*`.
+/// The verbs the kubelet asks about (docs/kubelet-api.md), and `*`.
 const KUBELET_VERBS: [&str; 6] = ["get", "create", "update", "patch", "delete", "*"];
 
 /// The verbs that make `nodes/proxy` command execution: a WebSocket exec needs only `get`.

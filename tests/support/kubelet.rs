@@ -1,4 +1,4 @@
-//! Stands in for a v1.36 kubelet (KUBELET-API.md section 5): HTTPS, HTTP/1.1 only, a client
+//! Stands in for a v1.36 kubelet (docs/kubelet-api.md section 5): HTTPS, HTTP/1.1 only, a client
 //! certificate required and verified against the client CA, believable bodies on every route.
 //!
 //! Upgrades are real handshakes (see [`upgrade`]): after the `101` an exec WebSocket greets on
@@ -89,7 +89,7 @@ pub enum Auth {
     Webhook,
     /// The kubelet's own defaults: as `Webhook`, and anonymous requests are served too.
     Open,
-    /// Locked to its guard (KUBELET-API.md §9): a client certificate from the client CA only,
+    /// Locked to its guard (docs/kubelet-api.md §9): a client certificate from the client CA only,
     /// checked against the clock on every request as Kubernetes' x509 authenticator does; 401 to
     /// anything else, bearer token or not.
     Locked,
