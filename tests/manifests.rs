@@ -1,12 +1,18 @@
-//! The manifests of `deploy/` keep the invariants issue 5 states, so a later edit cannot silently
-//! break them: every YAML file parses; the DaemonSet runs on the host network on every node
-//! (tolerations, `system-node-critical`), answers its probes on the admin listener, has requests
-//! and a memory limit, and no container is privileged, writable or holding a capability; the
-//! service account is bound to `system:auth-delegator` only and nothing in the base grants more;
-//! the agent roles never need `nodes/proxy`; and every `--flag` the manifests pass is one that
-//! `kubelet-guard serve --help` lists. When `kubectl` is on the PATH, every overlay is rendered
-//! with `kubectl kustomize` and the rendered output is checked the same way (the test says so on
-//! stderr when it skips that part).
+//! The manifests of `deploy/` keep their invariants, so a later edit cannot silently break them:
+//! every YAML file parses; the DaemonSet runs on the host network on every node (tolerations,
+//! `system-node-critical`), answers its probes on the admin listener, has requests and a memory
+//! limit, and no container is privileged, writable or holding a capability; the guard's upstream
+//! credential is its node's own (the `node-pki` init container, `serve --node-pki-dir`): no Secret,
+//! no credential shared by every node, and no host directory that holds a node credential (the
+//! kubelet's serving certificate and key are mounted as single files, never
+//! `/var/lib/kubelet/pki`); strict requires the kubelet lockdown, observe and enforce warn; the
+//! service account is bound to `system:auth-delegator` only, the node identities' group
+//! `kubelet-guard:nodes` to `system:kubelet-api-admin` only, and nothing in the base grants more;
+//! the agent roles never need `nodes/proxy`; the kubelet snippets of `deploy/kubelet/` all set the
+//! same lock; and every `--flag` the manifests pass is one that `kubelet-guard serve --help` (or
+//! `node-pki --help`, for the init container) lists. When `kubectl` is on the PATH, every overlay is
+//! rendered with `kubectl kustomize` and the rendered output is checked the same way (the test says
+//! so on stderr when it skips that part).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -17,6 +23,24 @@ use serde_json::{Value, json};
 
 const NAMESPACE: &str = "kubelet-guard";
 const OVERLAYS: [&str; 3] = ["observe", "enforce", "strict"];
+/// The node's own PKI (the node-local CA and the guard's upstream certificate), a host directory
+/// written by the `node-pki` init container and by the guard when it renews its certificate.
+const NODE_PKI_DIR: &str = "/var/lib/kubelet-guard/pki";
+/// The node's group, which every guard's certificate names (`O=`), bound to what the kubelet checks.
+const NODE_GROUP: &str = "kubelet-guard:nodes";
+/// Files on a kubeadm node that no volume may expose, not even through a directory that holds
+/// them: the node's own API-server credential and kubeconfig, and the cluster CA's key.
+const HOST_CREDENTIALS: [&str; 3] = [
+    "/var/lib/kubelet/pki/kubelet-client-current.pem",
+    "/etc/kubernetes/kubelet.conf",
+    "/etc/kubernetes/pki/ca.key",
+];
+/// Upstream credentials shared by every node, which the node PKI replaces.
+const SHARED_UPSTREAM_FLAGS: [&str; 3] = [
+    "--upstream-client-cert-file",
+    "--upstream-client-key-file",
+    "--upstream-token-file",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Loading
@@ -88,17 +112,34 @@ fn assert_no_problems(what: &str, problems: &[String]) {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// The flags `serve` knows
+/// The node-side files of `deploy/kubelet/`: configuration for the kubelet and the node's
+/// distribution (K3s, RKE2, nodeadm), not objects for the API server.
+fn is_node_side(path: &Path) -> bool {
+    path.starts_with(deploy_dir().join("kubelet"))
+}
 
-/// Long flag names (`--listen`, …) listed by `kubelet-guard serve --help`.
-fn serve_flags() -> BTreeSet<String> {
+/// The one document of a YAML file.
+fn load_one(path: &Path) -> Value {
+    let mut docs = load(path);
+    assert_eq!(docs.len(), 1, "{}: one document", path.display());
+    docs.remove(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The flags `serve` and `node-pki` know
+
+/// Long flag names (`--listen`, …) listed by `kubelet-guard <subcommand> --help`; `expected` are
+/// flags it must list, to be sure the help was read.
+fn subcommand_flags(subcommand: &str, expected: &[&str]) -> BTreeSet<String> {
     let output = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
-        .args(["serve", "--help"])
+        .args([subcommand, "--help"])
         .env_clear()
         .output()
-        .expect("run kubelet-guard serve --help");
-    assert!(output.status.success(), "serve --help failed: {output:?}");
+        .unwrap_or_else(|e| panic!("run kubelet-guard {subcommand} --help: {e}"));
+    assert!(
+        output.status.success(),
+        "{subcommand} --help failed: {output:?}"
+    );
     let help = String::from_utf8(output.stdout).unwrap();
     let flags: BTreeSet<String> = help
         .lines()
@@ -114,18 +155,32 @@ fn serve_flags() -> BTreeSet<String> {
         })
         .collect();
     assert!(
-        flags.contains("--listen") && flags.contains("--upstream"),
-        "could not read the flags of `serve --help`:\n{help}"
+        expected.iter().all(|flag| flags.contains(*flag)),
+        "could not read the flags of `{subcommand} --help` (expected {expected:?}):\n{help}"
     );
     flags
 }
 
-/// The flags among `args` (after the `serve` subcommand) that `serve` does not know, and args
-/// that are not in the `--flag=value` form the manifests use throughout.
+/// Long flag names listed by `kubelet-guard serve --help`.
+fn serve_flags() -> BTreeSet<String> {
+    subcommand_flags("serve", &["--listen", "--upstream", "--node-pki-dir"])
+}
+
+/// Long flag names listed by `kubelet-guard node-pki --help` (the init container).
+fn node_pki_flags() -> BTreeSet<String> {
+    subcommand_flags("node-pki", &["--dir", "--node-name"])
+}
+
+/// The flags among `args` (after the `serve` or `node-pki` subcommand) that the subcommand does
+/// not know, and args that are not in the `--flag=value` form the manifests use throughout.
 fn unknown_flags(args: &[&str], known: &BTreeSet<String>) -> Vec<String> {
+    let subcommand = match args.first().copied() {
+        Some("node-pki") => "node-pki",
+        _ => "serve",
+    };
     let mut problems = Vec::new();
     for arg in args {
-        if *arg == "serve" {
+        if *arg == "serve" || *arg == "node-pki" {
             continue;
         }
         if !arg.starts_with("--") {
@@ -137,7 +192,7 @@ fn unknown_flags(args: &[&str], known: &BTreeSet<String>) -> Vec<String> {
         let flag = arg.split('=').next().unwrap_or(arg);
         if !known.contains(flag) {
             problems.push(format!(
-                "{flag} (in {arg:?}) is not a flag of `kubelet-guard serve --help`"
+                "{flag} (in {arg:?}) is not a flag of `kubelet-guard {subcommand} --help`"
             ));
         }
     }
@@ -167,8 +222,58 @@ fn containers(pod: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// The subcommand each container of `pod[key]` runs (its first argument).
+fn subcommands<'a>(pod: &'a Value, key: &str) -> Vec<&'a str> {
+    pod[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["args"][0].as_str().unwrap_or(""))
+        .collect()
+}
+
+/// The volume of `volumes` that holds `path` inside `container`, if any (the longest mount path
+/// that contains it).
+fn volume_of<'a>(container: &Value, volumes: &'a [Value], path: &str) -> Option<&'a Value> {
+    let mount = container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .filter(|m| {
+            m["mountPath"].as_str().is_some_and(|mp| {
+                path == mp || path.starts_with(&format!("{}/", mp.trim_end_matches('/')))
+            })
+        })
+        .max_by_key(|m| m["mountPath"].as_str().map_or(0, str::len))?;
+    volumes.iter().find(|v| v["name"] == mount["name"])
+}
+
+/// Whether `container` mounts the node PKI directory from the host at its own path, read-write.
+fn mounts_node_pki_read_write(container: &Value, volumes: &[Value]) -> bool {
+    let from_host = volume_of(container, volumes, NODE_PKI_DIR)
+        .is_some_and(|v| v["hostPath"]["path"] == json!(NODE_PKI_DIR));
+    let read_write = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| m["mountPath"] == json!(NODE_PKI_DIR) && m["readOnly"] != json!(true));
+    from_host && read_write
+}
+
+/// Whether `container` sets `var` from the downward API field `field`.
+fn downward_env(container: &Value, var: &str, field: &str) -> bool {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == json!(var) && e["valueFrom"]["fieldRef"]["fieldPath"] == json!(field))
+}
+
 /// Every invariant of the guard's DaemonSet; an empty list when it holds them all.
-fn check_daemonset(ds: &Value, known: &BTreeSet<String>) -> Vec<String> {
+fn check_daemonset(
+    ds: &Value,
+    serve_known: &BTreeSet<String>,
+    node_pki_known: &BTreeSet<String>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut fail = |message: String| problems.push(message);
     let pod = &ds["spec"]["template"]["spec"];
@@ -212,7 +317,70 @@ fn check_daemonset(ds: &Value, known: &BTreeSet<String>) -> Vec<String> {
     let pod_seccomp = &pod["securityContext"]["seccompProfile"]["type"];
 
     let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
-    let volume = |name: &str| volumes.iter().find(|v| v["name"] == json!(name)).cloned();
+    // No Secret: each node's guard has its own credential (node-pki); nothing is shared by every
+    // node. No host directory but the node PKI: the kubelet's files are mounted one by one, so no
+    // volume can expose a node credential kept next to them.
+    for v in &volumes {
+        let vname = v["name"].as_str().unwrap_or("?");
+        let secret_source = v["projected"]["sources"]
+            .as_array()
+            .is_some_and(|sources| sources.iter().any(|s| s.get("secret").is_some()));
+        if v.get("secret").is_some() || secret_source {
+            fail(format!(
+                "volume {vname}: a Secret volume; the guard's upstream credential is its node's \
+                 own (node-pki), never one Secret shared by every node"
+            ));
+        }
+        let Some(path) = v["hostPath"]["path"].as_str() else {
+            continue;
+        };
+        let host_type = v["hostPath"]["type"].as_str().unwrap_or("");
+        if path == NODE_PKI_DIR {
+            if host_type != "DirectoryOrCreate" {
+                fail(format!(
+                    "volume {vname}: hostPath {NODE_PKI_DIR} must be type DirectoryOrCreate"
+                ));
+            }
+            continue;
+        }
+        for credential in HOST_CREDENTIALS {
+            let parent = format!("{}/", path.trim_end_matches('/'));
+            if credential == path || credential.starts_with(&parent) {
+                fail(format!(
+                    "volume {vname}: hostPath {path} exposes {credential}; mount single files \
+                     (never the whole /var/lib/kubelet/pki or /etc/kubernetes)"
+                ));
+            }
+        }
+        if host_type != "File" {
+            fail(format!(
+                "volume {vname}: hostPath {path} must be type File (one file); only \
+                 {NODE_PKI_DIR} is a directory, found type {host_type:?}"
+            ));
+        }
+    }
+    let node_pki_volume = volumes
+        .iter()
+        .any(|v| v["hostPath"]["path"] == json!(NODE_PKI_DIR));
+    if !node_pki_volume {
+        fail(format!(
+            "no hostPath volume for the node PKI directory {NODE_PKI_DIR}"
+        ));
+    }
+    // The node's CA and the guard's certificate exist before the guard starts.
+    let init = subcommands(pod, "initContainers");
+    if init != ["node-pki"] {
+        fail(format!(
+            "initContainers must be one container running `node-pki` (the node's CA and the \
+             guard's certificate), found {init:?}"
+        ));
+    }
+    let main = subcommands(pod, "containers");
+    if main != ["serve"] {
+        fail(format!(
+            "containers must be one container running `serve`, found {main:?}"
+        ));
+    }
 
     let all = containers(pod);
     if all.is_empty() {
@@ -253,138 +421,192 @@ fn check_daemonset(ds: &Value, known: &BTreeSet<String>) -> Vec<String> {
             }
         }
 
-        let mounts = container["volumeMounts"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        for mount in &mounts {
-            let is_host_path = mount["name"]
-                .as_str()
-                .and_then(&volume)
-                .is_some_and(|v| v.get("hostPath").is_some());
-            if is_host_path && mount["readOnly"] != json!(true) {
+        // Host paths are read-only, but for the node PKI directory, which node-pki and the
+        // guard's renewal write.
+        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+            let host_path = volumes
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .and_then(|v| v["hostPath"]["path"].as_str());
+            let Some(host_path) = host_path else {
+                continue;
+            };
+            if host_path != NODE_PKI_DIR && mount["readOnly"] != json!(true) {
                 fail(format!(
                     "hostPath mount {} must be readOnly",
                     mount["mountPath"]
                 ));
             }
         }
-        // The volume that holds a path, if any.
-        let volume_of = |path: &str| {
-            mounts
-                .iter()
-                .filter(|m| {
-                    m["mountPath"].as_str().is_some_and(|mp| {
-                        path == mp || path.starts_with(&format!("{}/", mp.trim_end_matches('/')))
-                    })
-                })
-                .max_by_key(|m| m["mountPath"].as_str().map_or(0, str::len))
-                .and_then(|m| m["name"].as_str())
-                .and_then(&volume)
-        };
 
-        let env = container["env"].as_array().cloned().unwrap_or_default();
-        for (var, field) in [("NODE_NAME", "spec.nodeName"), ("NODE_IP", "status.hostIP")] {
-            let ok = env.iter().any(|e| {
-                e["name"] == json!(var) && e["valueFrom"]["fieldRef"]["fieldPath"] == json!(field)
-            });
-            if !ok {
-                fail(format!(
-                    "env {var} must come from the downward API ({field})"
-                ));
-            }
+        if !downward_env(container, "NODE_NAME", "spec.nodeName") {
+            fail("env NODE_NAME must come from the downward API (spec.nodeName)".into());
         }
 
         let args = str_list(&container["args"]);
-        if args.first() != Some(&"serve") {
-            fail("args must start with the `serve` subcommand".into());
-        }
+        let subcommand_problems = match args.first().copied() {
+            Some("serve") => check_serve(container, &volumes, &args, serve_known),
+            Some("node-pki") => check_node_pki(container, &volumes, &args, node_pki_known),
+            _ => vec![
+                "args must start with the `serve` subcommand (or `node-pki`, for the init \
+                 container)"
+                    .to_owned(),
+            ],
+        };
         problems.extend(
-            unknown_flags(&args, known)
+            subcommand_problems
                 .into_iter()
                 .map(|p| format!("container {cname}: {p}")),
         );
-        let mut fail = |message: String| problems.push(format!("container {cname}: {message}"));
-        let expect = [
-            ("--listen", "$(NODE_IP):10250"),
-            ("--upstream", "https://127.0.0.1:10250"),
-            ("--upstream-server-name", "$(NODE_NAME)"),
-            ("--node-name", "$(NODE_NAME)"),
-        ];
-        for (flag, value) in expect {
-            if flag_value(&args, flag) != Some(value) {
-                fail(format!("args must contain {flag}={value}"));
-            }
-        }
-        // Every file a flag names lies on a mounted volume (catches a path typo on either side).
-        for arg in &args {
-            let Some((flag, path)) = arg.split_once('=') else {
-                continue;
-            };
-            if (flag.ends_with("-file") || flag == "--kubeconfig") && volume_of(path).is_none() {
-                fail(format!("{flag}={path} is on no volume mount"));
-            }
-        }
-        for flag in ["--tls-cert-file", "--tls-private-key-file"] {
-            let from_host = flag_value(&args, flag)
-                .and_then(&volume_of)
-                .is_some_and(|v| v.get("hostPath").is_some());
-            if !from_host {
-                fail(format!(
-                    "{flag} must be the kubelet's file, from a hostPath mount"
-                ));
-            }
-        }
-        for flag in ["--upstream-client-cert-file", "--upstream-client-key-file"] {
-            let from_secret = flag_value(&args, flag)
-                .and_then(&volume_of)
-                .is_some_and(|v| v.get("secret").is_some());
-            if !from_secret {
-                fail(format!("{flag} must come from a Secret volume"));
-            }
-        }
+    }
+    problems
+}
 
-        // Probes on the admin listener (--metrics-listen), which must be reachable by the
-        // kubelet's prober: with hostNetwork, the pod IP is the node IP.
-        let metrics_listen = flag_value(&args, "--metrics-listen").unwrap_or("127.0.0.1:9250");
-        let admin_port = port_of(metrics_listen);
-        let probe_host_ok = |probe: &Value| {
-            let host = probe["httpGet"]["host"].as_str();
-            match metrics_listen.rsplit_once(':').map(|(h, _)| h) {
-                Some("$(NODE_IP)" | "0.0.0.0" | "[::]") => host.is_none(),
-                Some("127.0.0.1") => host == Some("127.0.0.1"),
-                _ => false,
-            }
-        };
-        let ports = container["ports"].as_array().cloned().unwrap_or_default();
-        for (probe_key, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-            let probe = &container[probe_key];
-            if probe["httpGet"]["path"] != json!(path) {
-                fail(format!("{probe_key} must be an httpGet of {path}"));
-                continue;
-            }
-            let port = match &probe["httpGet"]["port"] {
-                Value::Number(n) => n.as_u64(),
-                Value::String(named) => ports
-                    .iter()
-                    .find(|p| p["name"] == json!(named))
-                    .and_then(|p| p["containerPort"].as_u64()),
-                _ => None,
-            };
-            if port.is_none() || port != admin_port {
-                fail(format!(
-                    "{probe_key} must probe the admin port of --metrics-listen={metrics_listen}"
-                ));
-            }
-            if probe["httpGet"]["scheme"].as_str().unwrap_or("HTTP") != "HTTP" {
-                fail(format!("{probe_key}: the admin listener is plain HTTP"));
-            }
-            if !probe_host_ok(probe) {
-                fail(format!(
-                    "{probe_key} cannot reach --metrics-listen={metrics_listen}"
-                ));
-            }
+/// The invariants of the guard's own container, `serve`.
+fn check_serve(
+    container: &Value,
+    volumes: &[Value],
+    args: &[&str],
+    known: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut problems = unknown_flags(args, known);
+    let mut fail = |message: String| problems.push(message);
+
+    if !downward_env(container, "NODE_IP", "status.hostIP") {
+        fail("env NODE_IP must come from the downward API (status.hostIP)".into());
+    }
+    let expect = [
+        ("--listen", "$(NODE_IP):10250"),
+        ("--upstream", "https://127.0.0.1:10250"),
+        ("--upstream-server-name", "$(NODE_NAME)"),
+        ("--node-name", "$(NODE_NAME)"),
+        ("--node-pki-dir", NODE_PKI_DIR),
+    ];
+    for (flag, value) in expect {
+        if flag_value(args, flag) != Some(value) {
+            fail(format!("args must contain {flag}={value}"));
         }
+    }
+    // clap refuses a flag given twice, so an overlay must replace a base argument, not add a
+    // second one.
+    let mut seen = BTreeSet::new();
+    for arg in args.iter().skip(1) {
+        let flag = arg.split('=').next().unwrap_or(arg);
+        if !seen.insert(flag) {
+            fail(format!(
+                "{flag} is given more than once (replace the base's argument instead)"
+            ));
+        }
+    }
+    // Every file a flag names lies on a mounted volume (catches a path typo on either side).
+    for arg in args {
+        let Some((flag, path)) = arg.split_once('=') else {
+            continue;
+        };
+        if (flag.ends_with("-file") || flag.ends_with("-dir") || flag == "--kubeconfig")
+            && volume_of(container, volumes, path).is_none()
+        {
+            fail(format!("{flag}={path} is on no volume mount"));
+        }
+    }
+    for flag in ["--tls-cert-file", "--tls-private-key-file"] {
+        let from_host = flag_value(args, flag)
+            .and_then(|path| volume_of(container, volumes, path))
+            .is_some_and(|v| v.get("hostPath").is_some());
+        if !from_host {
+            fail(format!(
+                "{flag} must be the kubelet's file, from a hostPath mount"
+            ));
+        }
+    }
+    // The upstream credential is the node's own, from the node PKI; nothing shared by every node.
+    for flag in SHARED_UPSTREAM_FLAGS {
+        if flag_value(args, flag).is_some() {
+            fail(format!(
+                "{flag} must not be set: the guard calls its kubelet with its node's own \
+                 certificate (--node-pki-dir)"
+            ));
+        }
+    }
+    if !mounts_node_pki_read_write(container, volumes) {
+        fail(format!(
+            "must mount {NODE_PKI_DIR} read-write from the host (the guard renews its \
+             certificate there)"
+        ));
+    }
+    let lockdown: Vec<&str> = args
+        .iter()
+        .filter_map(|arg| arg.strip_prefix("--kubelet-lockdown="))
+        .collect();
+    if !matches!(lockdown.as_slice(), ["warn" | "require"]) {
+        fail(format!(
+            "args must contain --kubelet-lockdown=warn or =require once, found {lockdown:?}"
+        ));
+    }
+
+    // Probes on the admin listener (--metrics-listen), which must be reachable by the
+    // kubelet's prober: with hostNetwork, the pod IP is the node IP.
+    let metrics_listen = flag_value(args, "--metrics-listen").unwrap_or("127.0.0.1:9250");
+    let admin_port = port_of(metrics_listen);
+    let probe_host_ok = |probe: &Value| {
+        let host = probe["httpGet"]["host"].as_str();
+        match metrics_listen.rsplit_once(':').map(|(h, _)| h) {
+            Some("$(NODE_IP)" | "0.0.0.0" | "[::]") => host.is_none(),
+            Some("127.0.0.1") => host == Some("127.0.0.1"),
+            _ => false,
+        }
+    };
+    let ports = container["ports"].as_array().cloned().unwrap_or_default();
+    for (probe_key, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let probe = &container[probe_key];
+        if probe["httpGet"]["path"] != json!(path) {
+            fail(format!("{probe_key} must be an httpGet of {path}"));
+            continue;
+        }
+        let port = match &probe["httpGet"]["port"] {
+            Value::Number(n) => n.as_u64(),
+            Value::String(named) => ports
+                .iter()
+                .find(|p| p["name"] == json!(named))
+                .and_then(|p| p["containerPort"].as_u64()),
+            _ => None,
+        };
+        if port.is_none() || port != admin_port {
+            fail(format!(
+                "{probe_key} must probe the admin port of --metrics-listen={metrics_listen}"
+            ));
+        }
+        if probe["httpGet"]["scheme"].as_str().unwrap_or("HTTP") != "HTTP" {
+            fail(format!("{probe_key}: the admin listener is plain HTTP"));
+        }
+        if !probe_host_ok(probe) {
+            fail(format!(
+                "{probe_key} cannot reach --metrics-listen={metrics_listen}"
+            ));
+        }
+    }
+    problems
+}
+
+/// The invariants of the init container, `node-pki`: it writes the node PKI directory the guard
+/// reads, for the node it runs on.
+fn check_node_pki(
+    container: &Value,
+    volumes: &[Value],
+    args: &[&str],
+    known: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut problems = unknown_flags(args, known);
+    let mut fail = |message: String| problems.push(message);
+    for (flag, value) in [("--dir", NODE_PKI_DIR), ("--node-name", "$(NODE_NAME)")] {
+        if flag_value(args, flag) != Some(value) {
+            fail(format!("args must contain {flag}={value}"));
+        }
+    }
+    if !mounts_node_pki_read_write(container, volumes) {
+        fail(format!(
+            "must mount {NODE_PKI_DIR} read-write from the host (it writes the node's CA there)"
+        ));
     }
     problems
 }
@@ -421,8 +643,8 @@ fn broad_rules(role: &Value) -> Vec<String> {
     problems
 }
 
-/// The base's RBAC: the service account bound to system:auth-delegator only, the upstream
-/// identity (User kubelet-guard) to system:kubelet-api-admin only, and no role granting more.
+/// The base's RBAC: the service account bound to system:auth-delegator only, the node identities'
+/// group (kubelet-guard:nodes) to system:kubelet-api-admin only, and no role granting more.
 fn check_base_rbac(docs: &[Value]) -> Vec<String> {
     let mut problems = Vec::new();
     for role in of_kind(docs, "ClusterRole")
@@ -436,23 +658,27 @@ fn check_base_rbac(docs: &[Value]) -> Vec<String> {
             && s["name"] == json!("kubelet-guard")
             && s["namespace"] == json!(NAMESPACE)
     };
-    let is_upstream_user =
-        |s: &Value| s["kind"] == json!("User") && s["name"] == json!("kubelet-guard");
+    // A group, not a user: one binding for every node's own identity (kubelet-guard:node:<node>).
+    let is_node_group = |s: &Value| {
+        s["kind"] == json!("Group")
+            && s["name"] == json!(NODE_GROUP)
+            && s["apiGroup"] == json!("rbac.authorization.k8s.io")
+    };
 
     let bindings: Vec<&Value> = of_kind(docs, "ClusterRoleBinding")
         .into_iter()
         .chain(of_kind(docs, "RoleBinding"))
         .collect();
     let mut sa_roles = Vec::new();
-    let mut user_roles = Vec::new();
+    let mut group_roles = Vec::new();
     for binding in &bindings {
         let role = binding["roleRef"]["name"].as_str().unwrap_or("");
         let subjects = binding["subjects"].as_array().cloned().unwrap_or_default();
         for subject in &subjects {
             if is_guard_sa(subject) {
                 sa_roles.push(role.to_owned());
-            } else if is_upstream_user(subject) {
-                user_roles.push(role.to_owned());
+            } else if is_node_group(subject) {
+                group_roles.push(role.to_owned());
             } else {
                 problems.push(format!(
                     "{} {}: unexpected subject {subject}",
@@ -475,10 +701,10 @@ fn check_base_rbac(docs: &[Value]) -> Vec<String> {
              only (TokenReview and SubjectAccessReview create), found {sa_roles:?}"
         ));
     }
-    if user_roles != ["system:kubelet-api-admin"] {
+    if group_roles != ["system:kubelet-api-admin"] {
         problems.push(format!(
-            "the upstream identity (User kubelet-guard) must be bound to \
-             system:kubelet-api-admin only, found {user_roles:?}"
+            "the node identities' group ({NODE_GROUP}) must be bound to system:kubelet-api-admin \
+             only, found {group_roles:?}"
         ));
     }
     let service_accounts: Vec<&str> = of_kind(docs, "ServiceAccount")
@@ -493,12 +719,104 @@ fn check_base_rbac(docs: &[Value]) -> Vec<String> {
     problems
 }
 
+/// Problems of a document that must be a Secret-free manifest: a Secret, or a kustomization that
+/// generates one.
+fn secret_problems(doc: &Value, origin: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if kind(doc) == "Secret" {
+        problems.push(format!(
+            "{origin}: Secret {}: no credential is shared by every node",
+            name(doc)
+        ));
+    }
+    if doc.get("secretGenerator").is_some() {
+        problems.push(format!(
+            "{origin}: a secretGenerator: no credential is shared by every node"
+        ));
+    }
+    problems
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kubelet's side (deploy/kubelet/)
+
+/// What a KubeletConfiguration (or nodeadm's `spec.kubelet.config`) must set to lock the kubelet
+/// to its guard.
+fn lock_problems(config: &Value) -> Vec<String> {
+    let want = [
+        ("/address", json!("127.0.0.1")),
+        ("/readOnlyPort", json!(0)),
+        (
+            "/authentication/x509/clientCAFile",
+            json!(format!("{NODE_PKI_DIR}/ca.crt")),
+        ),
+        ("/authentication/webhook/enabled", json!(false)),
+        ("/authentication/anonymous/enabled", json!(false)),
+        ("/authorization/mode", json!("Webhook")),
+    ];
+    want.iter()
+        .filter(|(pointer, value)| config.pointer(pointer) != Some(value))
+        .map(|(pointer, value)| {
+            format!(
+                "{pointer} must be {value}, found {}",
+                config
+                    .pointer(pointer)
+                    .map_or_else(|| "nothing".to_owned(), Value::to_string)
+            )
+        })
+        .collect()
+}
+
+/// A kubelet drop-in or configuration file needs both, or the kubelet refuses it.
+fn kubelet_configuration_problems(doc: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    if doc["apiVersion"] != json!("kubelet.config.k8s.io/v1beta1") {
+        problems.push("apiVersion must be kubelet.config.k8s.io/v1beta1".to_owned());
+    }
+    if kind(doc) != "KubeletConfiguration" {
+        problems.push("kind must be KubeletConfiguration".to_owned());
+    }
+    problems
+}
+
+/// The JSON-patch operations of an overlay's own patches (strategic-merge patches are skipped).
+fn overlay_patch_ops(overlay: &str) -> Vec<Value> {
+    let path = deploy_dir()
+        .join("overlays")
+        .join(overlay)
+        .join("kustomization.yaml");
+    let kustomization = &load(&path)[0];
+    let mut ops = Vec::new();
+    for patch in kustomization["patches"].as_array().into_iter().flatten() {
+        let Some(text) = patch["patch"].as_str() else {
+            continue;
+        };
+        for doc in parse_stream(text, &path.display().to_string()) {
+            ops.extend(doc.as_array().into_iter().flatten().cloned());
+        }
+    }
+    ops
+}
+
+/// The base DaemonSet's pod spec.
+fn base_pod() -> Value {
+    let docs = load_dir(&deploy_dir().join("base"));
+    let daemonsets = of_kind(&docs, "DaemonSet");
+    assert_eq!(daemonsets.len(), 1, "deploy/base has one DaemonSet");
+    daemonsets[0]["spec"]["template"]["spec"].clone()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Static checks of the files
 
 #[test]
 fn every_yaml_file_under_deploy_parses_into_kubernetes_documents() {
-    let files = yaml_files(&deploy_dir());
+    // deploy/kubelet/ holds node-side files (K3s and RKE2 configuration has no apiVersion):
+    // the_kubelet_snippets_lock_the_kubelet_to_its_node_ca checks those.
+    let files: Vec<PathBuf> = yaml_files(&deploy_dir())
+        .into_iter()
+        .filter(|file| !is_node_side(file))
+        .collect();
     assert!(
         files.len() >= 8,
         "too few YAML files under deploy/: {files:?}"
@@ -554,7 +872,7 @@ fn the_base_daemonset_keeps_its_invariants() {
     let ds = daemonsets[0];
     assert_no_problems(
         "deploy/base DaemonSet",
-        &check_daemonset(ds, &serve_flags()),
+        &check_daemonset(ds, &serve_flags(), &node_pki_flags()),
     );
 
     // Namespaced objects are in the guard's namespace, and the pod runs as the bound account.
@@ -644,35 +962,297 @@ fn agent_roles_are_read_only_and_never_need_nodes_proxy() {
     assert_no_problems("deploy/agents", &problems);
 }
 
-/// The flags the overlays add (JSON patches on the DaemonSet's args) are flags `serve` knows.
 #[test]
-fn every_flag_in_base_and_overlays_is_a_flag_of_serve() {
-    let known = serve_flags();
-    let mut args: Vec<String> = Vec::new();
+fn no_secret_and_no_shared_upstream_credential_anywhere_in_deploy() {
+    let mut problems = Vec::new();
+    for file in yaml_files(&deploy_dir()) {
+        if is_node_side(&file) {
+            continue;
+        }
+        let origin = file.display().to_string();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for needle in SHARED_UPSTREAM_FLAGS
+            .iter()
+            .copied()
+            .chain(["kubelet-guard-upstream"])
+        {
+            if text.contains(needle) {
+                problems.push(format!(
+                    "{origin}: mentions {needle}, the credential every node used to share"
+                ));
+            }
+        }
+        for doc in load(&file) {
+            problems.extend(secret_problems(&doc, &origin));
+        }
+    }
+    assert_no_problems("deploy/ credentials", &problems);
+}
+
+#[test]
+fn the_guard_mounts_the_kubelets_serving_pair_never_its_pki_directory() {
+    let pod = base_pod();
+    let host_paths: BTreeSet<&str> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    let kubelet_paths: BTreeSet<&str> = host_paths
+        .iter()
+        .copied()
+        .filter(|p| *p == "/var/lib/kubelet" || p.starts_with("/var/lib/kubelet/"))
+        .collect();
+    assert_eq!(
+        kubelet_paths,
+        BTreeSet::from([
+            "/var/lib/kubelet/pki/kubelet.crt",
+            "/var/lib/kubelet/pki/kubelet.key"
+        ]),
+        "from /var/lib/kubelet the guard mounts its serving certificate and key, one file each \
+         (the directory also holds kubelet-client-current.pem, the node's own API-server \
+         credential)"
+    );
+    for path in &host_paths {
+        assert!(
+            !"/var/lib/kubelet/pki/kubelet-client-current.pem"
+                .starts_with(&format!("{}/", path.trim_end_matches('/'))),
+            "hostPath {path} exposes the node's API-server credential"
+        );
+    }
+}
+
+#[test]
+fn the_node_pki_init_container_prepares_what_serve_uses() {
+    let pod = base_pod();
+    let init = pod["initContainers"].as_array().expect("initContainers");
+    assert_eq!(init.len(), 1, "one init container, node-pki");
+    let dir_arg = format!("--dir={NODE_PKI_DIR}");
+    assert_eq!(
+        str_list(&init[0]["args"]),
+        ["node-pki", dir_arg.as_str(), "--node-name=$(NODE_NAME)"],
+        "node-pki creates the node's CA and the guard's certificate in {NODE_PKI_DIR}"
+    );
+    let serve_args = str_list(&pod["containers"][0]["args"]);
+    assert_eq!(serve_args.first(), Some(&"serve"));
+    assert_eq!(
+        flag_value(&serve_args, "--node-pki-dir"),
+        Some(NODE_PKI_DIR),
+        "serve takes its upstream certificate from the directory node-pki writes"
+    );
+    let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+    for container in [&init[0], &pod["containers"][0]] {
+        assert!(
+            mounts_node_pki_read_write(container, &volumes),
+            "container {} mounts {NODE_PKI_DIR} read-write from the host",
+            container["name"]
+        );
+    }
+    let node_pki = volumes
+        .iter()
+        .find(|v| v["hostPath"]["path"] == json!(NODE_PKI_DIR))
+        .expect("a hostPath volume for the node PKI");
+    assert_eq!(node_pki["hostPath"]["type"], json!("DirectoryOrCreate"));
+}
+
+#[test]
+fn the_node_identities_are_bound_by_their_group_to_kubelet_api_admin() {
+    let docs = load_dir(&deploy_dir().join("base"));
+    let bindings: Vec<&Value> = of_kind(&docs, "ClusterRoleBinding")
+        .into_iter()
+        .filter(|b| b["roleRef"]["name"] == json!("system:kubelet-api-admin"))
+        .collect();
+    assert_eq!(bindings.len(), 1, "one binding to system:kubelet-api-admin");
+    assert_eq!(bindings[0]["roleRef"]["kind"], json!("ClusterRole"));
+    assert_eq!(
+        bindings[0]["subjects"],
+        json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": NODE_GROUP}]),
+        "the GROUP of every node's guard certificate, not a user shared by all nodes"
+    );
+}
+
+#[test]
+fn strict_requires_the_kubelet_lockdown_and_the_other_overlays_keep_the_base_warn() {
+    let pod = base_pod();
+    let base_args = str_list(&pod["containers"][0]["args"]);
+    let base_lockdown: Vec<&str> = base_args
+        .iter()
+        .copied()
+        .filter(|arg| arg.starts_with("--kubelet-lockdown="))
+        .collect();
+    assert_eq!(base_lockdown, ["--kubelet-lockdown=warn"], "the base warns");
+    let args_prefix = "/spec/template/spec/containers/0/args/";
+    for overlay in OVERLAYS {
+        let ops = overlay_patch_ops(overlay);
+        let lockdown_ops: Vec<&Value> = ops
+            .iter()
+            .filter(|op| {
+                op["value"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("--kubelet-lockdown="))
+            })
+            .collect();
+        if overlay != "strict" {
+            assert!(
+                lockdown_ops.is_empty(),
+                "{overlay} keeps the base's --kubelet-lockdown=warn: {lockdown_ops:?}"
+            );
+            continue;
+        }
+        // serve takes a flag once: strict replaces the base's argument, at its index, guarded by
+        // a `test` op so that kustomize fails instead of patching another argument.
+        assert!(
+            !lockdown_ops.iter().any(|op| op["op"] == json!("add")),
+            "strict must replace --kubelet-lockdown, not add a second one: {lockdown_ops:?}"
+        );
+        let replace = lockdown_ops
+            .iter()
+            .find(|op| op["op"] == json!("replace"))
+            .expect("strict replaces --kubelet-lockdown=warn");
+        assert_eq!(replace["value"], json!("--kubelet-lockdown=require"));
+        let path = replace["path"].as_str().unwrap();
+        let index: usize = path
+            .strip_prefix(args_prefix)
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("strict replaces an argument of the guard: {path}"));
+        assert_eq!(
+            base_args.get(index),
+            Some(&"--kubelet-lockdown=warn"),
+            "strict's replace at {path} must hit the base's --kubelet-lockdown=warn"
+        );
+        assert!(
+            lockdown_ops.iter().any(|op| op["op"] == json!("test")
+                && op["path"] == json!(path)
+                && op["value"] == json!("--kubelet-lockdown=warn")),
+            "strict guards its replace with a `test` op on {path}"
+        );
+    }
+}
+
+#[test]
+fn the_kubelet_snippets_lock_the_kubelet_to_its_node_ca() {
+    let dir = deploy_dir().join("kubelet");
+    let mut problems = Vec::new();
+    let mut report = |file: &str, found: Vec<String>| {
+        problems.extend(found.into_iter().map(|p| format!("{file}: {p}")));
+    };
+
+    // kubeadm's config.yaml fields and the drop-in for --config-dir.
+    for file in ["90-kubelet-guard.conf", "kubeadm-kubelet-config.yaml"] {
+        let config = load_one(&dir.join(file));
+        report(file, kubelet_configuration_problems(&config));
+        report(file, lock_problems(&config));
+    }
+    // The observe phase's drop-in turns token authentication back on, and nothing else.
+    let file = "95-kubelet-guard-observe.conf";
+    let mut observe = load_one(&dir.join(file));
+    report(file, kubelet_configuration_problems(&observe));
+    if let Some(fields) = observe.as_object_mut() {
+        fields.remove("apiVersion");
+        fields.remove("kind");
+    }
+    if observe != json!({"authentication": {"webhook": {"enabled": true}}}) {
+        report(
+            file,
+            vec![format!(
+                "must set authentication.webhook.enabled: true and nothing else, found {observe}"
+            )],
+        );
+    }
+    // EKS on Amazon Linux 2023: nodeadm's NodeConfig.
+    let file = "eks-al2023-nodeconfig.yaml";
+    let node_config = load_one(&dir.join(file));
+    if node_config["apiVersion"] != json!("node.eks.aws/v1alpha1")
+        || kind(&node_config) != "NodeConfig"
+    {
+        report(
+            file,
+            vec!["must be a node.eks.aws/v1alpha1 NodeConfig".into()],
+        );
+    }
+    report(
+        file,
+        lock_problems(&node_config["spec"]["kubelet"]["config"]),
+    );
+
+    // K3s and RKE2: the same lock as kubelet arguments, the servers' egress mode, the observe
+    // phase's override.
+    let client_ca_arg = format!("client-ca-file={NODE_PKI_DIR}/ca.crt");
+    let lock_args: BTreeSet<String> = [
+        "address=127.0.0.1",
+        "read-only-port=0",
+        client_ca_arg.as_str(),
+        "authentication-token-webhook=false",
+        "anonymous-auth=false",
+        "authorization-mode=Webhook",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for distro in ["k3s", "rke2"] {
+        let file = format!("{distro}/90-kubelet-guard.yaml");
+        let main = load_one(&dir.join(&file));
+        let args: BTreeSet<String> = str_list(&main["kubelet-arg+"])
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if args != lock_args || main.as_object().map_or(0, |m| m.len()) != 1 {
+            report(
+                &file,
+                vec![format!(
+                    "must append exactly {lock_args:?} to kubelet-arg (kubelet-arg+), found {main}"
+                )],
+            );
+        }
+        let file = format!("{distro}/91-kubelet-guard-server.yaml");
+        let server = load_one(&dir.join(&file));
+        if server != json!({"egress-selector-mode": "disabled"}) {
+            report(
+                &file,
+                vec![format!(
+                    "must set egress-selector-mode: disabled and nothing else, found {server}"
+                )],
+            );
+        }
+        let file = format!("{distro}/95-kubelet-guard-observe.yaml");
+        let observe = load_one(&dir.join(&file));
+        if observe != json!({"kubelet-arg+": ["authentication-token-webhook=true"]}) {
+            report(
+                &file,
+                vec![format!(
+                    "must append authentication-token-webhook=true only, found {observe}"
+                )],
+            );
+        }
+    }
+    assert_no_problems("deploy/kubelet", &problems);
+}
+
+/// The flags the manifests pass are flags their subcommand knows: `serve` for the guard and the
+/// overlays' JSON patches on its args, `node-pki` for the init container.
+#[test]
+fn every_flag_in_base_and_overlays_is_a_flag_of_its_subcommand() {
+    let serve_known = serve_flags();
+    let node_pki_known = node_pki_flags();
+    let mut serve_args: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
     let base = load_dir(&deploy_dir().join("base"));
     for ds in of_kind(&base, "DaemonSet") {
         for container in containers(&ds["spec"]["template"]["spec"]) {
-            args.extend(str_list(&container["args"]).into_iter().map(str::to_owned));
+            let args = str_list(&container["args"]);
+            if args.first() == Some(&"node-pki") {
+                problems.extend(unknown_flags(&args, &node_pki_known));
+            } else {
+                serve_args.extend(args.into_iter().map(str::to_owned));
+            }
         }
     }
     let mut overlay_flags = 0;
     for overlay in OVERLAYS {
-        let path = deploy_dir()
-            .join("overlays")
-            .join(overlay)
-            .join("kustomization.yaml");
-        let kustomization = &load(&path)[0];
-        for patch in kustomization["patches"].as_array().into_iter().flatten() {
-            let Some(text) = patch["patch"].as_str() else {
-                continue;
-            };
-            for doc in parse_stream(text, &path.display().to_string()) {
-                for op in doc.as_array().into_iter().flatten() {
-                    if let Some(value) = op["value"].as_str().filter(|v| v.starts_with("--")) {
-                        args.push(value.to_owned());
-                        overlay_flags += 1;
-                    }
-                }
+        for op in overlay_patch_ops(overlay) {
+            if let Some(value) = op["value"].as_str().filter(|v| v.starts_with("--")) {
+                serve_args.push(value.to_owned());
+                overlay_flags += 1;
             }
         }
     }
@@ -680,8 +1260,9 @@ fn every_flag_in_base_and_overlays_is_a_flag_of_serve() {
         overlay_flags >= 3,
         "each overlay adds its flags by a JSON patch"
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_no_problems("flags in deploy/", &unknown_flags(&args, &known));
+    let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+    problems.extend(unknown_flags(&serve_args, &serve_known));
+    assert_no_problems("flags in deploy/", &problems);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,12 +1270,13 @@ fn every_flag_in_base_and_overlays_is_a_flag_of_serve() {
 
 #[test]
 fn the_checks_catch_a_broken_daemonset_a_typo_and_a_broad_role() {
-    let known = serve_flags();
+    let serve_known = serve_flags();
+    let node_pki_known = node_pki_flags();
     let docs = load_dir(&deploy_dir().join("base"));
     let good = of_kind(&docs, "DaemonSet")[0].clone();
-    assert!(check_daemonset(&good, &known).is_empty());
+    assert!(check_daemonset(&good, &serve_known, &node_pki_known).is_empty());
 
-    let mut bad = good;
+    let mut bad = good.clone();
     let pod = &mut bad["spec"]["template"]["spec"];
     pod["hostNetwork"] = json!(false);
     pod["tolerations"] =
@@ -709,7 +1291,7 @@ fn the_checks_catch_a_broken_daemonset_a_typo_and_a_broad_role() {
         .as_array_mut()
         .unwrap()
         .push(json!("--tls-cert-flie=/var/lib/kubelet/pki/kubelet.crt"));
-    let problems = check_daemonset(&bad, &known).join("\n");
+    let problems = check_daemonset(&bad, &serve_known, &node_pki_known).join("\n");
     for expected in [
         "hostNetwork",
         "tolerations",
@@ -719,6 +1301,39 @@ fn the_checks_catch_a_broken_daemonset_a_typo_and_a_broad_role() {
         "resources.limits.memory",
         "readinessProbe",
         "--tls-cert-flie",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "missed {expected}:\n{problems}"
+        );
+    }
+
+    // The shared credential and the whole kubelet PKI directory, as the guard once had them,
+    // without the node PKI, and a flag given twice.
+    let mut shared = good;
+    let pod = &mut shared["spec"]["template"]["spec"];
+    pod.as_object_mut().unwrap().remove("initContainers");
+    pod["volumes"].as_array_mut().unwrap().extend([
+        json!({"name": "kubelet-pki", "hostPath": {"path": "/var/lib/kubelet/pki", "type": "Directory"}}),
+        json!({"name": "upstream-client", "secret": {"secretName": "kubelet-guard-upstream"}}),
+    ]);
+    let container = &mut pod["containers"][0];
+    container["volumeMounts"].as_array_mut().unwrap().extend([
+        json!({"name": "kubelet-pki", "mountPath": "/var/lib/kubelet/pki", "readOnly": true}),
+        json!({"name": "upstream-client", "mountPath": "/etc/kubelet-guard/upstream", "readOnly": true}),
+    ]);
+    container["args"].as_array_mut().unwrap().extend([
+        json!("--upstream-client-cert-file=/etc/kubelet-guard/upstream/tls.crt"),
+        json!("--kubelet-lockdown=require"),
+    ]);
+    let problems = check_daemonset(&shared, &serve_known, &node_pki_known).join("\n");
+    for expected in [
+        "exposes /var/lib/kubelet/pki/kubelet-client-current.pem",
+        "must be type File",
+        "a Secret volume",
+        "--upstream-client-cert-file must not be set",
+        "initContainers must be one container running `node-pki`",
+        "--kubelet-lockdown is given more than once",
     ] {
         assert!(
             problems.contains(expected),
@@ -740,8 +1355,42 @@ fn the_checks_catch_a_broken_daemonset_a_typo_and_a_broad_role() {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
         "subjects": [{"kind": "ServiceAccount", "name": "kubelet-guard", "namespace": NAMESPACE}],
     }));
+    rbac.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "shared-upstream"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kubelet-guard"}],
+    }));
     let problems = check_base_rbac(&rbac).join("\n");
-    for expected in ["`*` in verbs", "grants nodes/proxy", "cluster-admin"] {
+    for expected in [
+        "`*` in verbs",
+        "grants nodes/proxy",
+        "cluster-admin",
+        "shared-upstream: unexpected subject",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "missed {expected}:\n{problems}"
+        );
+    }
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kubelet-guard-upstream"}});
+    assert!(!secret_problems(&secret, "test").is_empty());
+
+    let open = json!({
+        "address": "0.0.0.0",
+        "readOnlyPort": 10255,
+        "authentication": {"x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"}, "webhook": {"enabled": true}},
+        "authorization": {"mode": "Webhook"},
+    });
+    let problems = lock_problems(&open).join("\n");
+    for expected in [
+        "/address",
+        "/readOnlyPort",
+        "/authentication/x509/clientCAFile",
+        "/authentication/webhook/enabled",
+        "/authentication/anonymous/enabled",
+    ] {
         assert!(
             problems.contains(expected),
             "missed {expected}:\n{problems}"
@@ -774,7 +1423,8 @@ fn kustomize(dir: &Path) -> Option<Vec<Value>> {
 
 #[test]
 fn every_overlay_renders_with_kubectl_kustomize_and_keeps_the_invariants() {
-    let known = serve_flags();
+    let serve_known = serve_flags();
+    let node_pki_known = node_pki_flags();
     let mut dirs = vec![("base".to_owned(), deploy_dir().join("base"))];
     for overlay in OVERLAYS {
         dirs.push((
@@ -794,9 +1444,14 @@ fn every_overlay_renders_with_kubectl_kustomize_and_keeps_the_invariants() {
         let ds = daemonsets[0];
         assert_no_problems(
             &format!("{label}: rendered DaemonSet"),
-            &check_daemonset(ds, &known),
+            &check_daemonset(ds, &serve_known, &node_pki_known),
         );
         assert_no_problems(&format!("{label}: rendered RBAC"), &check_base_rbac(&docs));
+        let secrets: Vec<String> = docs
+            .iter()
+            .flat_map(|doc| secret_problems(doc, &label))
+            .collect();
+        assert_no_problems(&format!("{label}: rendered Secrets"), &secrets);
         for doc in &docs {
             if !matches!(
                 kind(doc),
@@ -818,15 +1473,26 @@ fn every_overlay_renders_with_kubectl_kustomize_and_keeps_the_invariants() {
             .filter_map(|a| a.strip_prefix("--mode="))
             .collect();
         let fallback = flag_value(&args, "--proxy-fallback");
-        let (want_modes, want_fallback): (&[&str], Option<&str>) = match label.as_str() {
-            "base" => (&[], None),
-            "observe" => (&["observe"], None),
-            "enforce" => (&["enforce"], None),
-            "strict" => (&["enforce"], Some("false")),
-            _ => unreachable!(),
-        };
+        let lockdown: Vec<&str> = args
+            .iter()
+            .filter_map(|a| a.strip_prefix("--kubelet-lockdown="))
+            .collect();
+        let (want_modes, want_fallback, want_lockdown): (&[&str], Option<&str>, &[&str]) =
+            match label.as_str() {
+                "base" => (&[], None, &["warn"]),
+                "observe" => (&["observe"], None, &["warn"]),
+                "enforce" => (&["enforce"], None, &["warn"]),
+                "strict" => (&["enforce"], Some("false"), &["require"]),
+                _ => unreachable!(),
+            };
         assert_eq!(modes, want_modes, "{label}: --mode");
         assert_eq!(fallback, want_fallback, "{label}: --proxy-fallback");
+        assert_eq!(lockdown, want_lockdown, "{label}: --kubelet-lockdown");
+        assert_eq!(
+            flag_value(&args, "--node-pki-dir"),
+            Some(NODE_PKI_DIR),
+            "{label}: --node-pki-dir"
+        );
         eprintln!("rendered {label}: {} objects, args {args:?}", docs.len());
     }
 }
