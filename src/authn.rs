@@ -38,8 +38,14 @@ pub struct Identity {
 pub enum PeerCertificate {
     /// No client certificate was presented.
     Absent,
-    /// A verified certificate naming this identity.
-    Identity(Arc<Identity>),
+    /// A verified certificate naming this identity, valid until `not_after`: Kubernetes checks a
+    /// certificate's dates on every request, not once per connection (or resumed session).
+    Identity {
+        /// Who the certificate names.
+        identity: Arc<Identity>,
+        /// When it expires.
+        not_after: std::time::SystemTime,
+    },
     /// A verified certificate that names no user.
     Unusable(String),
 }
@@ -56,6 +62,9 @@ pub enum AuthnError {
     /// The token was reviewed and is not valid.
     #[error("invalid bearer token")]
     InvalidToken,
+    /// The client certificate expired after the connection was made.
+    #[error("the client certificate has expired")]
+    ExpiredCertificate,
     /// The client certificate names no user.
     #[error("unusable client certificate: {0}")]
     UnusableCertificate(String),
@@ -81,6 +90,11 @@ impl Identity {
         }
     }
 
+    /// Whether this is the identity of a caller without credentials.
+    pub fn is_anonymous(&self) -> bool {
+        self.name == "system:anonymous"
+    }
+
     /// Adds `system:authenticated` unless it is already there.
     pub fn authenticated(mut self) -> Self {
         if !self.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
@@ -96,6 +110,11 @@ impl Authenticator {
         Self { tokens, anonymous }
     }
 
+    /// Forgets every cached token review (the token file changed).
+    pub fn forget(&self) {
+        self.tokens.forget();
+    }
+
     /// Decides who sent a request: the connection's certificate first, then the bearer token.
     pub async fn authenticate(
         &self,
@@ -103,7 +122,15 @@ impl Authenticator {
         headers: &HeaderMap,
     ) -> Result<Arc<Identity>, AuthnError> {
         match peer {
-            PeerCertificate::Identity(identity) => return Ok(Arc::clone(identity)),
+            PeerCertificate::Identity {
+                identity,
+                not_after,
+            } => {
+                if std::time::SystemTime::now() > *not_after {
+                    return Err(AuthnError::ExpiredCertificate);
+                }
+                return Ok(Arc::clone(identity));
+            }
             PeerCertificate::Unusable(why) => {
                 return Err(AuthnError::UnusableCertificate(why.clone()));
             }

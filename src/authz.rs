@@ -112,6 +112,11 @@ impl Authorizer {
         Self { cache }
     }
 
+    /// Forgets every cached decision (the policy they came from changed).
+    pub fn forget(&self) {
+        self.cache.forget();
+    }
+
     /// Reviews `checks` in order until one allows.
     pub async fn authorize(
         &self,

@@ -169,6 +169,20 @@ pub struct ServeArgs {
     /// Most caller connections open at once; a connection over it is closed at once.
     #[arg(long, env = "KUBELET_GUARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Most connections one source address may hold before a request on them authenticated.
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_MAX_UNAUTHENTICATED_CONNECTIONS_PER_SOURCE",
+        default_value_t = 256
+    )]
+    pub max_unauthenticated_connections_per_source: usize,
+    /// Largest request head (request line and headers) in bytes; larger ones get 431.
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_MAX_REQUEST_HEADER_BYTES",
+        default_value_t = 65_536
+    )]
+    pub max_request_header_bytes: usize,
     /// How long a caller may take to send a request's headers before its connection is closed.
     #[arg(long, env = "KUBELET_GUARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
@@ -222,6 +236,11 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// The smallest `--max-request-header-bytes`: hyper's smallest read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+/// The largest `--max-request-header-bytes`: the kubelet's own limit (Go's 1 MiB default).
+const MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// A validated node name: a non-empty lower-case RFC 1123 subdomain, as Kubernetes requires.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -279,6 +298,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// `--http2-max-streams`.
     pub http2_max_streams: u32,
+    /// `--max-unauthenticated-connections-per-source`.
+    pub unauthenticated_per_source: usize,
+    /// `--max-request-header-bytes`.
+    pub max_header_bytes: usize,
 }
 
 /// Files of the guard's own TLS endpoint.
@@ -473,6 +496,10 @@ impl ServeArgs {
         for (flag, count) in [
             ("--max-connections", self.max_connections),
             ("--http2-max-streams", self.http2_max_streams as usize),
+            (
+                "--max-unauthenticated-connections-per-source",
+                self.max_unauthenticated_connections_per_source,
+            ),
         ] {
             if count == 0 {
                 return Err(ConfigError::Invalid {
@@ -480,6 +507,14 @@ impl ServeArgs {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_request_header_bytes) {
+            return Err(ConfigError::Invalid {
+                flag: "--max-request-header-bytes",
+                message: format!(
+                    "must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} (the kubelet's 1 MiB)"
+                ),
+            });
         }
         Ok(Config {
             listen: self.listen,
@@ -523,6 +558,8 @@ impl ServeArgs {
                 header_read_timeout: self.header_read_timeout,
                 idle_timeout: self.idle_timeout,
                 http2_max_streams: self.http2_max_streams,
+                unauthenticated_per_source: self.max_unauthenticated_connections_per_source,
+                max_header_bytes: self.max_request_header_bytes,
             },
             shutdown_grace: self.shutdown_grace_period,
             node_pki_dir: self.node_pki_dir,

@@ -2,9 +2,11 @@
 //!
 //! - Header hygiene (RFC 9110 §7.6.1): hop-by-hop fields and the fields `Connection` names are
 //!   dropped both ways, and so is every inbound credential or identity header (`Authorization`,
-//!   `Proxy-Authorization`, `Impersonate-*`, `X-Remote-*`); for an upgrade, `Connection: Upgrade`
-//!   and the caller's `Upgrade` are put back. Everything else, and the request-target with its
-//!   query, goes through byte for byte.
+//!   `Proxy-Authorization`, `Impersonate-*`, `X-Remote-*`, a bearer token sent as a WebSocket
+//!   subprotocol) and every claim about the caller's address the guard cannot vouch for
+//!   (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Client-IP`); for an upgrade,
+//!   `Connection: Upgrade` and the caller's `Upgrade` are put back. Everything else, and the
+//!   request-target with its query, goes through byte for byte.
 //! - Bodies stream both ways; nothing is buffered.
 //! - Upgrades (RFC 9110 §7.8): the kubelet's 101 goes back unchanged, then the two upgraded
 //!   connections are spliced with `copy_bidirectional`, no per-frame work. The splice is tracked by
@@ -103,6 +105,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Claims about the caller's address and the request's way here: the guard does not vouch for them.
+const FORWARDING: [HeaderName; 3] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+];
+
+/// The prefix of a bearer token sent as a WebSocket subprotocol (Kubernetes' WebSocket protocol
+/// authenticator).
+const BEARER_SUBPROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
 
 /// Caller credentials and identity assertions the kubelet must never see from a caller.
 const CREDENTIALS: [HeaderName; 3] = [
@@ -223,6 +236,13 @@ impl Upstream {
             if let Some(authorization) = authorization {
                 headers.insert(header::AUTHORIZATION, authorization);
             }
+            // Observe mode: the caller's own credential, in whichever form it came, decides.
+            if credential == Credential::Caller {
+                headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+                for value in parts.headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+                    headers.append(header::SEC_WEBSOCKET_PROTOCOL, value.clone());
+                }
+            }
         }
         let outbound = outbound.body(body).map_err(|e| {
             ForwardError::Unreachable(format!("cannot build the upstream request: {e}"))
@@ -268,6 +288,19 @@ pub fn request_headers(inbound: &HeaderMap, upgrade: bool) -> HeaderMap {
     for name in identity {
         headers.remove(name);
     }
+    // What the guard did not see for itself, it does not pass on as if it vouched for it.
+    for name in FORWARDING {
+        headers.remove(name);
+    }
+    let forwarding: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarding {
+        headers.remove(name);
+    }
+    without_bearer_subprotocol(&mut headers);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         for value in inbound.get_all(header::UPGRADE) {
@@ -275,6 +308,33 @@ pub fn request_headers(inbound: &HeaderMap, upgrade: bool) -> HeaderMap {
         }
     }
     headers
+}
+
+/// Drops the bearer tokens a WebSocket caller may send as subprotocols
+/// (`base64url.bearer.authorization.k8s.io.<token>`), keeping the other subprotocols in order.
+fn without_bearer_subprotocol(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .cloned()
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    // A value that is not visible ASCII cannot be split safely: dropped whole, token or not.
+    let kept: Vec<&str> = values
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty() && !protocol.starts_with(BEARER_SUBPROTOCOL))
+        .collect();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
 }
 
 /// The headers sent back to the caller; a 101 keeps its `Connection` and `Upgrade`.
@@ -455,6 +515,51 @@ mod tests {
         let mut names: Vec<_> = outbound.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept", "x-custom"]);
+    }
+
+    #[test]
+    fn forwarding_claims_never_reach_the_kubelet() {
+        let inbound = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-client-cert", "Hash=x"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-client-ip", "10.0.0.1"),
+            ("accept", "*/*"),
+        ]);
+        let outbound = request_headers(&inbound, false);
+        assert_eq!(
+            outbound.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["accept"]
+        );
+    }
+
+    #[test]
+    fn a_bearer_token_subprotocol_is_dropped_and_the_others_keep_their_order() {
+        let inbound = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            (
+                "sec-websocket-protocol",
+                "base64url.bearer.authorization.k8s.io.c2VjcmV0, v5.channel.k8s.io",
+            ),
+            ("sec-websocket-protocol", "v4.channel.k8s.io"),
+        ]);
+        let outbound = request_headers(&inbound, true);
+        assert_eq!(
+            outbound
+                .get_all("sec-websocket-protocol")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["v5.channel.k8s.io, v4.channel.k8s.io"]
+        );
+        let only_token = map(&[(
+            "sec-websocket-protocol",
+            "base64url.bearer.authorization.k8s.io.c2VjcmV0",
+        )]);
+        assert!(!request_headers(&only_token, true).contains_key("sec-websocket-protocol"));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! pipeline consumes are defined by their consumer (`authn::token::TokenReviewer`,
 //! `authz::sar::AccessReviewer`); `apiserver` implements both against kube-apiserver.
 
+/// Connections admitted before their caller proved who it is: a cap per source address.
+pub mod admission;
 pub mod apiserver;
 /// The audit trail: `audit.k8s.io/v1` events and their sinks.
 pub mod audit;
@@ -195,7 +197,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         tokio::spawn(reload_files(
             watched,
-            metrics.clone(),
+            Arc::clone(&state),
             config.reload_interval,
             stop.clone(),
         )),
@@ -304,10 +306,11 @@ async fn connected(
     Ok(connected)
 }
 
-/// Polls every watched file each `interval` until shutdown, counting what failed to reload.
+/// Polls every watched file each `interval` until shutdown, counting what failed to reload. A new
+/// token or policy file empties the caches its old content filled: revocation takes effect now.
 async fn reload_files(
     watched: Vec<Arc<dyn Poll>>,
-    metrics: Metrics,
+    state: Arc<State>,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -324,11 +327,16 @@ async fn reload_files(
                 Reload::Unchanged => {}
                 Reload::Reloaded { flag } => {
                     tracing::info!(flag, "reloaded");
-                    metrics.reload(flag, true);
+                    match flag {
+                        "--token-auth-file" => state.authenticator.forget(),
+                        "--rbac-policy-file" => state.authorizer.forget(),
+                        _ => {}
+                    }
+                    state.metrics.reload(flag, true);
                 }
                 Reload::Kept(e) => {
                     tracing::warn!(error = %e, "keeping the last good content");
-                    metrics.reload(e.flag, false);
+                    state.metrics.reload(e.flag, false);
                 }
             }
         }

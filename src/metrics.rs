@@ -34,8 +34,8 @@ pub struct Metrics {
     exposed: IntGaugeVec,
     reloads: IntCounterVec,
     limit_hits: IntCounterVec,
-    /// Audit events dropped because the queue was full.
-    pub audit_dropped: IntCounter,
+    /// Audit events dropped, by reason (`queue-full`, `reserved-for-authenticated`).
+    pub audit_dropped: IntCounterVec,
     /// Audit webhook batches given up after retries.
     pub audit_webhook_failures: IntCounter,
 }
@@ -162,11 +162,14 @@ impl Metrics {
         let connections =
             IntGauge::new("kubelet_guard_open_connections", "Open caller connections.")?;
         registry.register(Box::new(connections.clone()))?;
-        let audit_dropped = IntCounter::new(
+        let audit_dropped = counter(
             "kubelet_guard_audit_events_dropped_total",
-            "Audit events dropped because the audit queue was full.",
+            "Audit events dropped: queue-full (no room at all), or reserved-for-authenticated (an unauthenticated request's event met the share kept for authenticated ones).",
+            &["reason"],
         )?;
-        registry.register(Box::new(audit_dropped.clone()))?;
+        for reason in crate::audit::sink::DROP_REASONS {
+            audit_dropped.with_label_values(&[reason]);
+        }
         let audit_webhook_failures = IntCounter::new(
             "kubelet_guard_audit_webhook_failures_total",
             "Audit batches the webhook receiver did not take after every retry.",

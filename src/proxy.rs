@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::admission::Ticket;
 use crate::audit::sink::Auditor;
 use crate::authn::{Authenticator, AuthnError, PeerCertificate};
 use crate::authz::{Authorizer, AuthzError, Resource};
@@ -50,6 +51,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client certificate's identity, read once per connection.
     pub certificate: PeerCertificate,
+    /// The connection's count against its source's unauthenticated connections, proven by the
+    /// first request that authenticates.
+    pub admission: Ticket,
 }
 
 /// Why a request was not forwarded, or not answered by the kubelet; says whose fault it was.
@@ -165,6 +169,9 @@ async fn decide(
             .await
             .map_err(Refusal::Unauthenticated)?,
     );
+    if !who.is_anonymous() {
+        peer.admission.prove();
+    }
     // Authorize: the fine-grained subresource first, nodes/proxy only where the kubelet falls back.
     let verdict = state
         .authorizer
@@ -188,7 +195,9 @@ async fn decide(
     let Some(exempt) = &state.pod_scope_exempt else {
         return Ok(());
     };
-    if exempt.iter().any(|user| *user == who.name) {
+    // Only a verified certificate can be the API server: a token user of the same name is not.
+    let certified = matches!(peer.certificate, PeerCertificate::Identity { .. });
+    if certified && exempt.iter().any(|user| *user == who.name) {
         return Ok(());
     }
     let target = match pod_scope(request.uri().path()) {

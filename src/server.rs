@@ -18,14 +18,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::admission::Unproven;
 use crate::config::Limits;
 use crate::metrics::{self, Metrics, Readiness};
 use crate::proxy::State;
@@ -60,6 +61,16 @@ pub struct Proxy {
     pub ready: Readiness,
 }
 
+/// Most admin connections open at once from one source address.
+pub const ADMIN_PER_SOURCE: usize = 32;
+/// Most admin connections open at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 512;
+/// How long an admin connection may take to send a request head, from connecting or from the
+/// previous response.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest admin request head (the endpoints take no parameters).
+const ADMIN_MAX_HEAD: usize = 8192;
+
 /// First delay between two attempts to bind an address in use.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// Longest delay between two attempts to bind an address in use.
@@ -87,6 +98,7 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
         ready.set(true);
     }
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let unproven = Unproven::new(limits.unauthenticated_per_source);
     let context = Arc::new(connection::Context::new(tls, Arc::clone(&state), limits));
     loop {
         let (tcp, addr) = tokio::select! {
@@ -100,7 +112,15 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
             },
             () = stopped(&mut stop) => break,
         };
-        // Over the limit the connection is closed before its TLS handshake costs anything.
+        // Over a limit the connection is closed before its TLS handshake costs anything: first the
+        // source's unauthenticated connections, so one source cannot take every slot.
+        let Some(admission) = unproven.admit(addr.ip()) else {
+            state
+                .metrics
+                .limit_hit(Limit::UnauthenticatedPerSource.as_str());
+            tracing::debug!(peer = %addr, "over --max-unauthenticated-connections-per-source; closed");
+            continue;
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             state.metrics.limit_hit(Limit::MaxConnections.as_str());
             tracing::debug!(peer = %addr, "over --max-connections; closed");
@@ -111,6 +131,7 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
             tcp,
             addr,
             slot,
+            admission,
             drain.track(),
         ));
     }
@@ -126,8 +147,14 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` over plain HTTP until `stop` turns true, then
+/// Serves `/healthz`, `/readyz` and `/metrics` over plain HTTP/1.1 until `stop` turns true, then
 /// gives open admin connections up to `grace` to finish.
+///
+/// The admin listener is on the node's address (the kubelet's probes reach it there), so it has
+/// limits of its own, each counted in `kubelet_guard_limit_hits_total`: at most
+/// [`ADMIN_PER_SOURCE`] connections per source address and [`ADMIN_MAX_CONNECTIONS`] in all (over
+/// either, closed at once), and each request head must arrive within [`ADMIN_HEADER_TIMEOUT`] of
+/// connecting or of the previous response, so silent and idle connections close alike.
 pub async fn serve_admin(
     listener: TcpListener,
     metrics: Metrics,
@@ -136,24 +163,41 @@ pub async fn serve_admin(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(ADMIN_MAX_HEAD);
+    let per_source = Unproven::new(ADMIN_PER_SOURCE);
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
-        let tcp = tokio::select! {
+        let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(_) => continue,
             },
             () = stopped(&mut stop) => break,
         };
-        let (metrics, ready) = (metrics.clone(), ready.clone());
+        let Some(admitted) = per_source.admit(addr.ip()) else {
+            metrics.limit_hit("admin-per-source");
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics.limit_hit("admin-max-connections");
+            continue;
+        };
+        let (for_service, for_task) = (metrics.clone(), metrics.clone());
+        let ready = ready.clone();
         let service =
-            service_fn(move |request| metrics::admin(metrics.clone(), ready.clone(), request));
-        let connection = builder
-            .serve_connection(TokioIo::new(tcp), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+            service_fn(move |request| metrics::admin(for_service.clone(), ready.clone(), request));
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
-            let _ = connection.await;
+            if let Err(e) = connection.await
+                && e.is_timeout()
+            {
+                for_task.limit_hit("admin-header-read-timeout");
+            }
+            drop((admitted, slot));
         });
     }
     if tokio::time::timeout(grace, graceful.shutdown())

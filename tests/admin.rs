@@ -104,7 +104,7 @@ async fn every_metric_family_is_exported_and_counts_what_it_names() {
         r#"kubelet_guard_apiserver_request_duration_seconds_count{api="subjectaccessreview",code="201"} 3"#,
         r#"kubelet_guard_request_duration_seconds_count{decision="allow"} 2"#,
         r#"kubelet_guard_open_connections "#,
-        "kubelet_guard_audit_events_dropped_total 0",
+        "kubelet_guard_audit_events_dropped_total{reason=\"queue-full\"} 0",
         r#"kubelet_guard_build_info{version=""#,
     ] {
         assert!(scrape.contains(expected), "missing {expected} in\n{scrape}");

@@ -11,12 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use kubelet_guard::audit::sink::{
-    AuditSettings, Auditor, LogDestination, LogSettings, Rotation, WebhookSettings,
+    AuditSettings, Auditor, DROP_REASONS, LogDestination, LogSettings, Priority, Rotation,
+    WebhookSettings,
 };
 use kubelet_guard::audit::{
     API_VERSION, DECISION, EVENT_KIND, Event, ObjectReference, ResponseStatus, Stage, UserInfo,
 };
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use serde_json::Value;
 use support::audit_receiver::AuditReceiver;
 use support::pki::Ca;
@@ -31,7 +32,7 @@ async fn the_file_gets_one_json_line_per_event_in_order() {
     let trail = Trail::start(settings(Some(log(&path, None)), None)).await;
 
     for n in 0..5 {
-        trail.auditor.record(event(n));
+        trail.auditor.record(event(n), Priority::Authenticated);
     }
     // Written and flushed without waiting for shutdown.
     let lines = eventually("five lines in the audit log", || {
@@ -65,11 +66,11 @@ async fn an_existing_log_is_appended_to() {
     let dir = support::temp_dir("audit-append");
     let path = dir.join("audit.log");
     let first = Trail::start(settings(Some(log(&path, None)), None)).await;
-    first.auditor.record(event(0));
+    first.auditor.record(event(0), Priority::Authenticated);
     first.stop().await;
 
     let second = Trail::start(settings(Some(log(&path, None)), None)).await;
-    second.auditor.record(event(1));
+    second.auditor.record(event(1), Priority::Authenticated);
     second.stop().await;
 
     let ids: Vec<_> = read_lines(&path)
@@ -91,7 +92,7 @@ async fn rotation_keeps_exactly_maxbackup_backups() {
     };
     let trail = Trail::start(settings(Some(log(&path, Some(rotation))), None)).await;
     for n in 0..10 {
-        trail.auditor.record(event(n));
+        trail.auditor.record(event(n), Priority::Authenticated);
     }
     trail.stop().await;
 
@@ -139,7 +140,7 @@ async fn a_full_batch_is_posted_as_an_event_list_to_the_exact_url() {
     let trail = Trail::start(settings(None, Some(webhook))).await;
 
     for n in 0..3 {
-        trail.auditor.record(event(n));
+        trail.auditor.record(event(n), Priority::Authenticated);
     }
     let batches = with_deadline("a full batch", receiver.wait_for_batches(1)).await;
     assert_eq!(batches.len(), 1);
@@ -177,12 +178,12 @@ async fn a_partial_batch_is_sent_once_its_wait_is_over() {
     let webhook = webhook(&receiver, 400, Duration::from_millis(100));
     let trail = Trail::start(settings(None, Some(webhook))).await;
 
-    trail.auditor.record(event(0));
-    trail.auditor.record(event(1));
+    trail.auditor.record(event(0), Priority::Authenticated);
+    trail.auditor.record(event(1), Priority::Authenticated);
     let batches = with_deadline("a batch after max wait", receiver.wait_for_batches(1)).await;
     assert_eq!(batches[0]["items"].as_array().unwrap().len(), 2);
 
-    trail.auditor.record(event(2));
+    trail.auditor.record(event(2), Priority::Authenticated);
     let batches = with_deadline("a second batch", receiver.wait_for_batches(2)).await;
     assert_eq!(batches[1]["items"][0]["auditID"], audit_id(2));
     trail.stop().await;
@@ -199,12 +200,12 @@ async fn a_500_is_retried_and_the_batch_arrives_once() {
     ))
     .await;
 
-    trail.auditor.record(event(0));
+    trail.auditor.record(event(0), Priority::Authenticated);
     with_deadline("the batch after two 500s", receiver.wait_for_batches(1)).await;
     let statuses: Vec<_> = receiver.attempts().iter().map(|a| a.status).collect();
     assert_eq!(statuses, [500, 500, 200]);
 
-    trail.auditor.record(event(1));
+    trail.auditor.record(event(1), Priority::Authenticated);
     let batches = with_deadline("the next batch", receiver.wait_for_batches(2)).await;
     let ids: Vec<_> = batches
         .iter()
@@ -226,7 +227,7 @@ async fn a_receiver_that_stays_down_costs_one_counted_batch() {
     ))
     .await;
 
-    trail.auditor.record(event(0));
+    trail.auditor.record(event(0), Priority::Authenticated);
     eventually("the batch given up", || {
         (trail.webhook_failures.get() == 1).then_some(())
     })
@@ -239,7 +240,7 @@ async fn a_receiver_that_stays_down_costs_one_counted_batch() {
     assert!(receiver.batches().is_empty());
 
     receiver.fail_always(false);
-    trail.auditor.record(event(1));
+    trail.auditor.record(event(1), Priority::Authenticated);
     let batches = with_deadline("the next batch", receiver.wait_for_batches(1)).await;
     assert_eq!(batches[0]["items"][0]["auditID"], audit_id(1));
     let stopped = trail.stop().await;
@@ -256,14 +257,14 @@ async fn a_full_queue_drops_and_counts_without_waiting() {
     settings.queue_size = NonZeroUsize::MIN;
     let trail = Trail::start(settings).await;
 
-    trail.auditor.record(event(0));
+    trail.auditor.record(event(0), Priority::Authenticated);
     // Event 0 is in flight and held by the receiver; the queue's one place is free.
     with_deadline("the first POST", receiver.wait_for_attempts(1)).await;
-    trail.auditor.record(event(1));
-    trail.auditor.record(event(2));
-    trail.auditor.record(event(3));
+    trail.auditor.record(event(1), Priority::Authenticated);
+    trail.auditor.record(event(2), Priority::Authenticated);
+    trail.auditor.record(event(3), Priority::Authenticated);
     assert_eq!(
-        trail.dropped.get(),
+        total(&trail.dropped),
         2,
         "events 2 and 3 found the queue full"
     );
@@ -283,6 +284,52 @@ async fn a_full_queue_drops_and_counts_without_waiting() {
 }
 
 #[tokio::test]
+async fn unauthenticated_events_leave_half_the_queue_to_authenticated_ones() {
+    let ca = Ca::new("audit-ca");
+    let receiver = AuditReceiver::start(&ca).await;
+    receiver.stall(true);
+    let mut settings = settings(None, Some(webhook(&receiver, 1, Duration::from_secs(3600))));
+    settings.queue_size = NonZeroUsize::new(4).unwrap();
+    let trail = Trail::start(settings).await;
+    trail.auditor.record(event(0), Priority::Authenticated);
+    // Event 0 is in flight and held by the receiver: the queue's four places are free.
+    with_deadline("the first POST", receiver.wait_for_attempts(1)).await;
+    for n in 1..=10 {
+        trail.auditor.record(event(n), Priority::Unauthenticated);
+    }
+    let reserved = |trail: &Trail| trail.dropped.with_label_values(&[DROP_REASONS[1]]).get();
+    assert_eq!(
+        reserved(&trail),
+        8,
+        "two unauthenticated events fill their half"
+    );
+    trail.auditor.record(event(11), Priority::Authenticated);
+    trail.auditor.record(event(12), Priority::Authenticated);
+    assert_eq!(
+        total(&trail.dropped),
+        8,
+        "the authenticated ones still found room"
+    );
+    receiver.stall(false);
+    let batches = with_deadline("every queued batch", receiver.wait_for_batches(5)).await;
+    let ids: Vec<_> = batches
+        .iter()
+        .map(|b| b["items"][0]["auditID"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            audit_id(0),
+            audit_id(1),
+            audit_id(2),
+            audit_id(11),
+            audit_id(12)
+        ]
+    );
+    trail.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_sends_the_last_batch_and_flushes_the_file() {
     let ca = Ca::new("audit-ca");
     let receiver = AuditReceiver::start(&ca).await;
@@ -293,7 +340,7 @@ async fn shutdown_sends_the_last_batch_and_flushes_the_file() {
     ))
     .await;
     for n in 0..3 {
-        trail.auditor.record(event(n));
+        trail.auditor.record(event(n), Priority::Authenticated);
     }
     let auditor = trail.auditor.clone();
     let stopped = trail.stop().await;
@@ -304,9 +351,9 @@ async fn shutdown_sends_the_last_batch_and_flushes_the_file() {
     assert_eq!(read_lines(&path).len(), 3);
     assert_eq!(stopped.dropped, 0);
 
-    auditor.record(event(3));
+    auditor.record(event(3), Priority::Authenticated);
     assert_eq!(
-        stopped.dropped_counter.get(),
+        total(&stopped.dropped_counter),
         2,
         "after shutdown each sink refuses and counts"
     );
@@ -349,9 +396,17 @@ async fn unusable_files_name_their_flag_at_start() {
 async fn without_a_sink_the_auditor_is_disabled() {
     let trail = Trail::start(settings(None, None)).await;
     assert!(!trail.auditor.is_enabled());
-    trail.auditor.record(event(0));
+    trail.auditor.record(event(0), Priority::Authenticated);
     let stopped = trail.stop().await;
     assert_eq!(stopped.dropped, 0);
+}
+
+/// Drops of every reason.
+fn total(dropped: &IntCounterVec) -> u64 {
+    DROP_REASONS
+        .iter()
+        .map(|reason| dropped.with_label_values(&[reason]).get())
+        .sum()
 }
 
 /// A started auditor, its counters and its shutdown switch.
@@ -359,7 +414,7 @@ struct Trail {
     auditor: Auditor,
     writers: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
-    dropped: IntCounter,
+    dropped: IntCounterVec,
     webhook_failures: IntCounter,
 }
 
@@ -367,7 +422,7 @@ struct Trail {
 struct Stopped {
     dropped: u64,
     webhook_failures: u64,
-    dropped_counter: IntCounter,
+    dropped_counter: IntCounterVec,
 }
 
 impl Trail {
@@ -382,7 +437,7 @@ impl Trail {
             .await
             .unwrap();
         Stopped {
-            dropped: self.dropped.get(),
+            dropped: total(&self.dropped),
             webhook_failures: self.webhook_failures.get(),
             dropped_counter: self.dropped,
         }
@@ -391,7 +446,8 @@ impl Trail {
 
 async fn start(settings: AuditSettings) -> Result<Trail, kubelet_guard::audit::sink::AuditError> {
     support::init();
-    let dropped = IntCounter::new("dropped", "dropped").unwrap();
+    let dropped =
+        IntCounterVec::new(prometheus::Opts::new("dropped", "dropped"), &["reason"]).unwrap();
     let webhook_failures = IntCounter::new("failures", "failures").unwrap();
     let (shutdown, stop) = watch::channel(false);
     let (auditor, writers) =

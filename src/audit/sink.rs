@@ -4,7 +4,12 @@
 //! Each configured sink (the log of `file`, the webhook of `webhook`) has its own bounded queue and
 //! its own background task, so a slow receiver never delays the file and neither ever delays a
 //! request: [`Auditor::record`] only `try_send`s. An event a full queue cannot take is counted in
-//! `kubelet_guard_audit_events_dropped_total` and reported by a warning at most once a second.
+//! `kubelet_guard_audit_events_dropped_total{reason}` and reported by a warning at most once a
+//! second.
+//!
+//! Half of each queue is kept for the events of authenticated requests (allowed, forbidden, or
+//! undecided): a flood of unauthenticated or malformed requests (401, 400, 405) fills the other
+//! half and then loses its own events (`reason="reserved-for-authenticated"`), never an exec's.
 //!
 //! Log lines name flags, files, counts and statuses, never an event's contents: an event carries
 //! the exec command line and the caller's identity.
@@ -18,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -130,10 +135,24 @@ pub struct Auditor {
     queues: Option<Arc<Queues>>,
 }
 
+/// Whose request an event records, which decides how much of a queue it may fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// A caller that authenticated: the whole queue.
+    Authenticated,
+    /// A request refused before anyone was authenticated: half the queue.
+    Unauthenticated,
+}
+
+/// The `reason` labels of `kubelet_guard_audit_events_dropped_total`.
+pub const DROP_REASONS: [&str; 2] = ["queue-full", "reserved-for-authenticated"];
+
 /// The sending side of every sink's queue, and what recording a dropped event needs.
 struct Queues {
     sinks: Vec<mpsc::Sender<Arc<Event>>>,
-    dropped: IntCounter,
+    /// Free slots an unauthenticated request's event must leave in a queue.
+    reserved: usize,
+    dropped: IntCounterVec,
     report: Throttle,
 }
 
@@ -214,7 +233,7 @@ impl Auditor {
     /// abandoned after every retry.
     pub async fn start(
         settings: &AuditSettings,
-        dropped: IntCounter,
+        dropped: IntCounterVec,
         webhook_failures: IntCounter,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Auditor, JoinHandle<()>), AuditError> {
@@ -249,6 +268,7 @@ impl Auditor {
         });
         let queues = Queues {
             sinks,
+            reserved: capacity / 2,
             dropped,
             report: Throttle::new(Duration::from_secs(1)),
         };
@@ -266,22 +286,29 @@ impl Auditor {
     }
 
     /// Queues `event` for every sink without waiting; a sink whose queue is full (or whose
-    /// writer has stopped) loses it, and the loss is counted.
-    pub fn record(&self, event: Event) {
+    /// writer has stopped), or has only the authenticated share left for an `Unauthenticated`
+    /// event, loses it, and the loss is counted.
+    pub fn record(&self, event: Event, priority: Priority) {
         let Some(queues) = &self.queues else {
             return;
         };
         let event = Arc::new(event);
         for sink in &queues.sinks {
-            if sink.try_send(Arc::clone(&event)).is_err() {
-                queues.dropped.inc();
-                if let Some(held) = queues.report.allow(Instant::now()) {
-                    tracing::warn!(
-                        dropped_since_last_report = held + 1,
-                        dropped_total = queues.dropped.get(),
-                        "audit queue full or writer stopped: events dropped"
-                    );
-                }
+            let reason =
+                if priority == Priority::Unauthenticated && sink.capacity() <= queues.reserved {
+                    DROP_REASONS[1]
+                } else if sink.try_send(Arc::clone(&event)).is_err() {
+                    DROP_REASONS[0]
+                } else {
+                    continue;
+                };
+            queues.dropped.with_label_values(&[reason]).inc();
+            if let Some(held) = queues.report.allow(Instant::now()) {
+                tracing::warn!(
+                    dropped_since_last_report = held + 1,
+                    reason,
+                    "audit queue full or writer stopped: events dropped"
+                );
             }
         }
     }
@@ -558,7 +585,7 @@ pub(crate) mod tests {
     fn a_disabled_auditor_takes_events_and_keeps_none() {
         let auditor = Auditor::disabled();
         assert!(!auditor.is_enabled());
-        auditor.record(event(1));
+        auditor.record(event(1), Priority::Authenticated);
     }
 
     #[test]

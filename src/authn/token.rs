@@ -48,6 +48,12 @@ impl TokenDigest {
 }
 
 impl TokenAuthenticator {
+    /// Forgets every cached answer: the token file changed, and a removed token must stop
+    /// working now, not when its entry expires.
+    pub fn forget(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Caches `reviewer`'s answers for `ttl` (zero: nothing is kept, but concurrent misses still
     /// share one review).
     pub fn new(reviewer: Arc<dyn TokenReviewer>, ttl: Duration, metrics: Metrics) -> Self {

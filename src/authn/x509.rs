@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -16,18 +17,26 @@ pub fn peer_identity(chain: Option<&[CertificateDer<'_>]>) -> PeerCertificate {
         return PeerCertificate::Absent;
     };
     match identity(leaf) {
-        Ok(identity) => PeerCertificate::Identity(Arc::new(identity.authenticated())),
+        Ok((identity, not_after)) => PeerCertificate::Identity {
+            identity: Arc::new(identity.authenticated()),
+            not_after,
+        },
         Err(why) => PeerCertificate::Unusable(why),
     }
 }
 
-fn identity(leaf: &CertificateDer<'_>) -> Result<Identity, String> {
+/// The identity a certificate names, and when it expires. Of several subject CNs the last one
+/// counts, as in Go's `pkix.Name` which Kubernetes reads: never an earlier one.
+fn identity(leaf: &CertificateDer<'_>) -> Result<(Identity, SystemTime), String> {
     let (_, cert) =
         X509Certificate::from_der(leaf).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp())
+        .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds))
+        .map_err(|_| "the certificate expired before 1970")?;
     let subject = cert.subject();
     let name = subject
         .iter_common_name()
-        .next()
+        .last()
         .and_then(|cn| cn.as_str().ok())
         .filter(|cn| !cn.is_empty())
         .ok_or("the subject has no common name")?
@@ -37,12 +46,15 @@ fn identity(leaf: &CertificateDer<'_>) -> Result<Identity, String> {
         .filter_map(|o| o.as_str().ok())
         .map(str::to_owned)
         .collect();
-    Ok(Identity {
-        name,
-        uid: String::new(),
-        groups,
-        extra: BTreeMap::new(),
-    })
+    Ok((
+        Identity {
+            name,
+            uid: String::new(),
+            groups,
+            extra: BTreeMap::new(),
+        },
+        not_after,
+    ))
 }
 
 #[cfg(test)]
@@ -72,11 +84,30 @@ mod tests {
             Some("system:node:node-1"),
             Some("system:nodes"),
         )];
-        let PeerCertificate::Identity(identity) = peer_identity(Some(&chain)) else {
+        let PeerCertificate::Identity { identity, .. } = peer_identity(Some(&chain)) else {
             panic!("no identity")
         };
         assert_eq!(identity.name, "system:node:node-1");
         assert_eq!(identity.groups, ["system:nodes", "system:authenticated"]);
+    }
+
+    #[test]
+    fn of_several_common_names_the_last_counts_as_in_kubernetes() {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-apiserver-kubelet-client");
+        // rcgen keeps one value per type: the same OID (2.5.4.3) as a custom type is a second CN.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 3]), "bob");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let chain = [params.self_signed(&key).unwrap().der().clone()];
+        let PeerCertificate::Identity { identity, .. } = peer_identity(Some(&chain)) else {
+            panic!("no identity")
+        };
+        assert_eq!(identity.name, "bob");
     }
 
     #[test]

@@ -45,6 +45,12 @@ struct Ttls {
 }
 
 impl DecisionCache {
+    /// Forgets every cached decision: the policy file changed, and a removed grant must stop
+    /// working now, not when its entry expires.
+    pub fn forget(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Caches `reviewer`'s allows for `allowed` and denies for `denied`; zero keeps nothing.
     pub fn new(
         reviewer: Arc<dyn AccessReviewer>,

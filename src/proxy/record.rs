@@ -12,6 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tokio::task::JoinHandle;
 
 use super::State;
+use crate::audit::sink::Priority;
 use crate::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
 use crate::authn::Identity;
 use crate::authz::{Decision, Resource, Verdict};
@@ -114,11 +115,16 @@ pub(super) fn finish(
     if !state.audit.is_enabled() {
         return;
     }
+    // A caller that proved who it is keeps its events when unauthenticated noise floods the queue.
+    let priority = match trail.who.as_ref() {
+        Some(who) if !who.is_anonymous() => Priority::Authenticated,
+        _ => Priority::Unauthenticated,
+    };
     let mut event = event(state, peer, &arrival, &trail, audit_id, status, decided);
     match stream {
         Some(stream) if status == StatusCode::SWITCHING_PROTOCOLS => {
             event.stage = Stage::ResponseStarted;
-            state.audit.record(event.clone());
+            state.audit.record(event.clone(), priority);
             let audit = state.audit.clone();
             tokio::spawn(async move {
                 let relayed = stream.await.unwrap_or_default();
@@ -134,10 +140,10 @@ pub(super) fn finish(
                     audit::STREAM_DURATION,
                     format!("{:.3}s", relayed.duration.as_secs_f64()),
                 );
-                audit.record(event);
+                audit.record(event, priority);
             });
         }
-        _ => state.audit.record(event),
+        _ => state.audit.record(event, priority),
     }
 }
 

@@ -35,7 +35,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::drain::Tracked;
-use crate::authn::x509;
+use crate::admission::Ticket;
+use crate::authn::{PeerCertificate, x509};
 use crate::config::Limits;
 use crate::metrics::{ConnectionGuard, Metrics};
 use crate::proxy::{self, Peer, State};
@@ -43,8 +44,6 @@ use crate::reload::Watched;
 
 /// How long a caller may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted, as the kubelet's Go server (1 MiB).
-const MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// A limit a caller ran into; the `limit` label of `kubelet_guard_limit_hits_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +52,12 @@ pub(super) enum Limit {
     MaxConnections,
     /// `--header-read-timeout`: a request head took too long.
     HeaderReadTimeout,
-    /// A request head over 1 MiB was refused with 431.
+    /// A request head over `--max-request-header-bytes` was refused with 431.
     HeaderSize,
+    /// `--max-unauthenticated-connections-per-source`: a connection over it was closed at once.
+    UnauthenticatedPerSource,
+    /// The client certificate expired: the connection was shut down.
+    CertificateExpired,
     /// `--idle-timeout`: an idle connection was shut down.
     IdleTimeout,
     /// `--http2-max-streams`: a connection reached its concurrent-stream limit.
@@ -89,6 +92,8 @@ struct Activity {
     stream_limit: usize,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    /// When the caller's client certificate expires: the connection is shut down then.
+    expires: Option<Instant>,
 }
 
 struct ActivityState {
@@ -122,6 +127,8 @@ impl Limit {
             Self::MaxConnections => "max-connections",
             Self::HeaderReadTimeout => "header-read-timeout",
             Self::HeaderSize => "header-size",
+            Self::UnauthenticatedPerSource => "unauthenticated-per-source",
+            Self::CertificateExpired => "certificate-expired",
             Self::IdleTimeout => "idle-timeout",
             Self::Http2MaxStreams => "http2-max-streams",
         }
@@ -135,8 +142,8 @@ impl Context {
         // The head timer is ours (`Activity`), which tells reading a head from idling.
         http1
             .header_read_timeout(None)
-            .max_header_size(MAX_HEADER_BYTES)
-            .max_buf_size(MAX_HEADER_BYTES);
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         // Extended CONNECT (RFC 8441) is let in so the classifier can refuse it as an upgrade with
         // 405, as the kubelet would, rather than h2 resetting the stream.
@@ -144,7 +151,7 @@ impl Context {
             .timer(TokioTimer::new())
             .enable_connect_protocol()
             .max_concurrent_streams(limits.http2_max_streams)
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         Self {
             tls,
             state,
@@ -161,20 +168,25 @@ pub(super) async fn serve(
     tcp: TcpStream,
     addr: SocketAddr,
     slot: OwnedSemaphorePermit,
+    admission: Ticket,
     mut open: Tracked,
 ) {
     let gauge = context.state.metrics.connection();
     // The serving configuration in force now: a rotated certificate applies from the next accept.
     let acceptor = TlsAcceptor::from(context.tls.current());
     let handshake = tokio::select! {
-        handshake = handshake(&acceptor, tcp, addr) => handshake,
+        handshake = handshake(&acceptor, tcp, addr, admission) => handshake,
         () = open.draining() => None,
     };
     let Some((tls, peer)) = handshake else {
         return;
     };
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let activity = Arc::new(Activity::new(&context.limits, !http2));
+    let expires = match &peer.certificate {
+        PeerCertificate::Identity { not_after, .. } => Some(*not_after),
+        _ => None,
+    };
+    let activity = Arc::new(Activity::new(&context.limits, !http2, expires));
     let io = TokioIo::new(Admitted {
         io: tls,
         activity: Arc::clone(&activity),
@@ -274,12 +286,24 @@ async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
+    admission: Ticket,
 ) -> Option<(TlsStream<TcpStream>, Peer)> {
     let _ = tcp.set_nodelay(true);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let certificate = x509::peer_identity(tls.get_ref().1.peer_certificates());
-            Some((tls, Peer { addr, certificate }))
+            // A verified certificate is proof enough: the connection leaves its source's count.
+            if matches!(certificate, PeerCertificate::Identity { .. }) {
+                admission.prove();
+            }
+            Some((
+                tls,
+                Peer {
+                    addr,
+                    certificate,
+                    admission,
+                },
+            ))
         }
         Ok(Err(e)) => {
             tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
@@ -294,7 +318,7 @@ async fn handshake(
 
 impl Activity {
     /// A fresh connection: an HTTP/1.1 one is reading its first head, an HTTP/2 one idles.
-    fn new(limits: &Limits, http1: bool) -> Self {
+    fn new(limits: &Limits, http1: bool, expires: Option<std::time::SystemTime>) -> Self {
         let phase = if http1 {
             Phase::ReadingHead
         } else {
@@ -312,6 +336,13 @@ impl Activity {
             stream_limit: limits.http2_max_streams as usize,
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
+            expires: expires.map(|at| {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                // A second later: the certificate is valid through its notAfter second.
+                Instant::now() + left + Duration::from_secs(1)
+            }),
         }
     }
 
@@ -355,8 +386,18 @@ impl Activity {
         result
     }
 
-    /// Resolves with the limit a phase ran over.
+    /// Resolves with the limit the connection ran into: its certificate expired, or a phase ran
+    /// over its timeout.
     async fn expired(&self) -> Limit {
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        tokio::select! {
+            () = tokio::time::sleep_until(self.expires.unwrap_or(far)) => Limit::CertificateExpired,
+            limit = self.phase_expired() => limit,
+        }
+    }
+
+    /// Resolves with the limit a phase ran over.
+    async fn phase_expired(&self) -> Limit {
         loop {
             let mut changed = pin!(self.changed.notified());
             changed.as_mut().enable();

@@ -41,6 +41,7 @@ pub struct TlsClient {
     config: Arc<ClientConfig>,
     http2: bool,
     server_name: ServerName<'static>,
+    source: Option<std::net::IpAddr>,
 }
 
 impl TlsClient {
@@ -68,6 +69,7 @@ impl TlsClient {
             config: Arc::new(config),
             http2: false,
             server_name: ServerName::try_from("localhost").expect("server name"),
+            source: None,
         }
     }
 
@@ -83,6 +85,27 @@ impl TlsClient {
         self
     }
 
+    /// Connects from `source` (for example `127.0.0.2`, a second caller on loopback).
+    pub fn with_source(mut self, source: std::net::IpAddr) -> TlsClient {
+        self.source = Some(source);
+        self
+    }
+
+    /// Opens a TCP connection (from the source address, if one was set).
+    pub async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        match self.source {
+            None => TcpStream::connect(addr).await,
+            Some(source) => {
+                let socket = match source {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(source, 0))?;
+                socket.connect(addr).await
+            }
+        }
+    }
+
     /// Opens a TCP connection and completes a TLS handshake offering `alpn`.
     pub async fn connect(
         &self,
@@ -91,7 +114,7 @@ impl TlsClient {
     ) -> std::io::Result<TlsStream<TcpStream>> {
         let mut config = (*self.config).clone();
         config.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = self.tcp(addr).await?;
         TlsConnector::from(Arc::new(config))
             .connect(self.server_name.clone(), tcp)
             .await

@@ -112,6 +112,31 @@ impl Ca {
         self.issue(cn, &params, Some(orgs))
     }
 
+    /// Issues a client certificate whose subject holds the common names `cns` in order (Go reads
+    /// the last), valid from now for `validity` when given.
+    pub fn client_cert_with(&self, cns: &[&str], validity: Option<std::time::Duration>) -> CertKey {
+        let mut params = leaf_params(cns[0]);
+        for cn in &cns[1..] {
+            // rcgen keeps one value per type: the CN's OID (2.5.4.3) as a custom type adds another.
+            params
+                .distinguished_name
+                .push(DnType::CustomDnType(vec![2, 5, 4, 3]), *cn);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if let Some(validity) = validity {
+            let now = time::OffsetDateTime::from_unix_timestamp(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64,
+            )
+            .unwrap();
+            params.not_before = now;
+            params.not_after = now + validity;
+        }
+        self.issue(cns[0], &params, None)
+    }
+
     /// Signs `params`; with `orgs`, replaces the subject by CN plus one O per org and re-signs.
     fn issue(&self, cn: &str, params: &CertificateParams, orgs: Option<&[&str]>) -> CertKey {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
