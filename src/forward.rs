@@ -145,6 +145,11 @@ impl Upstream {
         let clients = Watched::load_with(tls::reload::upstream_sources(settings), move |files| {
             let tls = tls::reload::upstream(&tls_settings, files, callers)?;
             let client = |tls: rustls::ClientConfig| {
+                // Nagle off, as on the callers' side: an exec keystroke or a small request body
+                // must not wait for the kubelet's delayed ACK.
+                let mut tcp = HttpConnector::new();
+                tcp.set_nodelay(true);
+                tcp.enforce_http(false);
                 let connector = HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_only()
@@ -152,7 +157,7 @@ impl Upstream {
                         tls_settings.server_name.clone(),
                     ))
                     .enable_http1()
-                    .build();
+                    .wrap_connector(tcp);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .build(connector)

@@ -91,8 +91,15 @@ impl TlsClient {
         self
     }
 
-    /// Opens a TCP connection (from the source address, if one was set).
+    /// Opens a TCP connection (from the source address, if one was set), with Nagle's algorithm
+    /// off as Go's clients (kubectl, the API server) have it.
     pub async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let tcp = self.tcp_with_nagle(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    async fn tcp_with_nagle(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         match self.source {
             None => TcpStream::connect(addr).await,
             Some(source) => {

@@ -100,6 +100,12 @@ pub(super) fn upgrade<B>(shared: Arc<Shared>, mut req: Request<B>) -> Response<B
                 proto.parse().expect("protocol"),
             );
         }
+        // `command=line`: a program reading a terminal in canonical mode, which answers nothing
+        // until a whole line has arrived (so the kubelet's side only ACKs each keystroke).
+        let by_line = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("command=line"));
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
@@ -107,7 +113,11 @@ pub(super) fn upgrade<B>(shared: Arc<Shared>, mut req: Request<B>) -> Response<B
             };
             shared.upgrades.fetch_add(1, Ordering::SeqCst);
             let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
-            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            if by_line {
+                echo_lines(&mut reader, &mut writer).await;
+            } else {
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            }
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
         });
         resp
@@ -117,6 +127,29 @@ pub(super) fn upgrade<B>(shared: Arc<Shared>, mut req: Request<B>) -> Response<B
             "text/plain; charset=utf-8",
             "Upgrade request required\n",
         )
+    }
+}
+
+/// Echoes each complete line, and nothing before it.
+async fn echo_lines(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut line = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        line.extend_from_slice(&buf[..n]);
+        while let Some(end) = line.iter().position(|b| *b == b'\n') {
+            let rest = line.split_off(end + 1);
+            if writer.write_all(&line).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            line = rest;
+        }
     }
 }
 
