@@ -204,20 +204,25 @@ impl Upstream {
         credential: Credential,
     ) -> Result<Forwarded, ForwardError> {
         let inbound_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = http::Uri::builder()
-            .scheme("https")
-            .authority(self.authority.clone())
-            .path_and_query(target)
-            .build()
-            .map_err(|e| {
-                ForwardError::Unreachable(format!("cannot build the upstream URI: {e}"))
-            })?;
-        let mut outbound = Request::builder()
-            .method(parts.method)
-            .uri(uri)
-            .version(http::Version::HTTP_11);
+        let (mut parts, body) = request.into_parts();
+        // The caller's own credential, kept aside for observe mode before hygiene drops it.
+        let caller = (credential == Credential::Caller).then(|| {
+            let protocols: Vec<HeaderValue> = parts
+                .headers
+                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .cloned()
+                .collect();
+            (parts.headers.get(header::AUTHORIZATION).cloned(), protocols)
+        });
+        // The target as received, never re-parsed: what was classified is what is sent.
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTPS);
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        let uri = http::Uri::from_parts(uri).map_err(|e| {
+            ForwardError::Unreachable(format!("cannot build the upstream URI: {e}"))
+        })?;
         let clients = self.clients.current();
         // Never pair the caller's token with the guard's certificate: the kubelet would believe
         // the certificate. Without a client for callers (enforce mode) such a request fails.
@@ -229,29 +234,30 @@ impl Upstream {
                 )
             })?,
         };
-        if let Some(headers) = outbound.headers_mut() {
-            *headers = request_headers(&parts.headers, upgrade);
-            let authorization = match credential {
-                Credential::Guard => self
-                    .token
-                    .as_ref()
-                    .map(|token| HeaderValue::clone(&token.current())),
-                Credential::Caller => parts.headers.get(header::AUTHORIZATION).cloned(),
-            };
-            if let Some(authorization) = authorization {
-                headers.insert(header::AUTHORIZATION, authorization);
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_request(&mut headers, upgrade);
+        match caller {
+            None => {
+                if let Some(token) = &self.token {
+                    headers.insert(header::AUTHORIZATION, HeaderValue::clone(&token.current()));
+                }
             }
             // Observe mode: the caller's own credential, in whichever form it came, decides.
-            if credential == Credential::Caller {
+            Some((authorization, protocols)) => {
+                if let Some(authorization) = authorization {
+                    headers.insert(header::AUTHORIZATION, authorization);
+                }
                 headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
-                for value in parts.headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
-                    headers.append(header::SEC_WEBSOCKET_PROTOCOL, value.clone());
+                for value in protocols {
+                    headers.append(header::SEC_WEBSOCKET_PROTOCOL, value);
                 }
             }
         }
-        let outbound = outbound.body(body).map_err(|e| {
-            ForwardError::Unreachable(format!("cannot build the upstream request: {e}"))
-        })?;
+        let mut outbound = Request::new(body);
+        *outbound.method_mut() = parts.method;
+        *outbound.uri_mut() = uri;
+        *outbound.version_mut() = http::Version::HTTP_11;
+        *outbound.headers_mut() = headers;
 
         let mut response = match tokio::time::timeout(self.timeout, client.request(outbound)).await
         {
@@ -269,7 +275,7 @@ impl Upstream {
             _ => None,
         };
         let (mut parts, body) = response.into_parts();
-        parts.headers = response_headers(&parts.headers, switching && upgrade);
+        strip_response(&mut parts.headers, switching && upgrade);
         Ok(Forwarded {
             response: Response::from_parts(parts, body.boxed()),
             stream,
@@ -279,40 +285,47 @@ impl Upstream {
 
 /// The headers sent to the kubelet for a caller's request headers.
 pub fn request_headers(inbound: &HeaderMap, upgrade: bool) -> HeaderMap {
-    let mut headers = without_hop_by_hop(inbound);
-    for name in CREDENTIALS {
+    let mut headers = inbound.clone();
+    strip_request(&mut headers, upgrade);
+    headers
+}
+
+/// Header hygiene towards the kubelet, in place: hop-by-hop fields, credentials, identity
+/// assertions, forwarding claims and bearer subprotocols go; an upgrade keeps `Connection:
+/// Upgrade` and the caller's `Upgrade`.
+fn strip_request(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrades: Vec<HeaderValue> = if upgrade {
+        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    strip_hop_by_hop(headers);
+    for name in CREDENTIALS.iter().chain(&FORWARDING) {
         headers.remove(name);
     }
-    let identity: Vec<HeaderName> = headers
+    // Names by prefix need a look at every name; most requests have none, and allocate nothing.
+    let prefixed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
-            name.as_str().starts_with("impersonate-") || name.as_str().starts_with("x-remote-")
+            let name = name.as_str();
+            name.starts_with("impersonate-")
+                || name.starts_with("x-remote-")
+                // What the guard did not see for itself, it does not pass on as if it vouched
+                // for it.
+                || name.starts_with("x-forwarded-")
         })
         .cloned()
         .collect();
-    for name in identity {
+    for name in prefixed {
         headers.remove(name);
     }
-    // What the guard did not see for itself, it does not pass on as if it vouched for it.
-    for name in FORWARDING {
-        headers.remove(name);
-    }
-    let forwarding: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-forwarded-"))
-        .cloned()
-        .collect();
-    for name in forwarding {
-        headers.remove(name);
-    }
-    without_bearer_subprotocol(&mut headers);
+    without_bearer_subprotocol(headers);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        for value in inbound.get_all(header::UPGRADE) {
-            headers.append(header::UPGRADE, value.clone());
+        for value in upgrades {
+            headers.append(header::UPGRADE, value);
         }
     }
-    headers
 }
 
 /// Drops the bearer tokens a WebSocket caller may send as subprotocols
@@ -342,35 +355,53 @@ fn without_bearer_subprotocol(headers: &mut HeaderMap) {
     }
 }
 
-/// The headers sent back to the caller; a 101 keeps its `Connection` and `Upgrade`.
+/// The headers sent back to the caller.
 pub fn response_headers(upstream: &HeaderMap, switching: bool) -> HeaderMap {
-    let mut headers = without_hop_by_hop(upstream);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    if switching {
-        for name in [header::CONNECTION, header::UPGRADE] {
-            for value in upstream.get_all(&name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-    }
+    let mut headers = upstream.clone();
+    strip_response(&mut headers, switching);
     headers
 }
 
-/// Drops the fixed hop-by-hop fields and every field `Connection` names.
-fn without_hop_by_hop(source: &HeaderMap) -> HeaderMap {
-    let mut headers = source.clone();
-    for value in source.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                headers.remove(name);
-            }
-        }
+/// Header hygiene towards the caller, in place; a 101 keeps its `Connection` and `Upgrade`.
+fn strip_response(headers: &mut HeaderMap, switching: bool) {
+    let kept: Vec<(HeaderName, HeaderValue)> = if switching {
+        [header::CONNECTION, header::UPGRADE]
+            .into_iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(&name)
+                    .iter()
+                    .map(move |value| (name.clone(), value.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    strip_hop_by_hop(headers);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    for (name, value) in kept {
+        headers.append(name, value);
     }
-    for name in HOP_BY_HOP {
+}
+
+/// Drops the fixed hop-by-hop fields and every field `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for name in named {
         headers.remove(name);
     }
-    headers
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
 }
 
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until

@@ -85,7 +85,7 @@ enum Refusal {
 
 /// Runs the pipeline for one request and always produces a response.
 pub async fn handle(state: &State, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
-    let arrival = Arrival::of(&request);
+    let arrival = Arrival::of(&request, state.audit.is_enabled());
     let mut trail = Trail::default();
     let (mut response, outcome, stream) = match guard(state, peer, request, &mut trail).await {
         Ok(Forwarded { response, stream }) => (response, Outcome::Allowed, stream),

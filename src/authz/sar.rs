@@ -76,9 +76,15 @@ impl DecisionCache {
         verb: Verb,
         resource: &Resource,
     ) -> Result<Decision, ReviewError> {
+        let key = (Arc::clone(who), verb, resource.clone());
+        // A hit costs a lookup only: the review future is not even built.
+        if let Some(decision) = self.cache.get(&key).await {
+            self.metrics.cache(CacheKind::Sar, true);
+            return Ok(decision);
+        }
         let entry = self
             .cache
-            .entry((Arc::clone(who), verb, resource.clone()))
+            .entry(key)
             .or_try_insert_with(self.reviewer.review(who, verb, resource))
             .await
             .map_err(|e| (*e).clone())?;

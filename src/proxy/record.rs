@@ -47,18 +47,26 @@ pub(super) struct Arrival {
 }
 
 impl Arrival {
-    pub(super) fn of<B>(request: &Request<B>) -> Self {
+    /// What the audit event and the debug line need of `request`; only the clock when neither
+    /// is written (the hot path of a guard without an audit sink).
+    pub(super) fn of<B>(request: &Request<B>, detailed: bool) -> Self {
+        let detailed = detailed || tracing::enabled!(tracing::Level::DEBUG);
         Self {
             received: SystemTime::now(),
             started: Instant::now(),
             method: request.method().clone(),
-            target: request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned()),
+            target: if detailed {
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned())
+            } else {
+                String::new()
+            },
             user_agent: request
                 .headers()
                 .get(http::header::USER_AGENT)
+                .filter(|_| detailed)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         }
@@ -108,12 +116,13 @@ pub(super) fn finish(
         "request"
     );
 
+    // Without a sink there is no event for an Audit-ID to name.
+    if !state.audit.is_enabled() {
+        return;
+    }
     let audit_id = audit_id();
     if let Ok(value) = HeaderValue::from_str(&audit_id) {
         response.headers_mut().insert("audit-id", value);
-    }
-    if !state.audit.is_enabled() {
-        return;
     }
     // A caller that proved who it is keeps its events when unauthenticated noise floods the queue.
     let priority = match trail.who.as_ref() {
@@ -303,27 +312,47 @@ fn timestamp(at: SystemTime) -> String {
 }
 
 /// A random (version 4) UUID.
+/// A version-4 UUID: 64 random bits drawn once per process, then a counter mixed by a bijection
+/// so that IDs are unique within the process and look random across it, with no system call per
+/// request. Audit IDs name events; they are no secret.
 fn audit_id() -> String {
-    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+            // No OS randomness: the clock still sets processes apart.
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            bytes = (nanos as u64).to_le_bytes();
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut bytes = [0u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        // No OS randomness: still unique within this process, from the clock and a counter.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = (nanos ^ u128::from(FALLBACK.fetch_add(1, Ordering::Relaxed))).to_le_bytes();
-    }
+    bytes[..8].copy_from_slice(&seed.to_be_bytes());
+    bytes[8..].copy_from_slice(&mix(n ^ seed.rotate_left(32)).to_be_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+/// SplitMix64's finalizer: a bijection on u64, so distinct counters give distinct IDs.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -337,6 +366,8 @@ mod tests {
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
         assert_ne!(id, audit_id());
+        let many: std::collections::HashSet<String> = (0..10_000).map(|_| audit_id()).collect();
+        assert_eq!(many.len(), 10_000);
     }
 
     #[test]
