@@ -1,17 +1,30 @@
-//! Load harness: the guard binary as its own process between the API-server and kubelet doubles,
-//! driven by keep-alive TLS clients on loopback, reporting throughput, latency percentiles and the
-//! guard's resident memory and CPU time (from /proc). Run with `cargo bench --bench load`
-//! (release build); `LOAD_SECONDS`, `LOAD_CONNECTIONS`, `LOAD_IDLE`, `LOAD_IDENTITIES` tune it.
+//! Load harness: the guard binary as its own process in embedded mode (a static token file and an
+//! RBAC policy file, so no API server is involved) in front of the kubelet double, driven by
+//! keep-alive TLS clients on loopback, reporting throughput, latency percentiles and the guard's
+//! resident memory and CPU time (from /proc). Run with `cargo bench --bench load` (release build).
 //!
-//! Phases: (1) cached scrapes: `LOAD_CONNECTIONS` connections GET /metrics with one token for
-//! `LOAD_SECONDS`; (2) `LOAD_IDENTITIES` distinct tokens each make one request (filling both
-//! caches); (3) `LOAD_IDLE` idle TLS connections held open. Memory is read after each phase.
+//! Phases of the first guard: (1) cached scrapes: `LOAD_CONNECTIONS` (32) connections GET
+//! /metrics with one token for `LOAD_SECONDS` (10), or exactly `LOAD_REQUESTS` each when set;
+//! (2) `LOAD_IDENTITIES` (10,000) distinct tokens each make one request over 16 keep-alive
+//! connections, filling both caches; (3) `LOAD_IDLE` (1,000) idle TLS connections held open.
+//! Memory is read after each phase.
+//!
+//! Then hostile callers, each against a fresh guard (so its peak memory is the flood's) while a
+//! scraper on 127.0.0.1 keeps going, from 127.0.0.2: 1,500 silent TCP connections; 300 TLS
+//! connections each sending an unfinished 1 MB request head; 2,000 silent connections to the
+//! admin listener while `/healthz` is probed. Each reports the guard's peak RSS, the scraper's
+//! failed requests and its slowest one. `LOAD_FLOODS=0` skips them.
+//!
+//! `LOAD_WRAPPER` runs the guard under a command, for example
+//! `LOAD_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/guard.cg"` with
+//! `LOAD_REQUESTS=200 LOAD_CONNECTIONS=4 LOAD_IDENTITIES=0 LOAD_IDLE=0 LOAD_FLOODS=0`: instruction
+//! counts per request that the machine's noise does not move.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +36,10 @@ use support::client::TlsClient;
 use support::guard::flags;
 use support::kubelet::KubeletDouble;
 use support::pki::Ca;
+use tokio::io::AsyncWriteExt;
+
+/// Grants every authenticated user `get` on `nodes/metrics`.
+const POLICY: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: scrape\nrules:\n- apiGroups: [\"\"]\n  resources: [nodes/metrics]\n  verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: scrape\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: scrape\nsubjects:\n- kind: Group\n  name: system:authenticated\n  apiGroup: rbac.authorization.k8s.io\n";
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -31,10 +48,34 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The doubles and files every guard of the run shares.
+struct Bench {
+    ca: Ca,
+    kubelet_ca: Ca,
+    api: ApiServerDouble,
+    kubelet: KubeletDouble,
+    tokens: std::path::PathBuf,
+    policy: std::path::PathBuf,
+}
+
+/// A scraper task, and its tally: requests sent, failed, and the slowest.
+type Scraper = (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<(u64, u64, Duration)>>,
+);
+
+/// A guard process and where it listens.
+struct Guard {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
 #[tokio::main]
 async fn main() {
     support::init();
     let seconds = setting("LOAD_SECONDS", 10);
+    let requests = setting("LOAD_REQUESTS", 0);
     let connections = setting("LOAD_CONNECTIONS", 32);
     let idle = setting("LOAD_IDLE", 1000);
     let identities = setting("LOAD_IDENTITIES", 10_000);
@@ -47,164 +88,339 @@ async fn main() {
         &kubelet_ca,
     )
     .await;
-    api.add_token("t-scraper", "scraper", "", &[]);
-    api.allow("system:authenticated", "get", "metrics");
+    let dir = support::temp_dir("load");
+    let tokens = dir.join("tokens.csv");
+    let mut csv = String::from("t-scraper,scraper,uid-scraper\n");
     for n in 0..identities {
-        api.add_token(&format!("t-{n}"), &format!("agent-{n}"), "", &[]);
+        csv.push_str(&format!(
+            "t-{n},agent-{n},uid-{n},\"system:serviceaccounts,system:serviceaccounts:monitoring\"\n"
+        ));
     }
+    std::fs::write(&tokens, csv).unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let bench = Bench {
+        ca,
+        kubelet_ca,
+        api,
+        kubelet,
+        tokens,
+        policy,
+    };
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut argv = flags(&ca, &kubelet_ca, &api, &kubelet, &[]);
-    argv.retain(|f| !f.starts_with("--listen=") && !f.starts_with("--metrics-listen="));
-    argv.push(format!("--listen=127.0.0.1:{port}"));
-    argv.push(format!("--metrics-listen=127.0.0.1:{admin_port}"));
-    let mut guard = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
-        .args(&argv[1..])
-        .env("KUBELET_GUARD_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the guard");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_ready(admin_port).await;
-    let client = TlsClient::new(ca.cert_path(), None);
-    println!("guard pid {}; {} after start", guard.id(), usage(&guard));
+    let guard = bench.start_guard(&[]).await;
+    let client = TlsClient::new(bench.ca.cert_path(), None);
+    println!(
+        "guard pid {}; {} after start",
+        guard.child.id(),
+        usage(&guard.child)
+    );
 
     // Phase 1: cached scrapes.
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let cpu_before = cpu_seconds(&guard);
+    let started = Instant::now();
+    let cpu_before = cpu_seconds(&guard.child);
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let client = client.clone();
-            tokio::spawn(async move { scrape_until(&client, addr, deadline).await })
+            let addr = guard.addr;
+            tokio::spawn(async move { scrape(&client, addr, deadline, requests).await })
         })
         .collect();
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.unwrap());
     }
-    let cpu = cpu_seconds(&guard) - cpu_before;
+    let took = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&guard.child) - cpu_before;
     latencies.sort_unstable();
     let count = latencies.len();
     let pct = |p: f64| latencies[((count as f64 * p) as usize).min(count - 1)];
     println!(
-        "cached scrapes: {count} requests in {seconds}s over {connections} connections = {:.0} req/s; latency p50 {:?} p99 {:?} max {:?}; guard CPU {:.2}s ({:.0}% of one core); {}",
-        count as f64 / seconds as f64,
+        "cached scrapes: {count} requests in {took:.1}s over {connections} connections = {:.0} req/s; latency p50 {:?} p99 {:?} max {:?}; guard CPU {cpu:.2}s ({:.1} µs/request); {}",
+        count as f64 / took,
         pct(0.50),
         pct(0.99),
         latencies[count - 1],
-        cpu,
-        cpu / seconds as f64 * 100.0,
-        usage(&guard)
+        cpu * 1e6 / count as f64,
+        usage(&guard.child)
     );
 
     // Phase 2: many identities in the caches.
-    let started = Instant::now();
-    let per_task = identities / 16 + 1;
-    let tasks: Vec<_> = (0..16)
-        .map(|t| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                // One keep-alive connection per task, so the phase measures cached identities,
-                // not the churn of 10,000 TLS handshakes.
-                let tls = client.connect(addr, b"http/1.1").await.expect("connect");
-                let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                        .await
-                        .expect("handshake");
-                tokio::spawn(connection);
-                for n in t * per_task..((t + 1) * per_task).min(identities) {
-                    let request = http::Request::get("/metrics")
-                        .header("host", "localhost")
-                        .header("authorization", format!("Bearer t-{n}"))
-                        .body(Empty::<Bytes>::new())
-                        .unwrap();
-                    let response = sender.send_request(request).await.expect("request");
-                    assert_eq!(response.status(), 200);
-                    response.into_body().collect().await.expect("body");
-                }
+    if identities > 0 {
+        let started = Instant::now();
+        let per_task = identities / 16 + 1;
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let client = client.clone();
+                let addr = guard.addr;
+                tokio::spawn(async move {
+                    // One keep-alive connection per task, so the phase measures cached
+                    // identities, not the churn of 10,000 TLS handshakes.
+                    let mut sender = keep_alive(&client, addr).await;
+                    for n in t * per_task..((t + 1) * per_task).min(identities) {
+                        assert_eq!(get(&mut sender, &format!("t-{n}")).await, 200);
+                    }
+                })
             })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        println!(
+            "{identities} identities cached in {:?}; {}",
+            started.elapsed(),
+            usage(&guard.child)
+        );
     }
-    println!(
-        "{identities} identities cached in {:?} ({} token reviews, {} access reviews); {}",
-        started.elapsed(),
-        api.token_reviews().len(),
-        api.access_reviews().len(),
-        usage(&guard)
-    );
 
     // Phase 3: idle connections.
     let mut open = Vec::new();
     for _ in 0..idle {
         open.push(
             client
-                .connect(addr, b"http/1.1")
+                .connect(guard.addr, b"http/1.1")
                 .await
                 .expect("idle connection"),
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    println!("{idle} idle TLS connections open; {}", usage(&guard));
+    println!("{idle} idle TLS connections open; {}", usage(&guard.child));
     drop(open);
+    guard.stop();
 
-    let _ = guard.kill();
-    let _ = guard.wait();
+    if setting("LOAD_FLOODS", 1) > 0 {
+        bench.floods().await;
+    }
 }
 
-async fn scrape_until(client: &TlsClient, addr: SocketAddr, deadline: Instant) -> Vec<Duration> {
+impl Bench {
+    /// Starts a guard process with the shared files and `extra` flags, and waits until it is ready.
+    async fn start_guard(&self, extra: &[&str]) -> Guard {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut argv = flags(&self.ca, &self.kubelet_ca, &self.api, &self.kubelet, extra);
+        argv.retain(|f| {
+            !f.starts_with("--listen=")
+                && !f.starts_with("--metrics-listen=")
+                && !f.starts_with("--kubeconfig=")
+        });
+        argv.push(format!("--listen=127.0.0.1:{port}"));
+        argv.push(format!("--metrics-listen=127.0.0.1:{admin_port}"));
+        argv.push(format!("--token-auth-file={}", self.tokens.display()));
+        argv.push(format!("--rbac-policy-file={}", self.policy.display()));
+        let wrapper = std::env::var("LOAD_WRAPPER").unwrap_or_default();
+        let mut command: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
+        command.push(env!("CARGO_BIN_EXE_kubelet-guard").to_owned());
+        command.extend(argv.into_iter().skip(1));
+        let child = Command::new(&command[0])
+            .args(&command[1..])
+            .env("KUBELET_GUARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the guard");
+        wait_ready(admin_port).await;
+        Guard {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        }
+    }
+
+    /// The hostile callers of issue 10, each against a fresh guard.
+    async fn floods(&self) {
+        let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+        let client = TlsClient::new(self.ca.cert_path(), None);
+        let flood = client.clone().with_source(attacker);
+
+        let guard = self.start_guard(&["--max-connections=1000"]).await;
+        let scraper = spawn_scraper(&client, guard.addr);
+        let mut held = Vec::new();
+        for _ in 0..1500 {
+            if let Ok(tcp) = flood.tcp(guard.addr).await {
+                held.push(tcp);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        report("1,500 silent connections from 127.0.0.2", &guard, scraper).await;
+        drop(held);
+        guard.stop();
+
+        let guard = self.start_guard(&[]).await;
+        let scraper = spawn_scraper(&client, guard.addr);
+        let mut held = Vec::new();
+        let megabyte = vec![b'a'; 1 << 20];
+        for _ in 0..300 {
+            let Ok(mut tls) = flood.connect(guard.addr, b"http/1.1").await else {
+                continue;
+            };
+            let _ = tls
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: n\r\nX-Padding: ")
+                .await;
+            // Written in the background: the guard stops reading at its head limit.
+            held.push(tokio::spawn({
+                let megabyte = megabyte.clone();
+                async move {
+                    let _ = tls.write_all(&megabyte).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(tls);
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        report("300 unfinished 1 MB heads from 127.0.0.2", &guard, scraper).await;
+        for task in held {
+            task.abort();
+        }
+        guard.stop();
+
+        let guard = self.start_guard(&[]).await;
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            if let Ok(tcp) = flood.tcp(guard.admin).await {
+                held.push(tcp);
+            }
+        }
+        let mut slowest = Duration::ZERO;
+        let mut failed = 0;
+        for _ in 0..20 {
+            let started = Instant::now();
+            let health = tokio::time::timeout(Duration::from_secs(5), async {
+                support::guard::admin_get(guard.admin, "/healthz").await
+            })
+            .await;
+            if !health.is_ok_and(|h| h.starts_with("HTTP/1.1 200")) {
+                failed += 1;
+            }
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "2,000 silent admin connections from 127.0.0.2: /healthz failed {failed} of 20, slowest {slowest:?}; {}",
+            usage(&guard.child)
+        );
+        drop(held);
+        guard.stop();
+    }
+}
+
+impl Guard {
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scraper on 127.0.0.1, one new connection per request, until aborted: its failures and its
+/// slowest request.
+fn spawn_scraper(client: &TlsClient, addr: SocketAddr) -> Scraper {
+    let tally = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64, Duration::ZERO)));
+    let (client, shared) = (client.clone(), std::sync::Arc::clone(&tally));
+    let task = tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            let request = support::client::request("GET", "/metrics", Some("t-scraper"));
+            let ok = tokio::time::timeout(Duration::from_secs(5), client.try_send(addr, request))
+                .await
+                .is_ok_and(|r| r.is_ok_and(|r| r.status() == 200));
+            {
+                let mut tally = shared.lock().unwrap();
+                tally.0 += 1;
+                tally.1 += u64::from(!ok);
+                tally.2 = tally.2.max(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (task, tally)
+}
+
+async fn report(what: &str, guard: &Guard, (task, tally): Scraper) {
+    task.abort();
+    let _ = task.await;
+    let (sent, failed, slowest) = *tally.lock().unwrap();
+    println!(
+        "{what}: scraper failed {failed} of {sent}, slowest {slowest:?}; {}",
+        usage(&guard.child)
+    );
+}
+
+async fn keep_alive(
+    client: &TlsClient,
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     let tls = client.connect(addr, b"http/1.1").await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .expect("handshake");
     tokio::spawn(connection);
+    sender
+}
+
+async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    token: &str,
+) -> u16 {
+    let request = http::Request::get("/metrics")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("request");
+    let status = response.status().as_u16();
+    response.into_body().collect().await.expect("body");
+    status
+}
+
+/// Scrapes over one keep-alive connection until `deadline`, or `count` times when not zero.
+async fn scrape(
+    client: &TlsClient,
+    addr: SocketAddr,
+    deadline: Instant,
+    count: u64,
+) -> Vec<Duration> {
+    let mut sender = keep_alive(client, addr).await;
     let mut latencies = Vec::new();
-    while Instant::now() < deadline {
-        let request = http::Request::get("/metrics")
-            .header("host", "localhost")
-            .header("authorization", "Bearer t-scraper")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+    while if count > 0 {
+        (latencies.len() as u64) < count
+    } else {
+        Instant::now() < deadline
+    } {
         let started = Instant::now();
-        let response = sender.send_request(request).await.expect("request");
-        assert_eq!(response.status(), 200);
-        response.into_body().collect().await.expect("body");
+        assert_eq!(get(&mut sender, "t-scraper").await, 200);
         latencies.push(started.elapsed());
     }
     latencies
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 async fn wait_ready(admin_port: u16) {
-    support::with_deadline("the guard becomes ready", async {
+    // A guard under valgrind starts slowly.
+    tokio::time::timeout(Duration::from_secs(120), async {
         loop {
-            if let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
-                tokio::io::AsyncWriteExt::write_all(
-                    &mut tcp,
-                    b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                let mut answer = String::new();
-                let _ = tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer).await;
-                if answer.starts_with("HTTP/1.1 200") {
-                    return;
-                }
+            let answer = tokio::time::timeout(
+                Duration::from_secs(2),
+                support::guard::admin_get(
+                    SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                    "/readyz",
+                ),
+            )
+            .await;
+            if answer.is_ok_and(|a| a.starts_with("HTTP/1.1 200")) {
+                return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
-    .await;
+    .await
+    .expect("the guard becomes ready");
 }
 
 /// The guard's resident and peak memory.
