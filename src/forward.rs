@@ -387,14 +387,15 @@ fn strip_response(headers: &mut HeaderMap, switching: bool) {
 
 /// Drops the fixed hop-by-hop fields and every field `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Split as bytes: a value with one non-ASCII byte must not keep every name it lists alive
+    // (found by the header_hygiene fuzz target).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -551,6 +552,20 @@ mod tests {
         let mut names: Vec<_> = outbound.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept", "x-custom"]);
+    }
+
+    #[test]
+    fn a_connection_value_with_a_non_ascii_byte_still_drops_what_it_names() {
+        let mut inbound = map(&[("x-private", "secret"), ("accept", "*/*")]);
+        inbound.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-private, \x80").unwrap(),
+        );
+        let outbound = request_headers(&inbound, false);
+        assert_eq!(
+            outbound.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["accept"]
+        );
     }
 
     #[test]
