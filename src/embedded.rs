@@ -50,7 +50,7 @@ pub fn parse_policy(bytes: &[u8]) -> Result<Policy, String> {
 impl TokenReviewer for TokenFile {
     fn review<'a>(&'a self, token: &'a str) -> ReviewFuture<'a, TokenOutcome> {
         let outcome = match self.0.current().lookup(token) {
-            Some(identity) => TokenOutcome::Authenticated(Arc::new(identity.clone())),
+            Some(identity) => TokenOutcome::Authenticated(Arc::clone(identity)),
             None => TokenOutcome::Rejected,
         };
         Box::pin(std::future::ready(Ok(outcome)))

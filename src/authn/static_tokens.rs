@@ -19,13 +19,15 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::authn::Identity;
 
 /// The identities of a token file, by token.
 #[derive(Clone)]
 pub struct StaticTokens {
-    by_token: HashMap<String, Identity>,
+    /// Shared with the token cache, so a cached identity costs no second copy.
+    by_token: HashMap<String, Arc<Identity>>,
 }
 
 /// Why a token file was rejected. Never contains a token.
@@ -107,13 +109,16 @@ impl StaticTokens {
         }
         let by_token = by_token
             .into_iter()
-            .map(|(token, (_, identity))| (token, identity))
+            .map(|(token, (_, identity)): (String, (usize, Identity))| {
+                (token, Arc::new(identity.authenticated()))
+            })
             .collect();
         Ok(StaticTokens { by_token })
     }
 
     /// The identity the file gives `token`, or `None` for an unknown token.
-    pub fn lookup(&self, token: &str) -> Option<&Identity> {
+    /// Every identity has `system:authenticated` added, as the token authenticator adds it.
+    pub fn lookup(&self, token: &str) -> Option<&Arc<Identity>> {
         self.by_token.get(token)
     }
 
@@ -234,7 +239,7 @@ mod tests {
         let alice = tokens.lookup("s3cr3t").unwrap();
         assert_eq!(alice.name, "alice");
         assert_eq!(alice.uid, "1001");
-        assert!(alice.groups.is_empty());
+        assert_eq!(alice.groups, ["system:authenticated"]);
         assert!(alice.extra.is_empty());
     }
 
@@ -243,7 +248,7 @@ mod tests {
         let tokens = parse("t,alice,1,\"system:masters,ops\"\n");
         assert_eq!(
             tokens.lookup("t").unwrap().groups,
-            ["system:masters", "ops"]
+            ["system:masters", "ops", "system:authenticated"]
         );
     }
 
@@ -251,14 +256,20 @@ mod tests {
     fn unquoted_fourth_column_is_one_group() {
         // As in Go's CSV reader, an unquoted comma starts a fifth column, which is ignored.
         let tokens = parse("t,alice,1,ops,extra\n");
-        assert_eq!(tokens.lookup("t").unwrap().groups, ["ops"]);
+        assert_eq!(
+            tokens.lookup("t").unwrap().groups,
+            ["ops", "system:authenticated"]
+        );
     }
 
     #[test]
     fn group_names_are_trimmed_and_empty_ones_dropped() {
         let tokens = parse("t,alice,1,\" a, b ,,\"\nu,bob,2,\n");
-        assert_eq!(tokens.lookup("t").unwrap().groups, ["a", "b"]);
-        assert!(tokens.lookup("u").unwrap().groups.is_empty());
+        assert_eq!(
+            tokens.lookup("t").unwrap().groups,
+            ["a", "b", "system:authenticated"]
+        );
+        assert_eq!(tokens.lookup("u").unwrap().groups, ["system:authenticated"]);
     }
 
     #[test]
