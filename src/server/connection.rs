@@ -27,7 +27,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
@@ -41,6 +41,9 @@ use crate::config::Limits;
 use crate::metrics::{ConnectionGuard, Metrics};
 use crate::proxy::{self, Peer, State};
 use crate::reload::Watched;
+
+/// How much of the caller's first bytes is read before HTTP is set up (a request line fits).
+const FIRST_READ: usize = 512;
 
 /// How long a caller may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,6 +118,8 @@ struct InFlightBody<B> {
 /// and its count in the open-connections gauge.
 struct Admitted {
     io: TlsStream<TcpStream>,
+    /// Bytes read before HTTP was set up, handed to hyper first.
+    first: Option<Vec<u8>>,
     activity: Arc<Activity>,
     _slot: OwnedSemaphorePermit,
     _open: ConnectionGuard,
@@ -178,17 +183,58 @@ pub(super) async fn serve(
         handshake = handshake(&acceptor, tcp, addr, admission) => handshake,
         () = open.draining() => None,
     };
-    let Some((tls, peer)) = handshake else {
+    let Some((mut tls, peer)) = handshake else {
         return;
     };
+    // Nothing of HTTP is built before the caller sends its first bytes: an idle connection then
+    // costs its TLS state and this small task, not hyper's buffers (16 KiB) as well.
+    let mut first = vec![0u8; FIRST_READ];
+    let read = tokio::select! {
+        read = tokio::time::timeout(context.limits.header_read_timeout, tls.read(&mut first)) => read,
+        () = open.draining() => return,
+    };
+    let first = match read {
+        Ok(Ok(0)) => return,
+        Ok(Ok(n)) => {
+            first.truncate(n);
+            first
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %addr, error = %e, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            context
+                .state
+                .metrics
+                .limit_hit(Limit::HeaderReadTimeout.as_str());
+            return;
+        }
+    };
+    Box::pin(serve_http(context, tls, peer, first, slot, gauge, open)).await;
+}
+
+/// Serves HTTP on a connection whose caller has sent `first`, until it closes.
+async fn serve_http(
+    context: Arc<Context>,
+    tls: TlsStream<TcpStream>,
+    peer: Peer,
+    first: Vec<u8>,
+    slot: OwnedSemaphorePermit,
+    gauge: ConnectionGuard,
+    mut open: Tracked,
+) {
+    let addr = peer.addr;
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let expires = match &peer.certificate {
         PeerCertificate::Identity { not_after, .. } => Some(*not_after),
         _ => None,
     };
     let activity = Arc::new(Activity::new(&context.limits, !http2, expires));
+    activity.read(first.len());
     let io = TokioIo::new(Admitted {
         io: tls,
+        first: Some(first).filter(|first| !first.is_empty()),
         activity: Arc::clone(&activity),
         _slot: slot,
         _open: gauge,
@@ -462,6 +508,15 @@ impl AsyncRead for Admitted {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(first) = &mut this.first {
+            let n = first.len().min(buf.remaining());
+            buf.put_slice(&first[..n]);
+            first.drain(..n);
+            if first.is_empty() {
+                this.first = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         this.activity
