@@ -74,7 +74,10 @@ async fn an_open_kubelet_reads_exposed_and_require_keeps_the_guard_unready() {
     .await;
     assert_eq!(exposed(&cluster).await, ("1".into(), "1".into()));
     let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
-    eprintln!("open kubelet, require:\n{}\n{readyz}", gauges(&cluster).await);
+    eprintln!(
+        "open kubelet, require:\n{}\n{readyz}",
+        gauges(&cluster).await
+    );
     assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
     assert!(readyz.contains("anonymous.enabled: false"), "{readyz}");
     assert!(readyz.contains("webhook.enabled: false"), "{readyz}");
@@ -121,7 +124,10 @@ async fn a_locked_kubelet_reads_locked_and_require_turns_the_guard_ready() {
         }
     })
     .await;
-    eprintln!("locked kubelet, require:\n{}\n{readyz}", gauges(&cluster).await);
+    eprintln!(
+        "locked kubelet, require:\n{}\n{readyz}",
+        gauges(&cluster).await
+    );
     assert!(readyz.ends_with("ok\n"), "{readyz}");
 
     // The guard itself gets through, as this node's identity.
