@@ -7,6 +7,10 @@
 
 /// The JSON-lines log sink: a file with lumberjack-style rotation, or standard output.
 mod file;
+/// The rule that keeps credentials out of recorded commands and request URIs.
+pub mod redact;
+/// Command arguments joined as a shell would show them.
+pub mod shell;
 /// Flags and settings of the audit trail, and the [`sink::Auditor`] that queues events.
 pub mod sink;
 /// The batching `EventList` webhook sink.
@@ -43,6 +47,38 @@ pub const BYTES_TO_KUBELET: &str = "kubelet-guard.io/bytes-to-kubelet";
 pub const BYTES_TO_CALLER: &str = "kubelet-guard.io/bytes-to-caller";
 /// Annotation: how long an upgraded stream was open, as a Go-style duration (`1.5s`).
 pub const STREAM_DURATION: &str = "kubelet-guard.io/stream-duration";
+/// Annotation: how an upgraded stream ended (`caller-closed`, `kubelet-closed`, `shutdown`,
+/// `error`).
+pub const STREAM_END: &str = "kubelet-guard.io/stream-end";
+/// Annotation: the namespace of the pod the request acts on.
+pub const POD_NAMESPACE: &str = "kubelet-guard.io/pod-namespace";
+/// Annotation: the name of the pod the request acts on.
+pub const POD_NAME: &str = "kubelet-guard.io/pod-name";
+/// Annotation: the UID of the pod the request acts on, when the path has one.
+pub const POD_UID: &str = "kubelet-guard.io/pod-uid";
+/// Annotation: the container the request acts on, when the path names one.
+pub const CONTAINER: &str = "kubelet-guard.io/container";
+/// Annotation: the command of an exec or run, joined as a shell would show it, credentials
+/// redacted.
+pub const COMMAND: &str = "kubelet-guard.io/command";
+/// Annotation: the ports of a port-forward, comma-separated (`8080,9090`).
+pub const PORTS: &str = "kubelet-guard.io/ports";
+/// Annotation: `true` when an exec or attach asks for stdin.
+pub const STDIN: &str = "kubelet-guard.io/stdin";
+/// Annotation: `true` when an exec or attach asks for stdout.
+pub const STDOUT: &str = "kubelet-guard.io/stdout";
+/// Annotation: `true` when an exec or attach asks for stderr.
+pub const STDERR: &str = "kubelet-guard.io/stderr";
+/// Annotation: `true` when an exec or attach asks for a terminal.
+pub const TTY: &str = "kubelet-guard.io/tty";
+/// Annotation: how the caller authenticated (`x509`, `token`, `anonymous`).
+pub const AUTHENTICATION: &str = "kubelet-guard.io/authentication";
+/// Annotation: the issuer of the caller's client certificate (`CN=kubernetes`).
+pub const CERTIFICATE_ISSUER: &str = "kubelet-guard.io/client-certificate-issuer";
+/// Annotation: the serial number of the caller's client certificate, lowercase hexadecimal.
+pub const CERTIFICATE_SERIAL: &str = "kubelet-guard.io/client-certificate-serial";
+/// Annotation: when the caller's client certificate expires (RFC 3339).
+pub const CERTIFICATE_EXPIRY: &str = "kubelet-guard.io/client-certificate-expiry";
 
 /// One audit event (`audit.k8s.io/v1` `Event`, Metadata level).
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -59,7 +95,7 @@ pub struct Event {
     pub audit_id: String,
     /// `ResponseStarted` (an upgrade's 101) or `ResponseComplete`.
     pub stage: Stage,
-    /// Path and query as received.
+    /// Path and query as received, with the credentials [`redact`] recognises redacted.
     #[serde(rename = "requestURI")]
     pub request_uri: String,
     /// The verb authorized (empty when refused before classification).

@@ -45,9 +45,21 @@ pub enum PeerCertificate {
         identity: Arc<Identity>,
         /// When it expires.
         not_after: std::time::SystemTime,
+        /// Which certificate it is, for the audit trail.
+        issued: Arc<Issued>,
     },
     /// A verified certificate that names no user.
     Unusable(String),
+}
+
+/// Who issued a client certificate and under which serial number: with the issuer, the serial
+/// names one certificate, so an audit reader can find (and revoke) exactly the one that was used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// The issuer's distinguished name in certificate order, as OpenSSL prints it (`CN=kubernetes`).
+    pub issuer: String,
+    /// The serial number in lowercase hexadecimal without leading zeros, as Go's `%x` prints it.
+    pub serial: String,
 }
 
 /// Why a caller was not authenticated.
@@ -125,6 +137,7 @@ impl Authenticator {
             PeerCertificate::Identity {
                 identity,
                 not_after,
+                ..
             } => {
                 if std::time::SystemTime::now() > *not_after {
                     return Err(AuthnError::ExpiredCertificate);

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::{self, UpstreamCredential};
 use crate::reload::{FileError, Poll, Watched};
-use crate::server::drain::Drain;
+use crate::server::drain::{Drain, Tracked};
 use crate::tls;
 
 /// The response body type of the whole proxy: the kubelet's streamed body or one of ours.
@@ -64,11 +64,11 @@ pub struct Forwarded {
     /// The response to send back.
     pub response: Response<Body>,
     /// The splice task of an upgraded connection.
-    pub stream: Option<tokio::task::JoinHandle<Relayed>>,
+    pub stream: Option<tokio::task::JoinHandle<(Relayed, Tracked)>>,
 }
 
 /// Totals of one upgraded stream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Relayed {
     /// Bytes copied from the caller to the kubelet.
     pub to_kubelet: u64,
@@ -76,6 +76,34 @@ pub struct Relayed {
     pub to_caller: u64,
     /// How long the stream was open after the 101.
     pub duration: Duration,
+    /// How the stream ended.
+    pub end: StreamEnd,
+}
+
+/// How an upgraded stream ended: which side's connection ended first, whether cleanly (EOF) or
+/// abruptly (a reset, a TLS connection closed without `close_notify`), or why the guard ended it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The caller's connection ended first.
+    CallerClosed,
+    /// The kubelet's connection ended first (the command exited, or it answered a close).
+    KubeletClosed,
+    /// The guard closed it at the end of the shutdown grace period.
+    Shutdown,
+    /// A connection failed otherwise, or the upgrade never completed after the 101.
+    Error,
+}
+
+impl StreamEnd {
+    /// The audit annotation value: `caller-closed`, `kubelet-closed`, `shutdown` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CallerClosed => "caller-closed",
+            Self::KubeletClosed => "kubelet-closed",
+            Self::Shutdown => "shutdown",
+            Self::Error => "error",
+        }
+    }
 }
 
 /// The kubelet behind the guard and the pooled clients that reach it.
@@ -406,51 +434,120 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
-/// either side closes or shutdown's grace period ends, and reports the totals.
+/// either side closes or shutdown's grace period ends, and reports the totals and how it ended.
+///
+/// The stream stays counted by graceful shutdown (`open` is handed back) until whoever reads the
+/// totals lets go: the audit writers stop only after the drain, so the stream's closing event,
+/// recorded from the totals, is still written when shutdown closed the stream.
 async fn splice(
     inbound: hyper::upgrade::OnUpgrade,
     outbound: hyper::upgrade::OnUpgrade,
-    mut open: crate::server::drain::Tracked,
-) -> Relayed {
+    mut open: Tracked,
+) -> (Relayed, Tracked) {
     let started = std::time::Instant::now();
-    let (to_kubelet, to_caller) = match tokio::try_join!(inbound, outbound) {
+    let (to_kubelet, to_caller, end) = match tokio::try_join!(inbound, outbound) {
         Ok((inbound, outbound)) => {
-            let mut inbound = Metered::new(TokioIo::new(inbound));
-            let mut outbound = Metered::new(TokioIo::new(outbound));
-            tokio::select! {
+            // Both sides report the first connection to end; the first report wins.
+            let first = Arc::new(std::sync::OnceLock::new());
+            let mut inbound = Metered::new(TokioIo::new(inbound), Side::Caller, &first);
+            let mut outbound = Metered::new(TokioIo::new(outbound), Side::Kubelet, &first);
+            let end = tokio::select! {
                 copied = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
-                    if let Err(e) = copied {
+                    if let Err(e) = &copied {
                         tracing::debug!(error = %e, "upgraded stream ended with an error");
                     }
+                    first.get().map_or(StreamEnd::Error, |ended| ended.end())
                 }
                 () = open.closing() => {
                     tracing::info!("upgraded stream closed at the end of the shutdown grace period");
+                    StreamEnd::Shutdown
                 }
-            }
-            (inbound.read, outbound.read)
+            };
+            (inbound.read, outbound.read, end)
         }
         Err(e) => {
             tracing::warn!(error = %e, "upgrade failed after 101");
-            (0, 0)
+            (0, 0, StreamEnd::Error)
         }
     };
-    Relayed {
+    let relayed = Relayed {
         to_kubelet,
         to_caller,
         duration: started.elapsed(),
+        end,
+    };
+    (relayed, open)
+}
+
+/// One of the two connections of an upgraded stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Caller,
+    Kubelet,
+}
+
+/// The first connection of a stream to end, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ended {
+    side: Side,
+    /// EOF, or an error that means the peer went away (reset, TLS without `close_notify`).
+    closed: bool,
+}
+
+impl Ended {
+    fn end(self) -> StreamEnd {
+        match (self.closed, self.side) {
+            (false, _) => StreamEnd::Error,
+            (true, Side::Caller) => StreamEnd::CallerClosed,
+            (true, Side::Kubelet) => StreamEnd::KubeletClosed,
+        }
     }
 }
 
+/// Whether an I/O error on an upgraded connection means that its peer went away rather than
+/// that the connection failed: a reset, an abort, a broken pipe, or a TLS peer that closed
+/// without `close_notify` (rustls reports `UnexpectedEof`).
+fn peer_went_away(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
+}
+
 /// An upgraded connection that counts the bytes read from it, so a stream closed mid-copy still
-/// reports what it relayed.
+/// reports what it relayed, and reports when it is the first of the two to end.
 struct Metered<T> {
     io: T,
     read: u64,
+    side: Side,
+    first: Arc<std::sync::OnceLock<Ended>>,
 }
 
 impl<T> Metered<T> {
-    fn new(io: T) -> Self {
-        Self { io, read: 0 }
+    fn new(io: T, side: Side, first: &Arc<std::sync::OnceLock<Ended>>) -> Self {
+        Self {
+            io,
+            read: 0,
+            side,
+            first: Arc::clone(first),
+        }
+    }
+
+    /// Notes how this connection ended, unless the other one ended first.
+    fn ended<R>(&self, polled: &std::task::Poll<std::io::Result<R>>, eof: bool) {
+        let closed = match polled {
+            std::task::Poll::Ready(Ok(_)) if eof => true,
+            std::task::Poll::Ready(Err(e)) => peer_went_away(e.kind()),
+            _ => return,
+        };
+        let _ = self.first.set(Ended {
+            side: self.side,
+            closed,
+        });
     }
 }
 
@@ -463,7 +560,10 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Metered<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
-        this.read += (buf.filled().len() - before) as u64;
+        let read = buf.filled().len() - before;
+        this.read += read as u64;
+        // A read of nothing into room for something is the end of the stream.
+        this.ended(&polled, read == 0 && buf.remaining() > 0);
         polled
     }
 }
@@ -474,14 +574,20 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Metered<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.ended(&polled, false);
+        polled
     }
 
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.ended(&polled, false);
+        polled
     }
 
     fn poll_shutdown(
@@ -639,6 +745,26 @@ mod tests {
         assert!(value.is_sensitive(), "never printed in debug output");
         assert!(bearer_header(b" \n").unwrap_err().contains("empty"));
         assert!(bearer_header(b"a\x01b").is_err());
+    }
+
+    #[test]
+    fn a_stream_ends_as_the_first_connection_to_end_did() {
+        let ended = |side, closed| Ended { side, closed }.end();
+        assert_eq!(ended(Side::Caller, true), StreamEnd::CallerClosed);
+        assert_eq!(ended(Side::Kubelet, true), StreamEnd::KubeletClosed);
+        assert_eq!(ended(Side::Caller, false), StreamEnd::Error);
+        assert_eq!(ended(Side::Kubelet, false), StreamEnd::Error);
+        for gone in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+        ] {
+            assert!(peer_went_away(gone), "{gone:?}");
+        }
+        assert!(
+            !peer_went_away(std::io::ErrorKind::InvalidData),
+            "a TLS error is a failure"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! checked there.
 
 pub mod pod_scope;
+pub mod query;
 
 use std::fmt;
 

@@ -96,15 +96,7 @@ pub async fn handle(state: &State, peer: &Peer, request: Request<Incoming>) -> R
         }
     };
     // Record: metrics, audit and the Audit-ID header, never a credential.
-    record::finish(
-        state,
-        peer.addr,
-        arrival,
-        trail,
-        outcome,
-        &mut response,
-        stream,
-    );
+    record::finish(state, peer, arrival, trail, outcome, &mut response, stream);
     response
 }
 

@@ -2,8 +2,9 @@
 //! when the stream closes), its metric samples, the `Audit-ID` response header, and a debug line.
 //! Nothing here may block the response or write a credential.
 
+mod enrich;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
@@ -11,14 +12,16 @@ use std::time::{Instant, SystemTime};
 use http::{HeaderValue, Request, Response, StatusCode};
 use tokio::task::JoinHandle;
 
-use super::State;
+use super::{Peer, State};
+use crate::audit::redact::redact_target;
 use crate::audit::sink::Priority;
 use crate::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
 use crate::authn::Identity;
 use crate::authz::{Decision, Resource, Verdict};
-use crate::forward::{Body, Relayed};
+use crate::forward::{Body, Relayed, StreamEnd};
 use crate::kubelet_api::{KubeletRequest, Subresource};
 use crate::metrics::Outcome;
+use crate::server::drain::Tracked;
 
 /// What is learnt about a request as it passes the pipeline's steps.
 #[derive(Default)]
@@ -76,12 +79,12 @@ impl Arrival {
 /// Records a finished request: metrics, the audit event(s), the `Audit-ID` header.
 pub(super) fn finish(
     state: &State,
-    peer: SocketAddr,
+    peer: &Peer,
     arrival: Arrival,
     trail: Trail,
     outcome: Outcome,
     response: &mut Response<Body>,
-    stream: Option<JoinHandle<Relayed>>,
+    stream: Option<JoinHandle<(Relayed, Tracked)>>,
 ) {
     let status = response.status();
     let verb = trail.classified.as_ref().map_or("", |c| c.verb().as_str());
@@ -105,7 +108,7 @@ pub(super) fn finish(
         metrics.observed(observed);
     }
     tracing::debug!(
-        peer = %peer,
+        peer = %peer.addr,
         method = %arrival.method,
         path = arrival.target.split('?').next().unwrap_or_default(),
         user = trail.who.as_ref().map_or("", |who| who.name.as_str()),
@@ -136,7 +139,21 @@ pub(super) fn finish(
             state.audit.record(event.clone(), priority);
             let audit = state.audit.clone();
             tokio::spawn(async move {
-                let relayed = stream.await.unwrap_or_default();
+                // Holding `_open` until the event is queued keeps shutdown's drain, and so the
+                // audit writers, waiting for it. A splice task that panicked relayed nothing
+                // anyone counted.
+                let (relayed, _open) = match stream.await {
+                    Ok((relayed, open)) => (relayed, Some(open)),
+                    Err(_) => (
+                        Relayed {
+                            to_kubelet: 0,
+                            to_caller: 0,
+                            duration: std::time::Duration::ZERO,
+                            end: StreamEnd::Error,
+                        },
+                        None,
+                    ),
+                };
                 event.stage = Stage::ResponseComplete;
                 event.stage_timestamp = timestamp(SystemTime::now());
                 event
@@ -149,6 +166,9 @@ pub(super) fn finish(
                     audit::STREAM_DURATION,
                     format!("{:.3}s", relayed.duration.as_secs_f64()),
                 );
+                event
+                    .annotations
+                    .insert(audit::STREAM_END, relayed.end.as_str().to_owned());
                 audit.record(event, priority);
             });
         }
@@ -184,7 +204,7 @@ fn fallback_after(trail: &Trail) -> Option<Subresource> {
 
 fn event(
     state: &State,
-    peer: SocketAddr,
+    peer: &Peer,
     arrival: &Arrival,
     trail: &Trail,
     audit_id: String,
@@ -247,6 +267,13 @@ fn event(
     if let Some(observed) = trail.observed {
         annotations.insert(audit::OBSERVED, format!("would-{}", observed.as_str()));
     }
+    // Only a classified target is canonical enough to name a pod: the one that was forwarded.
+    if trail.classified.is_some() {
+        enrich::target(&mut annotations, &arrival.target);
+    }
+    if let Some(who) = &trail.who {
+        enrich::authentication(&mut annotations, &peer.certificate, who);
+    }
     let failed = status.is_client_error() || status.is_server_error();
     Event {
         kind: audit::EVENT_KIND,
@@ -254,14 +281,14 @@ fn event(
         level: "Metadata",
         audit_id,
         stage: Stage::ResponseComplete,
-        request_uri: arrival.target.clone(),
+        request_uri: redact_target(&arrival.target).into_owned(),
         verb: trail
             .classified
             .as_ref()
             .map_or("", |c| c.verb().as_str())
             .to_owned(),
         user: trail.who.as_deref().map(user_info).unwrap_or_default(),
-        source_ips: vec![peer.ip().to_string()],
+        source_ips: vec![peer.addr.ip().to_string()],
         user_agent: arrival.user_agent.clone(),
         object_ref: trail.classified.as_ref().map(|_| ObjectReference {
             resource: "nodes",

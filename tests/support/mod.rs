@@ -4,13 +4,15 @@
 //! - [`apiserver`]: the Kubernetes API server, speaking TokenReview and SubjectAccessReview JSON;
 //! - [`kubelet`]: a v1.36 kubelet behind mutual TLS, with real WebSocket and SPDY handshakes;
 //! - [`client`]: the callers (kubectl, the API server, scrapers) as TLS clients;
-//! - [`guard`]: kubelet-guard itself between the doubles, started with real flags.
+//! - [`guard`]: kubelet-guard itself between the doubles, started with real flags;
+//! - [`audit_log`]: the audit log file the guard writes, read back.
 //!
 //! Every test binary compiles all of it and uses a part, hence the blanket `dead_code` allowance;
 //! the module is private to each test crate, hence `unreachable_pub`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod apiserver;
+pub mod audit_log;
 pub mod audit_receiver;
 pub mod client;
 pub mod guard;

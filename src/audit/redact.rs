@@ -1,0 +1,281 @@
+//! No credential in the trail: the rule that redacts credentials from the command arguments an
+//! event records and from its `requestURI`.
+//!
+//! The guard never records the caller's own credential (its `Authorization` header is never
+//! read into an event). A command, though, can carry one: `curl -H 'Authorization: Bearer …'`
+//! run through an exec puts the token into the query. The rule works on words (runs of
+//! characters other than ASCII whitespace) of the arguments, in order, so a credential is found
+//! whether it is an argument of its own or part of a `sh -c` script:
+//!
+//! 1. the word after `Bearer`, `Basic` or `Token` (any case; quotes around the scheme ignored);
+//! 2. the value of `name=value` when the name holds a secret word (`--token=…`, `PASSWORD=…`,
+//!    `…?access_token=…`);
+//! 3. the value of `Name:value` when the name holds a secret word (`X-Auth-Token: …`);
+//! 4. the word after a flag (`-…`, no `=`) whose name holds a secret word (`--password …`).
+//!
+//! Secret words, in any case: `token`, `password`, `passwd`, `secret`, `credential`, `apikey`,
+//! `api-key`, `api_key`. A redacted word keeps the quotes around it and becomes [`MARK`]. In a
+//! `requestURI`, the values of each query key go through the same rule, and every value of a key
+//! that holds a secret word is redacted whole; the rest of the URI stays as sent.
+//!
+//! The rule errs towards redacting too much. It cannot know every program's options: `mysql
+//! -psecret` or a credential on stdin is not recognised (stdin is never recorded at all).
+
+use std::borrow::Cow;
+
+use crate::kubelet_api::query::{parse_query, query_escape};
+
+/// What a redacted credential is replaced with.
+pub const MARK: &str = "<redacted>";
+
+/// Parts of a name that say its value is a credential.
+const SECRET_WORDS: [&str; 8] = [
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "credential",
+    "apikey",
+    "api-key",
+    "api_key",
+];
+
+/// Authorization schemes whose next word is the credential.
+const SCHEMES: [&str; 3] = ["bearer", "basic", "token"];
+
+/// The arguments with every credential the rule recognises replaced by [`MARK`].
+pub fn redact_arguments(arguments: &[String]) -> Vec<String> {
+    let mut next_is_secret = false;
+    arguments
+        .iter()
+        .map(|argument| {
+            let mut redacted = String::with_capacity(argument.len());
+            let mut copied = 0;
+            for (start, word) in words(argument) {
+                redacted.push_str(&argument[copied..start]);
+                let (shown, introduces) = redact_word(word, next_is_secret);
+                redacted.push_str(&shown);
+                next_is_secret = introduces;
+                copied = start + word.len();
+            }
+            redacted.push_str(&argument[copied..]);
+            redacted
+        })
+        .collect()
+}
+
+/// The request-target with the credentials in its query redacted; borrowed when there are none.
+pub fn redact_target(target: &str) -> Cow<'_, str> {
+    let Some((path, query)) = target.split_once('?') else {
+        return Cow::Borrowed(target);
+    };
+    let pairs = parse_query(query);
+    let mut replaced: Vec<(&str, String)> = Vec::new();
+    let mut keys: Vec<&str> = Vec::new();
+    for pair in &pairs {
+        if keys.contains(&pair.key.as_str()) {
+            continue;
+        }
+        keys.push(&pair.key);
+        let group: Vec<_> = pairs.iter().filter(|p| p.key == pair.key).collect();
+        let values: Vec<String> = group.iter().map(|p| p.value.clone()).collect();
+        let redacted = if is_secret(&pair.key) {
+            values
+                .iter()
+                .map(|value| {
+                    if value.is_empty() {
+                        String::new()
+                    } else {
+                        MARK.to_owned()
+                    }
+                })
+                .collect()
+        } else {
+            redact_arguments(&values)
+        };
+        for ((pair, value), redacted) in group.iter().zip(&values).zip(redacted) {
+            if *value != redacted {
+                let key = pair.raw.split_once('=').map_or(pair.raw, |(key, _)| key);
+                replaced.push((pair.raw, format!("{key}={}", query_escape(&redacted))));
+            }
+        }
+    }
+    if replaced.is_empty() {
+        return Cow::Borrowed(target);
+    }
+    // Segments are told apart by where they sit in `query`, not by their text.
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|segment| {
+            replaced
+                .iter()
+                .find(|(raw, _)| std::ptr::eq(raw.as_ptr(), segment.as_ptr()))
+                .map_or(segment, |(_, new)| new.as_str())
+        })
+        .collect();
+    Cow::Owned(format!("{path}?{}", query.join("&")))
+}
+
+/// The words of `text` and where each starts.
+fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut rest = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        while rest.next_if(|(_, c)| c.is_ascii_whitespace()).is_some() {}
+        let (start, _) = *rest.peek()?;
+        let mut end = text.len();
+        while let Some((at, c)) = rest.next_if(|(_, c)| !c.is_ascii_whitespace()) {
+            end = at + c.len_utf8();
+        }
+        Some((start, &text[start..end]))
+    })
+}
+
+/// One word, redacted if it is a credential, and whether the word after it is one.
+fn redact_word(word: &str, is_credential: bool) -> (Cow<'_, str>, bool) {
+    let bare = word.trim_matches(['\'', '"']);
+    if SCHEMES
+        .iter()
+        .any(|scheme| bare.eq_ignore_ascii_case(scheme))
+    {
+        return (Cow::Borrowed(word), true);
+    }
+    if is_credential {
+        return (mask(word), false);
+    }
+    for separator in ['=', ':'] {
+        if let Some((name, value)) = word.split_once(separator)
+            && is_secret(name)
+        {
+            if value.trim_matches(['\'', '"']).is_empty() {
+                // `X-Auth-Token:` with its value in the next word.
+                return (Cow::Borrowed(word), separator == ':');
+            }
+            return (
+                Cow::Owned(format!("{name}{separator}{}", mask(value))),
+                false,
+            );
+        }
+    }
+    let flag = word.starts_with('-') && !word.contains('=');
+    (Cow::Borrowed(word), flag && is_secret(word))
+}
+
+/// `word` as [`MARK`], keeping the quotes around it.
+fn mask(word: &str) -> Cow<'_, str> {
+    let inner = word.trim_matches(['\'', '"']);
+    if inner.is_empty() {
+        return Cow::Borrowed(word);
+    }
+    let leading = word.len() - word.trim_start_matches(['\'', '"']).len();
+    let trailing = word.len() - word.trim_end_matches(['\'', '"']).len();
+    Cow::Owned(format!(
+        "{}{MARK}{}",
+        &word[..leading],
+        &word[word.len() - trailing..]
+    ))
+}
+
+/// Whether a name says its value is a credential.
+fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|secret| name.contains(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redacted(arguments: &[&str]) -> Vec<String> {
+        let arguments: Vec<String> = arguments.iter().map(|a| (*a).to_owned()).collect();
+        redact_arguments(&arguments)
+    }
+
+    #[test]
+    fn the_credential_after_an_authorization_scheme_is_redacted() {
+        assert_eq!(
+            redacted(&["curl", "-H", "Authorization: Bearer xyz", "https://api"]),
+            [
+                "curl",
+                "-H",
+                "Authorization: Bearer <redacted>",
+                "https://api"
+            ]
+        );
+        assert_eq!(
+            redacted(&["Authorization:", "bearer", "xyz", "next"]),
+            ["Authorization:", "bearer", "<redacted>", "next"],
+            "across arguments, as /run splits its command"
+        );
+        assert_eq!(
+            redacted(&[
+                "sh",
+                "-c",
+                "curl -H 'Authorization: Basic dXNlcjpw' -H \"x: Token abc\" u"
+            ]),
+            [
+                "sh",
+                "-c",
+                "curl -H 'Authorization: Basic <redacted>' -H \"x: Token <redacted>\" u"
+            ],
+            "inside a script, keeping its quotes"
+        );
+    }
+
+    #[test]
+    fn values_of_secret_names_are_redacted() {
+        assert_eq!(
+            redacted(&[
+                "kubectl",
+                "--token=abc",
+                "--Password",
+                "hunter2",
+                "API_KEY=k1",
+                "X-Auth-Token: t2",
+                "https://x/?access_token=t3",
+                "--token-ttl=5",
+                "--namespace=a",
+                "--user",
+                "bob",
+            ]),
+            [
+                "kubectl",
+                "--token=<redacted>",
+                "--Password",
+                "<redacted>",
+                "API_KEY=<redacted>",
+                "X-Auth-Token: <redacted>",
+                "https://x/?access_token=<redacted>",
+                "--token-ttl=<redacted>",
+                "--namespace=a",
+                "--user",
+                "bob",
+            ],
+            "too much rather than too little: --token-ttl goes too"
+        );
+        assert_eq!(
+            redacted(&["echo", "hello", "world", ""]),
+            ["echo", "hello", "world", ""]
+        );
+    }
+
+    #[test]
+    fn a_target_keeps_its_bytes_except_the_credentials() {
+        let plain = "/exec/ns/p/c?command=sh&command=-c&command=echo%20hi&tty=1";
+        assert!(matches!(redact_target(plain), Cow::Borrowed(_)));
+        assert_eq!(
+            redact_target(
+                "/exec/ns/p/c?command=curl&command=-H&command=Authorization%3A%20Bearer%20xyz&input=1"
+            ),
+            "/exec/ns/p/c?command=curl&command=-H&command=Authorization%3A+Bearer+%3Credacted%3E&input=1"
+        );
+        assert_eq!(
+            redact_target("/run/ns/p/c?cmd=mysql+--password+s3cret+-e+x&my_secret=abc&x=Bearer"),
+            "/run/ns/p/c?cmd=mysql+--password+%3Credacted%3E+-e+x&my_secret=%3Credacted%3E&x=Bearer"
+        );
+        assert_eq!(
+            redact_target("/exec/ns/p/c?command=--token&command=x&command=--token&command=x"),
+            "/exec/ns/p/c?command=--token&command=%3Credacted%3E&command=--token&command=%3Credacted%3E",
+            "equal segments are each judged where they sit"
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! Audit events a SIEM can use without parsing URLs (issue 14): the target pod, what was run, how
+//! the caller authenticated and how an upgraded stream ended, each as a `kubelet-guard.io/`
+//! annotation of the events written for real requests through the guard.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{Value, json};
+use support::apiserver::TokenIdentity;
+use support::audit_log::AuditLog;
+use support::client::WsStream;
+use support::guard::Cluster;
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "t-debugger";
+const USER: &str = "system:serviceaccount:ops:debugger";
+
+/// A guard writing `log`, with `extra` flags, whose token caller may do anything on the node.
+async fn cluster(log: &AuditLog, extra: &[&str]) -> Cluster {
+    let mut flags = vec![log.flag()];
+    flags.extend_from_slice(extra);
+    let cluster = Cluster::start(&flags).await;
+    cluster.api.add_token(TOKEN, USER, "uid-7", &["ops"]);
+    cluster.api.allow(USER, "*", "*");
+    cluster
+}
+
+/// Opens an exec-style WebSocket to `target` and reads the kubelet's greeting.
+async fn websocket(cluster: &Cluster, target: &str) -> WsStream {
+    let (response, mut socket) = cluster
+        .client()
+        .websocket(cluster.addr(), target, Some(TOKEN), &["v5.channel.k8s.io"])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket.next().await.unwrap().unwrap();
+    socket
+}
+
+/// The first event whose `requestURI` is `target`, at `stage`.
+async fn event(log: &AuditLog, target: &str, stage: &str) -> Value {
+    log.find(&format!("the {stage} event of {target}"), |event| {
+        event["requestURI"] == target && event["stage"] == stage
+    })
+    .await
+}
+
+/// The annotations of `event` whose names start with `kubelet-guard.io/` and are in `names`.
+fn annotations(event: &Value, names: &[&str]) -> Value {
+    let all = event["annotations"].as_object().unwrap();
+    let picked: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|name| format!("kubelet-guard.io/{name}"))
+        .filter_map(|name| all.get(&name).map(|value| (name, value.clone())))
+        .collect();
+    Value::Object(picked)
+}
+
+const POD: [&str; 4] = ["pod-namespace", "pod-name", "pod-uid", "container"];
+
+#[tokio::test]
+async fn the_target_pod_is_the_one_the_pod_check_reads() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &["--pod-scoped-authz"]).await;
+    cluster.api.allow_pod(USER, "create", "exec", "team-a");
+    let target = "/exec/team-a/web-0/6f1c-0001/app?command=id&output=1";
+    let _socket = websocket(&cluster, target).await;
+
+    let started = event(&log, target, "ResponseStarted").await;
+    assert_eq!(
+        annotations(&started, &POD),
+        json!({
+            "kubelet-guard.io/pod-namespace": "team-a",
+            "kubelet-guard.io/pod-name": "web-0",
+            "kubelet-guard.io/pod-uid": "6f1c-0001",
+            "kubelet-guard.io/container": "app",
+        })
+    );
+    assert_eq!(
+        started["annotations"]["kubelet-guard.io/pod-check"], "create pods/exec team-a/web-0=allow",
+        "the pod the check allowed is the pod the event names"
+    );
+}
+
+#[tokio::test]
+async fn a_path_without_a_pod_uid_names_no_uid() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    let logs = "/containerLogs/team-a/web-0/app?tailLines=10";
+    assert_eq!(cluster.get(logs, TOKEN).await.0, StatusCode::OK);
+    let exec = "/exec/team-a/web-0/app?command=id&output=1";
+    let _socket = websocket(&cluster, exec).await;
+    assert_eq!(cluster.get("/metrics", TOKEN).await.0, StatusCode::OK);
+
+    let expected = json!({
+        "kubelet-guard.io/pod-namespace": "team-a",
+        "kubelet-guard.io/pod-name": "web-0",
+        "kubelet-guard.io/container": "app",
+    });
+    let read = event(&log, logs, "ResponseComplete").await;
+    assert_eq!(annotations(&read, &POD), expected);
+    let started = event(&log, exec, "ResponseStarted").await;
+    assert_eq!(annotations(&started, &POD), expected);
+    let scrape = event(&log, "/metrics", "ResponseComplete").await;
+    assert_eq!(
+        annotations(&scrape, &POD),
+        json!({}),
+        "a scrape names no pod"
+    );
+}
+
+#[tokio::test]
+async fn a_container_log_file_names_its_pod_from_the_directory() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    let file = "/logs/pods/team-a_web-0_6f1c-0001/app/0.log";
+    assert_eq!(cluster.get(file, TOKEN).await.0, StatusCode::OK);
+    let read = event(&log, file, "ResponseComplete").await;
+    assert_eq!(
+        annotations(&read, &POD),
+        json!({
+            "kubelet-guard.io/pod-namespace": "team-a",
+            "kubelet-guard.io/pod-name": "web-0",
+            "kubelet-guard.io/pod-uid": "6f1c-0001",
+            "kubelet-guard.io/container": "app",
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_command_is_decoded_and_quoted_as_a_shell_shows_it() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    // `+` and `%20` are spaces, `%22` and `%27` quotes, `%25` a percent sign, an empty argument.
+    let exec = "/exec/team-a/web-0/app?command=sh&command=-c\
+                &command=echo+%22it%27s+here%22%20%3E%20/tmp/out%20%26%26%20cat%20/tmp/out\
+                &command=&command=100%25&output=1";
+    let _socket = websocket(&cluster, exec).await;
+    // /run reads its first `cmd` and splits it at each space, as the kubelet does.
+    let run = "/run/team-a/web-0/app?cmd=ls+-l%20%2Fvar%2Flog";
+    let response = cluster
+        .client()
+        .send(
+            cluster.addr(),
+            support::client::request("POST", run, Some(TOKEN)),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let started = event(&log, exec, "ResponseStarted").await;
+    assert_eq!(
+        started["annotations"]["kubelet-guard.io/command"],
+        r#"sh -c 'echo "it'\''s here" > /tmp/out && cat /tmp/out' '' 100%"#
+    );
+    assert_eq!(
+        started["requestURI"], exec,
+        "without a credential, the URI is recorded as sent"
+    );
+    let ran = event(&log, run, "ResponseComplete").await;
+    assert_eq!(
+        ran["annotations"]["kubelet-guard.io/command"],
+        "ls -l /var/log"
+    );
+}
+
+#[tokio::test]
+async fn the_requested_streams_are_recorded_for_exec_and_attach() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    let exec = "/exec/team-a/web-0/app?command=sh&input=1&output=1&tty=1";
+    let _exec = websocket(&cluster, exec).await;
+    let attach = "/attach/team-a/web-0/app?output=1&error=1";
+    let _attach = websocket(&cluster, attach).await;
+
+    let streams = ["stdin", "stdout", "stderr", "tty"];
+    let started = event(&log, exec, "ResponseStarted").await;
+    assert_eq!(
+        annotations(&started, &streams),
+        json!({
+            "kubelet-guard.io/stdin": "true",
+            "kubelet-guard.io/stdout": "true",
+            "kubelet-guard.io/stderr": "false",
+            "kubelet-guard.io/tty": "true",
+        })
+    );
+    let attached = event(&log, attach, "ResponseStarted").await;
+    assert_eq!(
+        annotations(&attached, &streams),
+        json!({
+            "kubelet-guard.io/stdin": "false",
+            "kubelet-guard.io/stdout": "true",
+            "kubelet-guard.io/stderr": "true",
+            "kubelet-guard.io/tty": "false",
+        })
+    );
+    assert!(
+        attached["annotations"]
+            .get("kubelet-guard.io/command")
+            .is_none(),
+        "an attach runs nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_port_forward_records_its_ports() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    let forward = "/portForward/team-a/web-0?port=8080,9090&port=53";
+    let _socket = websocket(&cluster, forward).await;
+    let started = event(&log, forward, "ResponseStarted").await;
+    assert_eq!(
+        started["annotations"]["kubelet-guard.io/ports"],
+        "8080,9090,53"
+    );
+    assert_eq!(
+        annotations(&started, &POD),
+        json!({
+            "kubelet-guard.io/pod-namespace": "team-a",
+            "kubelet-guard.io/pod-name": "web-0",
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_authentication_is_x509_token_or_anonymous() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &["--anonymous-auth"]).await;
+    cluster.api.allow("prometheus", "get", "metrics");
+    cluster
+        .api
+        .allow("system:unauthenticated", "get", "healthz");
+    let certified = cluster.client_with_cert("prometheus", &["monitoring"]);
+    assert_eq!(
+        certified.get(cluster.addr(), "/metrics", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(cluster.get("/pods", TOKEN).await.0, StatusCode::OK);
+    assert_eq!(
+        cluster
+            .client()
+            .get(cluster.addr(), "/healthz", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        cluster.get("/stats/summary", "t-unknown").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let authentication =
+        |event: &Value| event["annotations"]["kubelet-guard.io/authentication"].clone();
+    let scrape = event(&log, "/metrics", "ResponseComplete").await;
+    assert_eq!(authentication(&scrape), "x509");
+    let listed = event(&log, "/pods", "ResponseComplete").await;
+    assert_eq!(authentication(&listed), "token");
+    let probed = event(&log, "/healthz", "ResponseComplete").await;
+    assert_eq!(authentication(&probed), "anonymous");
+    let refused = event(&log, "/stats/summary", "ResponseComplete").await;
+    assert_eq!(
+        authentication(&refused),
+        Value::Null,
+        "a caller that did not authenticate has no method"
+    );
+    for event in [&listed, &probed] {
+        assert_eq!(
+            annotations(event, &["client-certificate-issuer"]),
+            json!({}),
+            "no certificate, no certificate details"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_caller_is_named_by_issuer_serial_and_expiry() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    cluster.api.allow("prometheus", "get", "metrics");
+    let certificate = cluster.ca.client_cert("prometheus", &["monitoring"]);
+    let caller = support::client::TlsClient::new(cluster.ca.cert_path(), Some(&certificate));
+    assert_eq!(
+        caller.get(cluster.addr(), "/metrics", None).await.0,
+        StatusCode::OK
+    );
+
+    let der = certificate.cert_der();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let expiry = UNIX_EPOCH
+        + Duration::from_secs(parsed.validity().not_after.timestamp().try_into().unwrap());
+    let scrape = event(&log, "/metrics", "ResponseComplete").await;
+    assert_eq!(
+        annotations(
+            &scrape,
+            &[
+                "authentication",
+                "client-certificate-issuer",
+                "client-certificate-serial",
+                "client-certificate-expiry"
+            ]
+        ),
+        json!({
+            "kubelet-guard.io/authentication": "x509",
+            "kubelet-guard.io/client-certificate-issuer": "CN=cluster",
+            "kubelet-guard.io/client-certificate-serial": format!("{:x}", parsed.tbs_certificate.serial),
+            "kubelet-guard.io/client-certificate-expiry": humantime::format_rfc3339_seconds(expiry).to_string(),
+        })
+    );
+    assert_eq!(
+        scrape["user"],
+        json!({"username": "prometheus", "groups": ["monitoring", "system:authenticated"]})
+    );
+}
+
+#[tokio::test]
+async fn a_bound_tokens_credential_id_node_and_pod_come_through_in_user_extra() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    let extra: HashMap<String, Vec<String>> = [
+        (
+            "authentication.kubernetes.io/credential-id",
+            "JTI=7c1f0c5e-3d43-4a1e-9d1b-0e6f2b8a5a10",
+        ),
+        ("authentication.kubernetes.io/node-name", "node-1"),
+        (
+            "authentication.kubernetes.io/node-uid",
+            "b8e2c6a4-5f0e-4c43-a3c7-2d9b4f1e7a21",
+        ),
+        ("authentication.kubernetes.io/pod-name", "prometheus-0"),
+        (
+            "authentication.kubernetes.io/pod-uid",
+            "0f5a3c1e-8b7d-4e2f-9a6c-1d3e5f7a9b2c",
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), vec![value.to_owned()]))
+    .collect();
+    cluster.api.add_token_with(
+        "t-bound",
+        TokenIdentity {
+            username: "system:serviceaccount:monitoring:prometheus".into(),
+            uid: "5d2e0f4b-9c1a-4b7e-8f3d-6a2c1e0b9d48".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            extra: extra.clone(),
+            audiences: None,
+        },
+    );
+    cluster
+        .api
+        .allow("system:serviceaccounts", "get", "metrics");
+    assert_eq!(cluster.get("/metrics", "t-bound").await.0, StatusCode::OK);
+
+    let scrape = event(&log, "/metrics", "ResponseComplete").await;
+    assert_eq!(scrape["user"]["extra"], json!(extra));
+    assert_eq!(
+        scrape["annotations"]["kubelet-guard.io/authentication"],
+        "token"
+    );
+    let reviewed = &cluster.api.access_reviews()[0]["spec"]["extra"];
+    assert_eq!(
+        *reviewed,
+        json!(extra),
+        "the same extra went into the access review"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_ends_as_the_caller_or_the_kubelet_closed_it() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    let hung_up = "/exec/team-a/web-0/app?command=top&output=1";
+    let socket = websocket(&cluster, hung_up).await;
+    drop(socket);
+    let ended = event(&log, hung_up, "ResponseComplete").await;
+    assert_eq!(
+        ended["annotations"]["kubelet-guard.io/stream-end"],
+        "caller-closed"
+    );
+
+    // After a close handshake the server closes first (RFC 6455 section 7.1.1): here the kubelet.
+    let finished = "/exec/team-a/web-0/app?command=true&output=1";
+    let mut socket = websocket(&cluster, finished).await;
+    socket.close(None).await.unwrap();
+    while socket.next().await.is_some() {}
+    let ended = event(&log, finished, "ResponseComplete").await;
+    assert_eq!(
+        ended["annotations"]["kubelet-guard.io/stream-end"],
+        "kubelet-closed"
+    );
+    drop(socket);
+}
+
+#[tokio::test]
+async fn a_stream_cut_at_shutdown_ends_as_shutdown_and_is_still_written() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &["--shutdown-grace-period=200ms"]).await;
+    let target = "/exec/team-a/web-0/app?command=sh&input=1&output=1";
+    let mut socket = websocket(&cluster, target).await;
+    socket
+        .send(Message::binary(b"\x00still here\n".to_vec()))
+        .await
+        .unwrap();
+    socket.next().await.unwrap().unwrap();
+
+    support::with_deadline("the guard stops", cluster.guard.stop()).await;
+    let text = log.text();
+    let closed: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|event| event["stage"] == "ResponseComplete")
+        .collect();
+    assert_eq!(closed.len(), 1, "written before the guard stopped:\n{text}");
+    assert_eq!(
+        closed[0]["annotations"]["kubelet-guard.io/stream-end"],
+        "shutdown"
+    );
+}
