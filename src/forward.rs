@@ -37,16 +37,22 @@ use crate::tls;
 /// The response body type of the whole proxy: the kubelet's streamed body or one of ours.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Why the kubelet's answer could not be had.
+/// Why the kubelet's answer could not be had, and whose fault it was.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// Connecting or talking to the kubelet failed.
-    #[error("the kubelet is unreachable: {0}")]
-    Unreachable(String),
-    /// No response headers within `--upstream-timeout`.
+    /// Connecting or talking to the kubelet failed: the kubelet's fault (502).
+    #[error("the kubelet is unreachable")]
+    Unreachable(#[source] hyper_util::client::legacy::Error),
+    /// No response headers within `--upstream-timeout`: the kubelet's fault (504).
     #[error("the kubelet did not answer within {0:?}")]
     Timeout(Duration),
+    /// The guard could not build the request it meant to send: its own fault (500).
+    #[error("internal: {0}")]
+    Internal(&'static str),
 }
+
+/// Displays an error's causes, outermost first, for a log line.
+pub struct Causes<'a>(pub &'a dyn std::error::Error);
 
 /// Whose credential a forwarded request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,19 +254,16 @@ impl Upstream {
         uri.scheme = Some(http::uri::Scheme::HTTPS);
         uri.authority = Some(self.authority.clone());
         uri.path_and_query = parts.uri.path_and_query().cloned();
-        let uri = http::Uri::from_parts(uri).map_err(|e| {
-            ForwardError::Unreachable(format!("cannot build the upstream URI: {e}"))
-        })?;
+        let uri = http::Uri::from_parts(uri)
+            .map_err(|_| ForwardError::Internal("the upstream URI cannot be built"))?;
         let clients = self.clients.current();
         // Never pair the caller's token with the guard's certificate: the kubelet would believe
         // the certificate. Without a client for callers (enforce mode) such a request fails.
         let client = match credential {
             Credential::Guard => &clients.guard,
-            Credential::Caller => clients.callers.as_ref().ok_or_else(|| {
-                ForwardError::Unreachable(
-                    "no connection without the guard's identity outside observe mode".into(),
-                )
-            })?,
+            Credential::Caller => clients.callers.as_ref().ok_or(ForwardError::Internal(
+                "no connection without the guard's identity outside observe mode",
+            ))?,
         };
         let mut headers = std::mem::take(&mut parts.headers);
         strip_request(&mut headers, upgrade);
@@ -290,7 +293,7 @@ impl Upstream {
         let mut response = match tokio::time::timeout(self.timeout, client.request(outbound)).await
         {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
+            Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
             Ok(Ok(response)) => response,
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -613,15 +616,20 @@ fn bearer_header(bytes: &[u8]) -> Result<HeaderValue, String> {
     Ok(value)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut source = self.0.source();
+        let mut first = true;
+        while let Some(cause) = source {
+            if !first {
+                f.write_str(": ")?;
+            }
+            write!(f, "{cause}")?;
+            first = false;
+            source = cause.source();
+        }
+        Ok(())
     }
-    message
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@ use crate::audit::sink::Auditor;
 use crate::authn::{Authenticator, AuthnError, PeerCertificate};
 use crate::authz::{Authorizer, AuthzError, Resource};
 use crate::config::{Mode, NodeName};
-use crate::forward::{Body, Credential, ForwardError, Forwarded, Upstream};
+use crate::forward::{self, Body, Credential, ForwardError, Forwarded, Upstream};
 use crate::kubelet_api::pod_scope::{PodScope, pod_scope};
-use crate::kubelet_api::{self, Rejection, Subresource, Verb};
+use crate::kubelet_api::{self, KubeletRequest, Rejection, Subresource, Verb};
 use crate::metrics::{Metrics, Outcome};
 use record::{Arrival, Trail};
 
@@ -120,14 +120,15 @@ async fn guard(
         .map_err(Refusal::Unclassifiable)?,
     );
 
-    let decided = decide(state, peer, &request, trail).await;
+    let decided = decide(state, peer, &request, classified, trail).await;
     // Observe mode forwards callers without a certificate with their own credentials, so the
     // kubelet's native authorization decides; the guard's would-be refusal is only recorded.
     let credential =
         if state.mode == Mode::Observe && matches!(peer.certificate, PeerCertificate::Absent) {
             if let Err(refusal) = &decided {
-                trail.observed = Some(outcome_of(refusal));
-                trail.message = Some(message_of(refusal));
+                let answer = refusal.answer();
+                trail.observed = Some(answer.outcome);
+                trail.message = Some(answer.message);
             }
             Credential::Caller
         } else {
@@ -143,16 +144,15 @@ async fn guard(
         .map_err(Refusal::Upstream)
 }
 
-/// Authenticates the caller and walks the checks; `Ok` means some check allowed.
+/// Authenticates the caller and walks the checks `classified` needs; `Ok` means some check
+/// allowed. There is no way to `Ok` but through an allow.
 async fn decide(
     state: &State,
     peer: &Peer,
     request: &Request<Incoming>,
+    classified: KubeletRequest,
     trail: &mut Trail,
 ) -> Result<(), Refusal> {
-    let Some(classified) = trail.classified else {
-        return Ok(());
-    };
     // Authenticate: the connection's certificate, else the bearer token.
     let who = trail.who.insert(
         state
@@ -223,109 +223,162 @@ async fn decide(
     }
 }
 
-/// The response, metric outcome and one-line message for a refusal.
-fn refuse(refusal: &Refusal, metrics: &Metrics) -> (Response<Body>, Outcome, String) {
-    let message = message_of(refusal);
-    let status = match refusal {
-        Refusal::Unclassifiable(rejection) if rejection.is_method() => {
-            StatusCode::METHOD_NOT_ALLOWED
+/// What the guard answers for one refusal: everything a new refusal must decide, in one place.
+struct Answer {
+    /// The status code, which follows whose fault it was.
+    status: StatusCode,
+    /// The `decision` label.
+    outcome: Outcome,
+    /// The one-line message, in the kubelet's words where the kubelet has words for it.
+    message: String,
+    /// Whether the body ends with a newline: the kubelet writes its 403 with one, its 401 and
+    /// 500 without, and the guard's own 400 and 405 and the 502 and 504 with one.
+    newline: bool,
+    /// The `kind` of `kubelet_guard_upstream_errors_total`, for the kubelet's faults.
+    upstream: Option<&'static str>,
+}
+
+impl Refusal {
+    /// The answer to this refusal.
+    fn answer(&self) -> Answer {
+        let answer = |status, outcome, message: String, newline| Answer {
+            status,
+            outcome,
+            message,
+            newline,
+            upstream: None,
+        };
+        match self {
+            Self::Unclassifiable(rejection) => answer(
+                if rejection.is_method() {
+                    StatusCode::METHOD_NOT_ALLOWED
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                Outcome::Rejected,
+                rejection.to_string(),
+                true,
+            ),
+            Self::Unauthenticated(AuthnError::Review(_)) => answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Outcome::Error,
+                "Authentication error: the token review failed".into(),
+                false,
+            ),
+            Self::Unauthenticated(_) => answer(
+                StatusCode::UNAUTHORIZED,
+                Outcome::Unauthenticated,
+                "Unauthorized".into(),
+                false,
+            ),
+            Self::Forbidden { user, verb, checks } => {
+                let checks: Vec<&str> = checks.iter().map(|s| s.as_str()).collect();
+                answer(
+                    StatusCode::FORBIDDEN,
+                    Outcome::Forbidden,
+                    format!(
+                        "Forbidden (user={user}, verb={}, resource=nodes, subresource(s)=[{}])",
+                        verb.as_str(),
+                        checks.join(" ")
+                    ),
+                    true,
+                )
+            }
+            Self::PodForbidden {
+                user,
+                verb,
+                resource,
+            } => answer(
+                StatusCode::FORBIDDEN,
+                Outcome::Forbidden,
+                match resource {
+                    Resource::Pod {
+                        namespace, name, ..
+                    } => format!(
+                        "Forbidden (user={user}, verb={}, resource=pods, subresource(s)=[{}], namespace={namespace}, name={name})",
+                        verb.as_str(),
+                        resource.subresource()
+                    ),
+                    Resource::Node(_) => format!("Forbidden (user={user}, verb={})", verb.as_str()),
+                },
+                true,
+            ),
+            Self::PodUnnamed => answer(
+                StatusCode::BAD_REQUEST,
+                Outcome::Rejected,
+                "pod-scoped authorization: the path names no pod as the kubelet's route does \
+                 (/exec/{namespace}/{pod}[/{uid}]/{container})"
+                    .into(),
+                true,
+            ),
+            Self::Undecided { user, error } => answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Outcome::Error,
+                format!(
+                    "Authorization error (user={user}, verb={}, resource={}, subresource={})",
+                    error.verb.as_str(),
+                    error.resource.resource(),
+                    error.resource.subresource()
+                ),
+                false,
+            ),
+            Self::Upstream(error) => {
+                let (status, message, kind) = match error {
+                    ForwardError::Timeout(_) => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "Gateway Timeout: the kubelet did not answer in time",
+                        Some("timeout"),
+                    ),
+                    ForwardError::Unreachable(_) => (
+                        StatusCode::BAD_GATEWAY,
+                        "Bad Gateway: the kubelet is unreachable",
+                        Some("unreachable"),
+                    ),
+                    // Ours, not the kubelet's: no upstream error to count.
+                    ForwardError::Internal(_) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal Server Error: the request could not be forwarded",
+                        None,
+                    ),
+                };
+                Answer {
+                    status,
+                    outcome: Outcome::Allowed,
+                    message: message.into(),
+                    newline: true,
+                    upstream: kind,
+                }
+            }
         }
-        Refusal::Unclassifiable(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Logs and counts a refusal and builds its response; returns the response, the metric outcome
+/// and the message.
+fn refuse(refusal: &Refusal, metrics: &Metrics) -> (Response<Body>, Outcome, String) {
+    match refusal {
         Refusal::Unauthenticated(AuthnError::Review(e)) => {
             tracing::warn!(error = %e, "token review failed");
-            StatusCode::INTERNAL_SERVER_ERROR
         }
-        Refusal::Unauthenticated(e) => {
-            tracing::debug!(reason = %e, "unauthenticated");
-            StatusCode::UNAUTHORIZED
-        }
-        Refusal::Forbidden { .. } | Refusal::PodForbidden { .. } => StatusCode::FORBIDDEN,
-        Refusal::PodUnnamed => StatusCode::BAD_REQUEST,
+        Refusal::Unauthenticated(e) => tracing::debug!(reason = %e, "unauthenticated"),
         Refusal::Undecided { user, error } => {
             tracing::warn!(error = %error, cause = %error.source, user, "authorization failed");
-            StatusCode::INTERNAL_SERVER_ERROR
         }
         Refusal::Upstream(e) => {
-            tracing::warn!(error = %e, "kubelet failed");
-            let (status, kind) = match e {
-                ForwardError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-                ForwardError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
-            };
-            metrics.upstream_error(kind);
-            status
+            tracing::warn!(error = %e, cause = %forward::Causes(e), "forwarding failed");
         }
-    };
-    // The kubelet writes its 401 without a newline and its 403 with one; match it byte for byte.
-    let body = match refusal {
-        Refusal::Unauthenticated(AuthnError::Review(_))
-        | Refusal::Unauthenticated(_)
-        | Refusal::Undecided { .. } => message.clone(),
-        _ => format!("{message}\n"),
-    };
-    (text(status, body), outcome_of(refusal), message)
-}
-
-/// The metric outcome of a refusal.
-fn outcome_of(refusal: &Refusal) -> Outcome {
-    match refusal {
-        Refusal::Unclassifiable(_) | Refusal::PodUnnamed => Outcome::Rejected,
-        Refusal::Unauthenticated(AuthnError::Review(_)) | Refusal::Undecided { .. } => {
-            Outcome::Error
-        }
-        Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
-        Refusal::Forbidden { .. } | Refusal::PodForbidden { .. } => Outcome::Forbidden,
-        Refusal::Upstream(_) => Outcome::Allowed,
+        _ => {}
     }
-}
-
-/// The one-line message of a refusal, in the kubelet's words where the kubelet has words for it.
-fn message_of(refusal: &Refusal) -> String {
-    match refusal {
-        Refusal::Unclassifiable(rejection) => rejection.to_string(),
-        Refusal::Unauthenticated(AuthnError::Review(_)) => {
-            "Authentication error: the token review failed".into()
-        }
-        Refusal::Unauthenticated(_) => "Unauthorized".into(),
-        Refusal::Forbidden { user, verb, checks } => {
-            let checks: Vec<&str> = checks.iter().map(|s| s.as_str()).collect();
-            format!(
-                "Forbidden (user={user}, verb={}, resource=nodes, subresource(s)=[{}])",
-                verb.as_str(),
-                checks.join(" ")
-            )
-        }
-        Refusal::PodForbidden {
-            user,
-            verb,
-            resource,
-        } => match resource {
-            Resource::Pod {
-                namespace, name, ..
-            } => format!(
-                "Forbidden (user={user}, verb={}, resource=pods, subresource(s)=[{}], namespace={namespace}, name={name})",
-                verb.as_str(),
-                resource.subresource()
-            ),
-            Resource::Node(_) => format!("Forbidden (user={user}, verb={})", verb.as_str()),
-        },
-        Refusal::PodUnnamed => {
-            "pod-scoped authorization: the path names no pod as the kubelet's route does \
-                                (/exec/{namespace}/{pod}[/{uid}]/{container})"
-                .into()
-        }
-        Refusal::Undecided { user, error } => format!(
-            "Authorization error (user={user}, verb={}, resource={}, subresource={})",
-            error.verb.as_str(),
-            error.resource.resource(),
-            error.resource.subresource()
-        ),
-        Refusal::Upstream(ForwardError::Timeout(_)) => {
-            "Gateway Timeout: the kubelet did not answer in time".into()
-        }
-        Refusal::Upstream(ForwardError::Unreachable(_)) => {
-            "Bad Gateway: the kubelet is unreachable".into()
-        }
+    let answer = refusal.answer();
+    if let Some(kind) = answer.upstream {
+        metrics.upstream_error(kind);
     }
+    let body = if answer.newline {
+        format!("{}\n", answer.message)
+    } else {
+        answer.message.clone()
+    };
+    (text(answer.status, body), answer.outcome, answer.message)
 }
 
 /// A plain-text response of the guard's own.
