@@ -96,7 +96,9 @@ async fn serve(config: kubelet_guard::config::Config) -> ExitCode {
 /// Logs to stderr at `default_level`, or as `KUBELET_GUARD_LOG` (an env-filter directive) says.
 fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_env("KUBELET_GUARD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(default_level));
+        // rustls warns, through `log`, about every client that sends an IP address as its server
+        // name (OpenSSL does): a caller's quirk, not the operator's concern.
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
