@@ -132,6 +132,7 @@ impl Upstream {
         settings: &config::Upstream,
         callers: bool,
         streams: Drain,
+        expiry: prometheus::IntGauge,
     ) -> Result<Self, FileError> {
         let token = match &settings.credential {
             UpstreamCredential::TokenFile(path) => Some(Arc::new(Watched::load(
@@ -143,7 +144,7 @@ impl Upstream {
         };
         let tls_settings = settings.clone();
         let clients = Watched::load_with(tls::reload::upstream_sources(settings), move |files| {
-            let tls = tls::reload::upstream(&tls_settings, files, callers)?;
+            let tls = tls::reload::upstream(&tls_settings, files, callers, &expiry)?;
             let client = |tls: rustls::ClientConfig| {
                 let connector = HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
