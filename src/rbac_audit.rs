@@ -140,6 +140,12 @@ pub enum RbacAuditError {
     /// `-f -` and `--from-audit-log -` would both read standard input.
     #[error("-f - and --from-audit-log - cannot both read standard input")]
     StdinTwice,
+    /// `--output sarif` with `--from-audit-log` alone: refusals are not code-scanning results.
+    #[error(
+        "--output sarif reports RBAC findings (give -f or --kubeconfig); the refusals of \
+         --from-audit-log alone are a table or json"
+    )]
+    SarifWithoutFindings,
     /// `--emit-roles` cannot be written.
     #[error("--emit-roles {}: {source}", path.display())]
     EmitRoles {
@@ -169,6 +175,7 @@ impl RbacAuditError {
             Self::AuditLog { .. }
                 | Self::NoAuditEvents { .. }
                 | Self::StdinTwice
+                | Self::SarifWithoutFindings
                 | Self::EmitRoles { .. }
                 | Self::Kubeconfig(_)
         )
@@ -210,6 +217,13 @@ pub async fn run(args: RbacAuditArgs) -> Result<Outcome, RbacAuditError> {
     if stdin_log && args.files.iter().any(|path| path.as_os_str() == "-") {
         return Err(RbacAuditError::StdinTwice);
     }
+    let refusals_only = args.from_audit_log.is_some()
+        && args.files.is_empty()
+        && args.kubeconfig.is_none()
+        && args.context.is_none();
+    if refusals_only && args.output == OutputFormat::Sarif {
+        return Err(RbacAuditError::SarifWithoutFindings);
+    }
     let mut stdin = io::stdin().lock();
     let usage = match &args.from_audit_log {
         Some(path) => {
@@ -226,13 +240,12 @@ pub async fn run(args: RbacAuditArgs) -> Result<Outcome, RbacAuditError> {
         }
         None => None,
     };
-    let cluster_flags = args.kubeconfig.is_some() || args.context.is_some();
-    let inputs = match (args.files.is_empty(), &usage) {
-        (true, Some(usage)) if !cluster_flags => {
+    let inputs = match (&usage, args.files.is_empty()) {
+        (Some(usage), _) if refusals_only => {
             return report_refusals(&args, usage, &mut io::stdout().lock());
         }
-        (true, _) => cluster::list(args.kubeconfig.as_deref(), args.context.as_deref()).await?,
-        (false, _) => input::read_paths(&args.files, &mut stdin),
+        (_, true) => cluster::list(args.kubeconfig.as_deref(), args.context.as_deref()).await?,
+        (_, false) => input::read_paths(&args.files, &mut stdin),
     };
     let mut stdout = io::stdout().lock();
     audit(&args, inputs, usage.as_ref(), &mut stdout)
@@ -259,6 +272,7 @@ fn report_refusals(
             }
             Ok(())
         }),
+        // `run` refuses sarif here: JSON is the machine-readable form of refusals.
         OutputFormat::Json | OutputFormat::Sarif => {
             report::refusals_json(out, &refusals, &usage.warnings)
         }

@@ -317,4 +317,8 @@ fn an_audit_log_without_events_is_an_error_not_an_all_clear() {
     let run = audit(&["--from-audit-log", "-", "-f", "-"], Some(""));
     assert_eq!(run.status, 64, "{}", run.stderr);
     assert!(run.stderr.contains("standard input"), "{}", run.stderr);
+    let run = audit(&["--from-audit-log", "-", "-o", "sarif"], Some(""));
+    assert_eq!(run.status, 64, "{}", run.stderr);
+    assert!(run.stderr.contains("--output sarif"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
 }
