@@ -23,7 +23,8 @@ pub use file::CliError;
 #[command(
     name = "kubelet-guard",
     version,
-    about = "An authorizing reverse proxy for the kubelet API"
+    about = "An authorizing reverse proxy for the kubelet API",
+    max_term_width = 100
 )]
 pub struct Cli {
     /// What to run.
@@ -35,6 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the guarded kubelet API.
+    #[command(next_line_help = true)]
     Serve(Box<ServeArgs>),
     /// Show what the guard does, with no cluster: a kubelet stand-in, embedded mode, a tour.
     Demo(crate::demo::DemoArgs),
@@ -44,165 +46,211 @@ pub enum Command {
     RbacAudit(crate::rbac_audit::RbacAuditArgs),
 }
 
+/// Help headings of `serve`, in the order an operator fills them in.
+const LISTENING: &str = "Listening and TLS";
+const CALLERS: &str = "Callers";
+const AUTHORIZATION: &str = "Authorization";
+const API_SERVER: &str = "API server";
+const UPSTREAM: &str = "Upstream kubelet";
+const EMBEDDED: &str = "Embedded mode (no API server)";
+const LIMITS: &str = "Limits";
+const OPERATIONS: &str = "Operations";
+
 /// Flags of `kubelet-guard serve`, as the operator typed them.
+///
+/// `-h` shows each flag's first paragraph, `--help` its whole comment; `Required` starts the
+/// help of every flag without which the guard does not start.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address the guarded kubelet API listens on.
-    #[arg(long, env = "KUBELET_GUARD_LISTEN", default_value = "0.0.0.0:10250")]
-    pub listen: SocketAddr,
-    /// PEM certificate chain served to callers (usually the kubelet's own serving certificate).
-    #[arg(long, env = "KUBELET_GUARD_TLS_CERT_FILE")]
+    /// Required unless NODE_IP is set: the address the guarded kubelet API listens on.
+    ///
+    /// Default: $NODE_IP:10250. Never a wildcard address by default: 0.0.0.0:10250 would collide
+    /// with a kubelet still listening on its own wildcard address.
+    #[arg(long, env = "KUBELET_GUARD_LISTEN", help_heading = LISTENING)]
+    pub listen: Option<SocketAddr>,
+    /// Required: PEM certificate chain served to callers (usually the kubelet's own).
+    ///
+    /// Re-read every --tls-reload-interval, so the kubelet's certificate rotation carries over.
+    #[arg(long, env = "KUBELET_GUARD_TLS_CERT_FILE", help_heading = LISTENING)]
     pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of --tls-cert-file (PKCS#1, SEC1 or PKCS#8).
-    #[arg(long, env = "KUBELET_GUARD_TLS_PRIVATE_KEY_FILE")]
+    /// Required: PEM private key of --tls-cert-file (PKCS#1, SEC1 or PKCS#8).
+    #[arg(long, env = "KUBELET_GUARD_TLS_PRIVATE_KEY_FILE", help_heading = LISTENING)]
     pub tls_private_key_file: Option<PathBuf>,
+    /// Lowest TLS version accepted from callers: VersionTLS12 or VersionTLS13.
+    #[arg(long, env = "KUBELET_GUARD_TLS_MIN_VERSION", default_value = "VersionTLS12", value_parser = MinVersion::parse, help_heading = LISTENING)]
+    pub tls_min_version: MinVersion,
+    /// Comma-separated TLS 1.2 cipher suites, Go or IANA names (default: all).
+    ///
+    /// TLS 1.3 suites are restricted only if named.
+    #[arg(long, env = "KUBELET_GUARD_TLS_CIPHER_SUITES", value_delimiter = ',', value_parser = crate::tls::policy::parse_cipher_suite, help_heading = LISTENING)]
+    pub tls_cipher_suites: Vec<SupportedCipherSuite>,
+    /// How often certificate, key and token files are checked for new content.
+    #[arg(long, env = "KUBELET_GUARD_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, help_heading = LISTENING)]
+    pub tls_reload_interval: Duration,
+
     /// PEM CA bundle; when set, callers may present a client certificate signed by it.
-    #[arg(long, env = "KUBELET_GUARD_CLIENT_CA_FILE")]
+    #[arg(long, env = "KUBELET_GUARD_CLIENT_CA_FILE", help_heading = CALLERS)]
     pub client_ca_file: Option<PathBuf>,
+    /// Comma-separated audiences requested in TokenReviews.
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_AUTH_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        help_heading = CALLERS
+    )]
+    pub auth_token_audiences: Vec<String>,
+    /// How long TokenReview results are cached (0s disables the cache).
+    #[arg(long, env = "KUBELET_GUARD_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "2m", value_parser = parse_duration, help_heading = CALLERS)]
+    pub authentication_token_webhook_cache_ttl: Duration,
+    /// Treat callers without credentials as system:anonymous (still authorized) instead of 401.
+    #[arg(long, env = "KUBELET_GUARD_ANONYMOUS_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = CALLERS)]
+    pub anonymous_auth: bool,
+
+    /// enforce: refuse what is not authorized; observe: decide and record only.
+    ///
+    /// Observe forwards token and anonymous callers with their own credentials, so the kubelet
+    /// decides and nothing breaks; would-be refusals are annotated in the audit events.
+    /// Certificate callers are enforced in both modes.
+    #[arg(long, env = "KUBELET_GUARD_MODE", value_enum, default_value_t = Mode::Enforce, help_heading = AUTHORIZATION)]
+    pub mode: Mode,
+    /// Check nodes/proxy after a fine-grained subresource denies.
+    ///
+    /// Applies to /pods, /healthz, /configz and /runningpods/, as the kubelet does.
+    #[arg(long, env = "KUBELET_GUARD_PROXY_FALLBACK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = AUTHORIZATION)]
+    pub proxy_fallback: bool,
+    /// Also require the API server's namespaced permission on the pod named in the path.
+    ///
+    /// create on pods/exec, pods/attach or pods/portforward, get on pods/log, for /exec,
+    /// /attach, /portForward, /run and /containerLogs.
+    #[arg(long, env = "KUBELET_GUARD_POD_SCOPED_AUTHZ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = AUTHORIZATION)]
+    pub pod_scoped_authz: bool,
+    /// Comma-separated users exempt from --pod-scoped-authz (the API server authorized them).
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_POD_SCOPE_EXEMPT_USERS",
+        value_delimiter = ',',
+        default_value = "kube-apiserver-kubelet-client",
+        help_heading = AUTHORIZATION
+    )]
+    pub pod_scope_exempt_users: Vec<String>,
+    /// How long allowed SubjectAccessReview results are cached (0s disables).
+    #[arg(long, env = "KUBELET_GUARD_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "5m", value_parser = parse_duration, help_heading = AUTHORIZATION)]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long denied SubjectAccessReview results are cached (0s disables).
+    #[arg(long, env = "KUBELET_GUARD_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "30s", value_parser = parse_duration, help_heading = AUTHORIZATION)]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// Node name sent in every review (default: NODE_NAME, else the host name).
+    #[arg(long, env = "KUBELET_GUARD_NODE_NAME", help_heading = AUTHORIZATION)]
+    pub node_name: Option<String>,
+
+    /// Kubeconfig for TokenReview and SubjectAccessReview (default: in-cluster configuration).
+    #[arg(long, env = "KUBELET_GUARD_KUBECONFIG", help_heading = API_SERVER)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Deadline of one call to the API server.
+    #[arg(long, env = "KUBELET_GUARD_APISERVER_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = API_SERVER)]
+    pub apiserver_timeout: Duration,
 
     /// URL of the real kubelet.
     #[arg(
         long,
         env = "KUBELET_GUARD_UPSTREAM",
-        default_value = "https://127.0.0.1:10250"
+        default_value = "https://127.0.0.1:10250",
+        help_heading = UPSTREAM
     )]
     pub upstream: http::Uri,
-    /// PEM CA bundle that verifies the kubelet's serving certificate.
-    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CA_FILE")]
+    /// Required: PEM CA bundle that verifies the kubelet's serving certificate.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CA_FILE", help_heading = UPSTREAM)]
     pub upstream_ca_file: Option<PathBuf>,
     /// Name to verify in the kubelet's serving certificate (default: the host of --upstream).
-    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_SERVER_NAME")]
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_SERVER_NAME", help_heading = UPSTREAM)]
     pub upstream_server_name: Option<String>,
-    /// PEM client certificate the guard presents to the kubelet.
-    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CLIENT_CERT_FILE")]
+    /// Required, or one of the two other credentials: directory made by `node-pki`.
+    ///
+    /// Its client certificate is the guard's credential towards the kubelet, renewed by the
+    /// guard itself. Give exactly one credential: this directory, a client certificate with its
+    /// key (the two flags below), or a token file.
+    #[arg(long, env = "KUBELET_GUARD_NODE_PKI_DIR", help_heading = UPSTREAM)]
+    pub node_pki_dir: Option<PathBuf>,
+    /// Required, or one of the two other credentials: PEM client certificate for the kubelet.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CLIENT_CERT_FILE", help_heading = UPSTREAM)]
     pub upstream_client_cert_file: Option<PathBuf>,
     /// PEM private key of --upstream-client-cert-file.
-    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CLIENT_KEY_FILE")]
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_CLIENT_KEY_FILE", help_heading = UPSTREAM)]
     pub upstream_client_key_file: Option<PathBuf>,
-    /// File holding the bearer token the guard presents to the kubelet (re-read when it changes).
-    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TOKEN_FILE")]
+    /// Required, or one of the two other credentials: bearer token file for the kubelet.
+    ///
+    /// Re-read when it changes.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TOKEN_FILE", help_heading = UPSTREAM)]
     pub upstream_token_file: Option<PathBuf>,
-    /// Directory made by `kubelet-guard node-pki`: its client certificate is the guard's
-    /// credential towards the kubelet, renewed by the guard itself.
-    #[arg(long, env = "KUBELET_GUARD_NODE_PKI_DIR")]
-    pub node_pki_dir: Option<PathBuf>,
-    /// Self-check that the kubelet refuses whoever lacks the guard's certificate: warn,
-    /// require (/readyz 503 while the kubelet is exposed) or off.
-    #[arg(long, env = "KUBELET_GUARD_KUBELET_LOCKDOWN", value_enum, default_value_t = Lockdown::Warn)]
+    /// How long to wait for the kubelet's response headers before answering 504.
+    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = UPSTREAM)]
+    pub upstream_timeout: Duration,
+    /// Self-check that the kubelet refuses whoever lacks the guard's certificate.
+    ///
+    /// warn: log and export kubelet_guard_kubelet_exposed; require: also /readyz 503 while the
+    /// kubelet is exposed; off: no probe.
+    #[arg(long, env = "KUBELET_GUARD_KUBELET_LOCKDOWN", value_enum, default_value_t = Lockdown::Warn, help_heading = UPSTREAM)]
     pub kubelet_lockdown: Lockdown,
     /// How often the kubelet lockdown self-check runs.
-    #[arg(long, env = "KUBELET_GUARD_KUBELET_LOCKDOWN_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "KUBELET_GUARD_KUBELET_LOCKDOWN_INTERVAL", default_value = "60s", value_parser = parse_duration, help_heading = UPSTREAM)]
     pub kubelet_lockdown_interval: Duration,
-    /// How long to wait for the kubelet's response headers before answering 504.
-    #[arg(long, env = "KUBELET_GUARD_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub upstream_timeout: Duration,
 
-    /// Node name sent in every review (default: NODE_NAME, else the host name).
-    #[arg(long, env = "KUBELET_GUARD_NODE_NAME")]
-    pub node_name: Option<String>,
-
-    /// Kubeconfig for TokenReview and SubjectAccessReview (default: in-cluster configuration).
-    #[arg(long, env = "KUBELET_GUARD_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Comma-separated audiences requested in TokenReviews.
-    #[arg(
-        long,
-        env = "KUBELET_GUARD_AUTH_TOKEN_AUDIENCES",
-        value_delimiter = ','
-    )]
-    pub auth_token_audiences: Vec<String>,
-    /// Deadline of one call to the API server.
-    #[arg(long, env = "KUBELET_GUARD_APISERVER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub apiserver_timeout: Duration,
-    /// How long TokenReview results are cached (0s disables the cache).
-    #[arg(long, env = "KUBELET_GUARD_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "2m", value_parser = parse_duration)]
-    pub authentication_token_webhook_cache_ttl: Duration,
-    /// How long allowed SubjectAccessReview results are cached (0s disables).
-    #[arg(long, env = "KUBELET_GUARD_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "5m", value_parser = parse_duration)]
-    pub authorization_webhook_cache_authorized_ttl: Duration,
-    /// How long denied SubjectAccessReview results are cached (0s disables).
-    #[arg(long, env = "KUBELET_GUARD_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "30s", value_parser = parse_duration)]
-    pub authorization_webhook_cache_unauthorized_ttl: Duration,
-    /// kube-apiserver static token file (token,user,uid,"groups") checked instead of TokenReview.
-    #[arg(long, env = "KUBELET_GUARD_TOKEN_AUTH_FILE")]
+    /// kube-apiserver static token file (token,user,uid,"groups"), instead of TokenReview.
+    #[arg(long, env = "KUBELET_GUARD_TOKEN_AUTH_FILE", help_heading = EMBEDDED)]
     pub token_auth_file: Option<PathBuf>,
-    /// YAML stream of ClusterRoles and ClusterRoleBindings evaluated instead of SubjectAccessReview.
-    #[arg(long, env = "KUBELET_GUARD_RBAC_POLICY_FILE")]
+    /// YAML ClusterRoles and ClusterRoleBindings, instead of SubjectAccessReview.
+    #[arg(long, env = "KUBELET_GUARD_RBAC_POLICY_FILE", help_heading = EMBEDDED)]
     pub rbac_policy_file: Option<PathBuf>,
-    /// Treat callers without credentials as system:anonymous (still authorized) instead of 401.
-    #[arg(long, env = "KUBELET_GUARD_ANONYMOUS_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub anonymous_auth: bool,
-    /// Also require the API server's namespaced permission on the pod (pods/exec, pods/attach, pods/portforward, pods/log) for exec, attach, portForward, run and containerLogs.
-    #[arg(long, env = "KUBELET_GUARD_POD_SCOPED_AUTHZ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub pod_scoped_authz: bool,
-    /// Comma-separated users exempt from --pod-scoped-authz (the API server already authorized them).
-    #[arg(
-        long,
-        env = "KUBELET_GUARD_POD_SCOPE_EXEMPT_USERS",
-        value_delimiter = ',',
-        default_value = "kube-apiserver-kubelet-client"
-    )]
-    pub pod_scope_exempt_users: Vec<String>,
-    /// enforce: refuse what is not authorized; observe: decide and record, but forward token callers with their own token.
-    #[arg(long, env = "KUBELET_GUARD_MODE", value_enum, default_value_t = Mode::Enforce)]
-    pub mode: Mode,
-    /// Check nodes/proxy after a fine-grained subresource denies (/pods, /healthz, /configz, /runningpods/).
-    #[arg(long, env = "KUBELET_GUARD_PROXY_FALLBACK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub proxy_fallback: bool,
 
-    /// Plain-HTTP admin listener with /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "KUBELET_GUARD_METRICS_LISTEN",
-        default_value = "127.0.0.1:9250"
-    )]
-    pub metrics_listen: SocketAddr,
-    /// How often certificate, key and token files are checked for new content.
-    #[arg(long, env = "KUBELET_GUARD_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    pub tls_reload_interval: Duration,
-    /// Lowest TLS version accepted from callers: VersionTLS12 or VersionTLS13.
-    #[arg(long, env = "KUBELET_GUARD_TLS_MIN_VERSION", default_value = "VersionTLS12", value_parser = MinVersion::parse)]
-    pub tls_min_version: MinVersion,
-    /// Comma-separated TLS 1.2 cipher suites, Go or IANA names (default: all; TLS 1.3 suites only if named).
-    #[arg(long, env = "KUBELET_GUARD_TLS_CIPHER_SUITES", value_delimiter = ',', value_parser = crate::tls::policy::parse_cipher_suite)]
-    pub tls_cipher_suites: Vec<SupportedCipherSuite>,
+    /// Audit trail flags (kube-apiserver's names).
+    #[command(flatten)]
+    pub audit: crate::audit::sink::AuditArgs,
+
     /// Most caller connections open at once; a connection over it is closed at once.
-    #[arg(long, env = "KUBELET_GUARD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "KUBELET_GUARD_MAX_CONNECTIONS", default_value_t = 10_000, help_heading = LIMITS)]
     pub max_connections: usize,
     /// Most connections one source address may hold before a request on them authenticated.
     #[arg(
         long,
         env = "KUBELET_GUARD_MAX_UNAUTHENTICATED_CONNECTIONS_PER_SOURCE",
-        default_value_t = 256
+        default_value_t = 256,
+        help_heading = LIMITS
     )]
     pub max_unauthenticated_connections_per_source: usize,
     /// Largest request head (request line and headers) in bytes; larger ones get 431.
     #[arg(
         long,
         env = "KUBELET_GUARD_MAX_REQUEST_HEADER_BYTES",
-        default_value_t = 65_536
+        default_value_t = 65_536,
+        help_heading = LIMITS
     )]
     pub max_request_header_bytes: usize,
     /// How long a caller may take to send a request's headers before its connection is closed.
-    #[arg(long, env = "KUBELET_GUARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "KUBELET_GUARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = LIMITS)]
     pub header_read_timeout: Duration,
     /// How long a connection may stay open with no request in flight.
-    #[arg(long, env = "KUBELET_GUARD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    #[arg(long, env = "KUBELET_GUARD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration, help_heading = LIMITS)]
     pub idle_timeout: Duration,
     /// Most concurrent streams per HTTP/2 connection.
-    #[arg(long, env = "KUBELET_GUARD_HTTP2_MAX_STREAMS", default_value_t = 250)]
+    #[arg(long, env = "KUBELET_GUARD_HTTP2_MAX_STREAMS", default_value_t = 250, help_heading = LIMITS)]
     pub http2_max_streams: u32,
-    /// How long in-flight requests may finish after SIGTERM; then upgraded streams are closed too.
-    #[arg(long, env = "KUBELET_GUARD_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+
+    /// Plain-HTTP admin listener with /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "KUBELET_GUARD_METRICS_LISTEN",
+        default_value = "127.0.0.1:9250",
+        help_heading = OPERATIONS
+    )]
+    pub metrics_listen: SocketAddr,
+    /// How long in-flight requests may finish after SIGTERM; then upgraded streams are closed.
+    #[arg(long, env = "KUBELET_GUARD_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration, help_heading = OPERATIONS)]
     pub shutdown_grace_period: Duration,
     /// YAML file of flag values, keyed by flag name without dashes (flags and environment win).
-    #[arg(long, env = "KUBELET_GUARD_CONFIG")]
+    #[arg(long, env = "KUBELET_GUARD_CONFIG", help_heading = OPERATIONS)]
     pub config: Option<PathBuf>,
-    /// Audit trail flags (kube-apiserver's names).
-    #[command(flatten)]
-    pub audit: crate::audit::sink::AuditArgs,
-    /// Log format.
-    #[arg(long, env = "KUBELET_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on standard error (colour only when it is a terminal).
+    #[arg(long, env = "KUBELET_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = OPERATIONS)]
     pub log_format: LogFormat,
 }
 
@@ -237,6 +285,8 @@ pub enum LogFormat {
     Json,
 }
 
+/// The kubelet's port, which `--listen` takes over on the node's address.
+const KUBELET_PORT: u16 = 10250;
 /// The smallest `--max-request-header-bytes`: hyper's smallest read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
 /// The largest `--max-request-header-bytes`: the kubelet's own limit (Go's 1 MiB default).
@@ -517,7 +567,7 @@ impl ServeArgs {
             });
         }
         Ok(Config {
-            listen: self.listen,
+            listen: listen(self.listen, std::env::var("NODE_IP").ok().as_deref())?,
             metrics_listen: self.metrics_listen,
             serving,
             upstream,
@@ -572,6 +622,29 @@ impl ServeArgs {
 pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw)
         .map_err(|e| format!("{raw:?} is not a duration like 500ms, 30s or 2m: {e}"))
+}
+
+/// `--listen`, else `$NODE_IP:10250`; never a wildcard address, which would collide with a
+/// kubelet still listening on its own.
+fn listen(flag: Option<SocketAddr>, node_ip: Option<&str>) -> Result<SocketAddr, ConfigError> {
+    if let Some(address) = flag {
+        return Ok(address);
+    }
+    match node_ip.map(str::trim).filter(|ip| !ip.is_empty()) {
+        Some(ip) => ip
+            .parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, KUBELET_PORT))
+            .map_err(|e| ConfigError::Invalid {
+                flag: "--listen",
+                message: format!("not given, and NODE_IP={ip:?} is not an IP address: {e}"),
+            }),
+        None => Err(ConfigError::Missing {
+            flag: "--listen",
+            why: "give the node's address (--listen=10.0.0.10:10250), or set NODE_IP to listen \
+                  on $NODE_IP:10250; there is no wildcard default, which would collide with a \
+                  kubelet still listening on 0.0.0.0:10250",
+        }),
+    }
 }
 
 /// The kernel's host name, lower-cased as the kubelet does when it names its node.
@@ -701,6 +774,7 @@ mod tests {
             "--upstream-ca-file=ca",
             "--upstream-token-file=t",
             "--node-name=node-1",
+            "--listen=10.0.0.10:10250",
         ];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
@@ -713,7 +787,6 @@ mod tests {
     #[test]
     fn defaults_follow_the_kubelet() {
         let config = args(&[]).unwrap();
-        assert_eq!(config.listen.to_string(), "0.0.0.0:10250");
         assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9250");
         assert_eq!(config.cache.token, Duration::from_secs(120));
         assert_eq!(config.cache.authorized, Duration::from_secs(300));
@@ -723,6 +796,27 @@ mod tests {
         assert!(config.proxy_fallback);
         assert_eq!(config.upstream.server_name.to_str(), "127.0.0.1");
         assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:10250");
+    }
+
+    #[test]
+    fn listen_defaults_to_the_node_address_never_a_wildcard() {
+        let given: SocketAddr = "10.0.0.10:10250".parse().unwrap();
+        assert_eq!(listen(Some(given), Some("10.0.0.11")).unwrap(), given);
+        assert_eq!(
+            listen(None, Some("10.0.0.11")).unwrap().to_string(),
+            "10.0.0.11:10250"
+        );
+        assert_eq!(
+            listen(None, Some("fd00::1")).unwrap().to_string(),
+            "[fd00::1]:10250"
+        );
+        for node_ip in [None, Some(""), Some("node-1")] {
+            let err = listen(None, node_ip).unwrap_err().to_string();
+            assert!(
+                err.contains("--listen") && err.contains("NODE_IP"),
+                "{node_ip:?}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -768,6 +862,7 @@ mod tests {
             "--tls-private-key-file=k",
             "--upstream-ca-file=ca",
             "--node-name=n",
+            "--listen=10.0.0.10:10250",
         ])
         .unwrap();
         let Command::Serve(serve) = cli.command else {
@@ -786,6 +881,7 @@ mod tests {
             "--tls-private-key-file=k",
             "--upstream-ca-file=ca",
             "--node-name=n",
+            "--listen=10.0.0.10:10250",
             "--node-pki-dir=/pki",
         ])
         .unwrap();
@@ -809,6 +905,7 @@ mod tests {
                 "--tls-private-key-file=k",
                 "--upstream-ca-file=ca",
                 "--node-name=n",
+                "--listen=10.0.0.10:10250",
                 "--node-pki-dir=/pki",
             ];
             argv.push(other);

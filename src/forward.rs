@@ -166,6 +166,7 @@ impl Upstream {
         settings: &config::Upstream,
         callers: bool,
         streams: Drain,
+        expiry: prometheus::IntGauge,
     ) -> Result<Self, FileError> {
         let token = match &settings.credential {
             UpstreamCredential::TokenFile(path) => Some(Arc::new(Watched::load(
@@ -177,7 +178,7 @@ impl Upstream {
         };
         let tls_settings = settings.clone();
         let clients = Watched::load_with(tls::reload::upstream_sources(settings), move |files| {
-            let tls = tls::reload::upstream(&tls_settings, files, callers)?;
+            let tls = tls::reload::upstream(&tls_settings, files, callers, &expiry)?;
             let client = |tls: rustls::ClientConfig| {
                 // Nagle off, as on the callers' side: an exec keystroke or a small request body
                 // must not wait for the kubelet's delayed ACK.

@@ -112,12 +112,18 @@ pub struct Running {
 /// bound unless every file loaded. If the guarded address is still in use, the guard starts
 /// anyway, unready, and binds it as soon as it is free.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let serving = Arc::new(tls::reload::serving(&config.serving, &config.tls_policy)?);
+    let metrics = Metrics::new(prometheus::Registry::new())?;
+    let serving = Arc::new(tls::reload::serving(
+        &config.serving,
+        &config.tls_policy,
+        metrics.certificate_expiry("serving"),
+    )?);
     let drain = Drain::new();
     let upstream = Upstream::new(
         &config.upstream,
         config.mode == config::Mode::Observe,
         drain.clone(),
+        metrics.certificate_expiry("upstream"),
     )?;
     let node_pki = config.node_pki_dir.as_deref().map(node_pki::Paths::new);
     if let (Some(paths), Some(client_ca)) = (&node_pki, &config.serving.client_ca) {
@@ -126,7 +132,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let upstream_files = upstream.client_files();
     let mut watched: Vec<Arc<dyn Poll>> = vec![serving.clone()];
     watched.extend(upstream.watched());
-    let metrics = Metrics::new(prometheus::Registry::new())?;
     let (tokens, access) = reviewers(&config, &metrics, &mut watched).await?;
     let ready = Readiness::default();
     // The audit writer stops after the guarded listener has drained (Running::stop), so the last

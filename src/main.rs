@@ -1,6 +1,7 @@
 //! The `kubelet-guard` binary: argv → `Config` → `run`, tracing, the crypto provider, exit codes
 //! (0 clean stop, 64 bad configuration, 1 anything else).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use kubelet_guard::config::{Cli, CliError, Command, LogFormat};
@@ -94,6 +95,8 @@ async fn serve(config: kubelet_guard::config::Config) -> ExitCode {
 }
 
 /// Logs to stderr at `default_level`, or as `KUBELET_GUARD_LOG` (an env-filter directive) says.
+/// Colour only when stderr is a terminal: a log collector or a file would keep the escape bytes.
+/// Standard output stays free for what a command prints (the audit log with `--audit-log-path=-`).
 fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_env("KUBELET_GUARD_LOG")
         // rustls warns, through `log`, about every client that sends an IP address as its server
@@ -101,6 +104,7 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -32,6 +32,7 @@ pub struct Metrics {
     observed: IntCounterVec,
     connections: IntGauge,
     exposed: IntGaugeVec,
+    certificate_expiry: IntGaugeVec,
     reloads: IntCounterVec,
     limit_hits: IntCounterVec,
     /// Audit events dropped, by reason (`queue-full`, `reserved-for-authenticated`).
@@ -159,6 +160,14 @@ impl Metrics {
             &["credential"],
         )?;
         registry.register(Box::new(exposed.clone()))?;
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "kubelet_guard_certificate_expiry_timestamp_seconds",
+                "When the certificate in use expires (Unix seconds): serving (--tls-cert-file) or upstream (the guard's client certificate towards the kubelet; absent with a token). Set at every load and reload.",
+            ),
+            &["certificate"],
+        )?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
         let connections =
             IntGauge::new("kubelet_guard_open_connections", "Open caller connections.")?;
         registry.register(Box::new(connections.clone()))?;
@@ -193,6 +202,7 @@ impl Metrics {
             observed,
             connections,
             exposed,
+            certificate_expiry,
             reloads,
             limit_hits,
             audit_dropped,
@@ -215,6 +225,11 @@ impl Metrics {
         self.duration
             .with_label_values(&[outcome.as_str()])
             .observe(took.as_secs_f64());
+    }
+
+    /// The expiry gauge of one certificate the guard uses: `serving` or `upstream`.
+    pub fn certificate_expiry(&self, certificate: &str) -> IntGauge {
+        self.certificate_expiry.with_label_values(&[certificate])
     }
 
     /// Counts one cache lookup.

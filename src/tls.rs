@@ -163,6 +163,15 @@ impl From<TlsError> for FileError {
     }
 }
 
+/// When the first certificate of PEM `bytes` expires, in Unix seconds; `None` if there is no
+/// readable certificate (the configuration built from the same bytes reports why).
+pub fn not_after(bytes: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let first = CertificateDer::pem_slice_iter(bytes).next()?.ok()?;
+    let (_, cert) = X509Certificate::from_der(first.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Every certificate of PEM `bytes` read from `path`; none is an error.
 fn certs(
     bytes: &[u8],

@@ -64,7 +64,7 @@ tls-cipher-suites:
 #[test]
 fn the_file_sets_what_flags_do_not() {
     let args = parse(&file(COMPLETE), &[]).unwrap();
-    assert_eq!(args.listen.to_string(), "10.0.0.10:10250");
+    assert_eq!(args.listen.unwrap().to_string(), "10.0.0.10:10250");
     assert_eq!(args.http2_max_streams, 100);
     assert!(args.anonymous_auth);
     assert_eq!(args.tls_cipher_suites.len(), 2);
@@ -95,7 +95,7 @@ fn flags_win_over_the_file() {
         ],
     )
     .unwrap();
-    assert_eq!(args.listen.to_string(), "127.0.0.1:10250");
+    assert_eq!(args.listen.unwrap().to_string(), "127.0.0.1:10250");
     assert_eq!(args.idle_timeout, Duration::from_secs(5));
     assert_eq!(args.auth_token_audiences, ["other"]);
     assert!(!args.anonymous_auth);

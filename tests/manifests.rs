@@ -1072,6 +1072,23 @@ fn the_node_identities_are_bound_by_their_group_to_kubelet_api_admin() {
 }
 
 #[test]
+fn observe_writes_audit_events_to_standard_output_and_logs_stay_json() {
+    let base_args = str_list(&base_pod()["containers"][0]["args"]).join(" ");
+    assert!(
+        base_args.contains("--log-format=json"),
+        "logs are JSON lines on standard error: {base_args}"
+    );
+    let added: Vec<Value> = overlay_patch_ops("observe")
+        .into_iter()
+        .filter(|op| op["op"] == json!("add"))
+        .map(|op| op["value"].clone())
+        .collect();
+    for arg in ["--mode=observe", "--audit-log-path=-"] {
+        assert!(added.contains(&json!(arg)), "observe adds {arg}: {added:?}");
+    }
+}
+
+#[test]
 fn strict_requires_the_kubelet_lockdown_and_the_other_overlays_keep_the_base_warn() {
     let pod = base_pod();
     let base_args = str_list(&pod["containers"][0]["args"]);

@@ -48,7 +48,7 @@ fn five_charts_are_audited_per_subject_and_subresource() {
         row(
             "ServiceAccount logging/fluent-bit",
             "nodes/proxy",
-            "get",
+            "get,list,watch",
             "critical",
         ),
         row(
@@ -60,7 +60,7 @@ fn five_charts_are_audited_per_subject_and_subresource() {
         row(
             "ServiceAccount monitoring/prometheus-server",
             "nodes/proxy",
-            "get",
+            "get,list,watch",
             "critical",
         ),
         row(
@@ -79,7 +79,7 @@ fn five_charts_are_audited_per_subject_and_subresource() {
         row(
             "ServiceAccount monitoring/kube-prometheus-stack-prometheus",
             "nodes/metrics",
-            "get",
+            "get,list,watch",
             "low",
         ),
         row(
@@ -91,13 +91,13 @@ fn five_charts_are_audited_per_subject_and_subresource() {
         row(
             "ServiceAccount observability/otel-collector-opentelemetry-collector",
             "nodes/stats",
-            "get",
+            "get,list,watch",
             "low",
         ),
         row(
             "ServiceAccount monitoring/prometheus-server",
             "nodes/metrics",
-            "get",
+            "get,list,watch",
             "low",
         ),
     ];
@@ -172,7 +172,7 @@ fn helm_template_output_is_read_from_standard_input() {
         [row(
             "ServiceAccount logging/fluent-bit",
             "nodes/proxy",
-            "get",
+            "get,list,watch",
             "critical"
         )]
     );

@@ -119,7 +119,7 @@ fn sarif_output_locates_each_finding_at_its_binding() {
     assert_eq!(location["physicalLocation"]["region"]["startLine"], 62);
     assert_eq!(location["logicalLocations"][0]["name"], "fluent-bit");
     assert!(fluent["message"]["text"].as_str().unwrap().starts_with(
-        "ServiceAccount logging/fluent-bit holds get on nodes/proxy through ClusterRoleBinding fluent-bit"
+        "ServiceAccount logging/fluent-bit holds get, list, watch on nodes/proxy through ClusterRoleBinding fluent-bit"
     ));
     assert_eq!(
         fluent["partialFingerprints"]["subjectSubresource/v1"],
@@ -200,7 +200,7 @@ fn malformed_files_are_reported_with_file_and_line_and_the_others_still_audited(
         [row(
             "ServiceAccount logging/fluent-bit",
             "nodes/proxy",
-            "get",
+            "get,list,watch",
             "critical"
         )]
     );
@@ -230,13 +230,128 @@ fn malformed_files_are_reported_with_file_and_line_and_the_others_still_audited(
         run.stderr
     );
 
-    // A tripped --fail-on still says 1: the findings that were read are certain.
+    // Even with a tripped --fail-on the status is 64: the gate itself is misconfigured, and the
+    // table says the audit is incomplete before anything else.
     let run = audit(&["-f", &dir_arg, "--fail-on", "critical"], None);
-    assert_eq!(run.status, 1);
+    assert_eq!(run.status, 64);
+    assert!(run.stdout.starts_with("INCOMPLETE: "), "{}", run.stdout);
     assert!(
         run.stdout.contains("a-syntax.yaml:3: "),
         "the table lists it: {}",
         run.stdout
+    );
+    assert!(run.stderr.contains("a-syntax.yaml:3: "), "{}", run.stderr);
+}
+
+#[test]
+fn an_input_that_cannot_be_audited_is_never_an_all_clear_in_any_format() {
+    let dir = temp_dir("rbac-audit-unusable");
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, "kind: [unclosed\n").unwrap();
+    let unreadable = dir.join("a-directory.yaml");
+    std::fs::create_dir_all(unreadable.join("inside")).unwrap();
+    std::fs::write(unreadable.join("inside/broken.yaml"), "kind: [x\n").unwrap();
+    for input in [
+        "mistyped/path.yaml".to_owned(),
+        broken.display().to_string(),
+        unreadable.display().to_string(),
+    ] {
+        for format in ["table", "json", "sarif"] {
+            let run = audit(&["-f", &input, "-o", format], None);
+            assert_eq!(run.status, 64, "{input} {format}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("kubelet-guard rbac-audit: ")
+                    && run.stderr.contains(input.rsplit('/').next().unwrap()),
+                "{input} {format}: standard error names it: {}",
+                run.stderr
+            );
+            assert!(
+                !run.stdout.contains("No subject is granted"),
+                "{input} {format}: no all-clear: {}",
+                run.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_run_quietly() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let rendered =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(chart("fluent-bit")))
+            .unwrap();
+    for format in ["table", "json", "sarif"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+            .args(["rbac-audit", "-f", "-", "-o", format])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the input arrives, so the report is certainly written to a closed pipe.
+        drop(child.stdout.take());
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(rendered.as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(0), "{format}: {stderr}");
+        assert!(stderr.is_empty(), "{format}: quiet: {stderr}");
+    }
+}
+
+#[test]
+fn verbs_are_every_verb_granted_sorted() {
+    let dir = temp_dir("rbac-audit-verbs");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: agent}\n\
+         rules:\n- apiGroups: ['']\n  resources: [nodes/proxy, nodes/metrics]\n  \
+         verbs: [watch, get, list]\n- apiGroups: ['']\n  resources: [nodes/stats]\n  \
+         verbs: [list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\n\
+         kind: ClusterRoleBinding\nmetadata: {name: agent}\nroleRef: {apiGroup: \
+         rbac.authorization.k8s.io, kind: ClusterRole, name: agent}\nsubjects:\n\
+         - {kind: ServiceAccount, name: agent, namespace: mon}\n",
+    )
+    .unwrap();
+    let run = audit(&["-f", &policy.display().to_string(), "-o", "json"], None);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = run.json();
+    let verbs: Vec<(String, Value)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["subresource"].as_str().unwrap().to_owned(),
+                f["verbs"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verbs,
+        [
+            (
+                "nodes/proxy".to_owned(),
+                serde_json::json!(["get", "list", "watch"])
+            ),
+            (
+                "nodes/metrics".to_owned(),
+                serde_json::json!(["get", "list", "watch"])
+            ),
+        ],
+        "list and watch alone (nodes/stats) grant nothing the kubelet asks about"
+    );
+    // execCapable is the subject's: true on its nodes/metrics finding too.
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["execCapable"] == true),
+        "{report:#}"
     );
 }
 

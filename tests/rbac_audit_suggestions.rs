@@ -337,6 +337,18 @@ fn audit_log_suggestions_grant_exactly_what_each_subject_used() {
         note.contains("still needs nodes/proxy for /containerLogs"),
         "{note}"
     );
+    assert!(
+        !note.contains("/api/v1/nodes/NAME/proxy/"),
+        "kept nodes/proxy: nothing breaks at the API server: {note}"
+    );
+    // Dropping nodes/proxy says what breaks for agents scraping through the API server.
+    for dropped in [prometheus, fluent_bit] {
+        let note = dropped["note"].as_str().unwrap();
+        assert!(
+            note.contains("/api/v1/nodes/NAME/proxy/") && note.contains("node's address"),
+            "{note}"
+        );
+    }
 
     let otel = suggestion(&report, "otel-collector-opentelemetry-collector");
     assert_eq!(otel["rules"], json!([]));
@@ -354,7 +366,10 @@ fn audit_log_suggestions_grant_exactly_what_each_subject_used() {
         .iter()
         .map(|w| w.as_str().unwrap())
         .collect();
-    let bad_line = format!("{}:12: not an audit event, skipped", log.display());
+    let bad_line = format!(
+        "{}:12: skipped 1 lines that are not audit events",
+        log.display()
+    );
     assert!(
         warnings.iter().any(|w| w.starts_with(&bad_line)),
         "{warnings:#?}"

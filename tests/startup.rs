@@ -134,6 +134,16 @@ fn run(args: &[String], env: &[(&str, &str)]) -> (i32, String, String) {
 
 /// Starts the binary, returns its "serving" log line (if one comes within 10 s) and kills it.
 fn serving_line(args: &[String], env: &[(&str, &str)]) -> Option<String> {
+    let lines = lines_until_serving(args, env);
+    lines
+        .last()
+        .filter(|line| line.contains("kubelet-guard serving"))
+        .cloned()
+}
+
+/// Starts the binary with stderr on a pipe (not a terminal), returns its stderr lines up to and
+/// including the "serving" line (or all it wrote within 10 s) and kills it.
+fn lines_until_serving(args: &[String], env: &[(&str, &str)]) -> Vec<String> {
     let mut child = spawn(args, env);
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, lines) = mpsc::channel();
@@ -142,11 +152,17 @@ fn serving_line(args: &[String], env: &[(&str, &str)]) -> Option<String> {
             let _ = tx.send(line);
         }
     });
-    let serving = std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
-        .find(|line| line.contains("kubelet-guard serving"));
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_timeout(DEADLINE) {
+        let serving = line.contains("kubelet-guard serving");
+        seen.push(line);
+        if serving {
+            break;
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    serving
+    seen
 }
 
 /// Asserts exit status 64 and a stderr that contains every one of `names`.
@@ -174,6 +190,34 @@ fn the_fixture_starts_a_guard() {
         serving.is_some(),
         "the valid flags serve: so every refusal below is its flag's"
     );
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_escapes() {
+    let fixture = Fixture::new();
+    let lines = lines_until_serving(&fixture.args(), &[]);
+    assert!(
+        lines
+            .last()
+            .is_some_and(|line| line.contains("kubelet-guard serving")),
+        "{lines:?}"
+    );
+    for line in &lines {
+        assert!(!line.contains('\u{1b}'), "an ANSI escape in {line:?}");
+    }
+}
+
+#[test]
+fn listen_is_the_node_address_or_required_never_a_wildcard() {
+    let fixture = Fixture::new();
+    let without = set(fixture.args(), "--listen", None);
+    assert_refused(&without, &[], &["--listen", "NODE_IP"]);
+    assert_refused(&without, &[("NODE_IP", "node-1")], &["--listen", "NODE_IP"]);
+
+    // An address of the loopback range nothing else on the machine uses, on the kubelet's port.
+    let serving = serving_line(&without, &[("NODE_IP", "127.83.41.7")]);
+    let serving = serving.expect("NODE_IP alone is enough to serve");
+    assert!(serving.contains("127.83.41.7:10250"), "{serving}");
 }
 
 #[test]
@@ -358,6 +402,52 @@ fn help_describes_every_flag_and_its_environment_twin() {
                 .any(|line| line.contains(&format!("[env: {twin}="))),
             "{flag} has the environment twin {twin}: {block:?}"
         );
+    }
+}
+
+#[test]
+fn help_fits_100_columns_under_headings() {
+    for flag in ["-h", "--help"] {
+        let (code, help, stderr) = run(&["serve".to_owned(), flag.to_owned()], &[]);
+        assert_eq!(code, 0, "{stderr}");
+        for line in help.lines() {
+            assert!(
+                line.chars().count() <= 100,
+                "serve {flag}: {} columns: {line:?}",
+                line.chars().count()
+            );
+        }
+        for heading in [
+            "Listening and TLS:",
+            "Callers:",
+            "Authorization:",
+            "API server:",
+            "Upstream kubelet:",
+            "Embedded mode (no API server):",
+            "Audit:",
+            "Limits:",
+            "Operations:",
+        ] {
+            assert!(
+                help.lines().any(|line| line == heading),
+                "serve {flag} has the heading {heading:?}: {help}"
+            );
+        }
+        for required in [
+            "--listen",
+            "--tls-cert-file",
+            "--tls-private-key-file",
+            "--upstream-ca-file",
+        ] {
+            let block = flag_blocks(&help)
+                .into_iter()
+                .find(|(name, _)| name == required)
+                .unwrap();
+            assert!(
+                block.1[1].trim().starts_with("Required"),
+                "serve {flag} marks {required} required: {block:?}"
+            );
+        }
     }
 }
 

@@ -34,6 +34,7 @@ use crate::config::ConfigError;
 
 /// The audit flags of `kubelet-guard serve`, named as kube-apiserver names them.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Audit")]
 pub struct AuditArgs {
     /// Audit log file (`-` for stdout); without it no audit log is written.
     #[arg(long, env = "KUBELET_GUARD_AUDIT_LOG_PATH")]

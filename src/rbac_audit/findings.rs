@@ -84,8 +84,9 @@ pub struct Finding {
     pub subject: Subject,
     /// The subresource, e.g. `nodes/proxy`.
     pub subresource: String,
-    /// The kubelet verbs granted (`get`, `create`, `update`, `patch`, `delete`), sorted; `*` is
-    /// kept as `*`.
+    /// Every verb the policy grants on the subresource, sorted, as the roles list them
+    /// (`get,list,watch` stays `get,list,watch`; `*` is kept as `*`), so a finding matches the role
+    /// to edit. A finding exists only when one of them is a verb the kubelet asks about.
     pub verbs: Vec<String>,
     /// The node names the grant is restricted to; empty when unrestricted.
     pub resource_names: Vec<String>,
@@ -93,7 +94,10 @@ pub struct Finding {
     pub via: Vec<Via>,
     /// How much it matters.
     pub severity: Severity,
-    /// Whether the subject has `get`, `create` or `*` on `nodes/proxy` (through any finding).
+    /// A property of the subject, repeated on each of its findings: whether the subject can run
+    /// commands in containers through `nodes/proxy` (`get`, `create` or `*` on it, through any
+    /// binding). True on a subject's `nodes/metrics` finding too when the subject also holds
+    /// `nodes/proxy`: fixing this finding alone does not clear it.
     pub exec_capable: bool,
     /// The least-privilege replacement, on a subject's `nodes/proxy` finding.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,16 +276,13 @@ impl Access {
 }
 
 /// What `rules` grant on each kubelet subresource (by index in [`SUBRESOURCES`]), asking the
-/// evaluator once per rule, subresource and kubelet verb the rule lists.
+/// evaluator once per rule, subresource and verb the rule lists; only subresources with a verb the
+/// kubelet asks about are kept.
 fn accesses(rules: &[PolicyRule]) -> BTreeMap<usize, Access> {
     let mut granted: BTreeMap<usize, Access> = BTreeMap::new();
     for (index, subresource) in SUBRESOURCES.iter().enumerate() {
         for rule in rules {
-            for verb in rule
-                .verbs
-                .iter()
-                .filter(|v| KUBELET_VERBS.contains(&v.as_str()))
-            {
+            for verb in &rule.verbs {
                 let request = ResourceRequest {
                     api_group: "",
                     resource: "nodes",
@@ -302,6 +303,8 @@ fn accesses(rules: &[PolicyRule]) -> BTreeMap<usize, Access> {
             }
         }
     }
+    // Verbs the kubelet never asks about (`list`, `watch`) are reported, not found on their own.
+    granted.retain(|_, access| access.has_any(&KUBELET_VERBS));
     granted
 }
 

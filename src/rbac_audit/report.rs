@@ -3,26 +3,37 @@
 //! The table is for a terminal: findings worst first in aligned columns, then the suggestions,
 //! the warnings and a one-line summary. Every cell is stripped of control characters, since names
 //! come from the audited input. The JSON is `{"findings": [...], "warnings": [...]}` with the
-//! finding fields of issue 6.
+//! finding fields of [`Finding`], plus `"observedRefusals"` with `--from-audit-log`.
 
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use super::findings::{Finding, Severity};
+use super::refusals::Refusals;
+use super::suggest::Suggestion;
 
-/// Writes the findings as a table, then suggestions, warnings and a summary.
+/// Writes the findings as a table, then suggestions, warnings and a summary. `incomplete`
+/// inputs could not be audited: then no headline says that nothing was found.
 pub(super) fn table(
     out: &mut dyn Write,
     findings: &[Finding],
     warnings: &[String],
+    incomplete: usize,
 ) -> io::Result<()> {
-    if findings.is_empty() {
+    if incomplete > 0 {
+        writeln!(
+            out,
+            "INCOMPLETE: {incomplete} input(s) could not be audited (see the warnings); what \
+             follows covers only what could be read."
+        )?;
+    }
+    if findings.is_empty() && incomplete == 0 {
         writeln!(
             out,
             "No subject is granted any kubelet subresource (nodes/<subresource>)."
         )?;
-    } else {
+    } else if !findings.is_empty() {
         let header = [
             "SEVERITY",
             "SUBJECT",
@@ -33,23 +44,7 @@ pub(super) fn table(
         ]
         .map(str::to_owned);
         let rows: Vec<[String; 6]> = findings.iter().map(row).collect();
-        let mut widths = header.clone().map(|cell| cell.chars().count());
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        for row in std::iter::once(&header).chain(&rows) {
-            let mut line = String::new();
-            for (index, (cell, width)) in row.iter().zip(widths).enumerate() {
-                line.push_str(cell);
-                if index + 1 < row.len() {
-                    let pad = width - cell.chars().count() + 2;
-                    line.extend(std::iter::repeat_n(' ', pad));
-                }
-            }
-            writeln!(out, "{}", line.trim_end())?;
-        }
+        columns(out, &header, &rows)?;
     }
 
     let suggested: Vec<&Finding> = findings.iter().filter(|f| f.suggestion.is_some()).collect();
@@ -60,24 +55,11 @@ pub(super) fn table(
         )?;
     }
     for finding in suggested {
-        let Some(suggestion) = &finding.suggestion else {
+        let Some(suggested) = &finding.suggestion else {
             continue;
         };
         writeln!(out, "  {}:", clean(&finding.subject.to_string()))?;
-        if suggestion.rules.is_empty() {
-            writeln!(out, "    no kubelet access needed")?;
-        } else {
-            writeln!(out, "    ClusterRole {}", clean(&suggestion.cluster_role))?;
-        }
-        for rule in &suggestion.rules {
-            writeln!(
-                out,
-                "      {} on {}",
-                rule.verbs.join(", "),
-                clean(&rule.resources.join(", "))
-            )?;
-        }
-        writeln!(out, "    {}", clean(&suggestion.note))?;
+        suggestion(out, suggested)?;
     }
 
     if !warnings.is_empty() {
@@ -89,18 +71,48 @@ pub(super) fn table(
     writeln!(out, "\n{}", summary(findings))
 }
 
-/// Writes `{"findings": [...], "warnings": [...]}`.
+/// Writes `{"findings": [...], "warnings": [...]}`, and `"observedRefusals"` with
+/// `--from-audit-log`.
 pub(super) fn json(
     out: &mut dyn Write,
     findings: &[Finding],
     warnings: &[String],
+    refusals: Option<&Refusals>,
 ) -> io::Result<()> {
     #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
     struct Report<'a> {
         findings: &'a [Finding],
         warnings: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        observed_refusals: Option<&'a Refusals>,
     }
-    serde_json::to_writer_pretty(&mut *out, &Report { findings, warnings })?;
+    let report = Report {
+        findings,
+        warnings,
+        observed_refusals: refusals,
+    };
+    serde_json::to_writer_pretty(&mut *out, &report)?;
+    writeln!(out)
+}
+
+/// Writes `{"observedRefusals": {...}, "warnings": [...]}`, for `--from-audit-log` alone.
+pub(super) fn refusals_json(
+    out: &mut dyn Write,
+    refusals: &Refusals,
+    warnings: &[String],
+) -> io::Result<()> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Report<'a> {
+        observed_refusals: &'a Refusals,
+        warnings: &'a [String],
+    }
+    let report = Report {
+        observed_refusals: refusals,
+        warnings,
+    };
+    serde_json::to_writer_pretty(&mut *out, &report)?;
     writeln!(out)
 }
 
@@ -141,6 +153,50 @@ fn summary(findings: &[Finding]) -> String {
     }
 }
 
+/// Writes `header` and `rows` in aligned columns (cells already cleaned).
+pub(super) fn columns<const N: usize>(
+    out: &mut dyn Write,
+    header: &[String; N],
+    rows: &[[String; N]],
+) -> io::Result<()> {
+    let mut widths = header.clone().map(|cell| cell.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (index, (cell, width)) in row.iter().zip(widths).enumerate() {
+            line.push_str(cell);
+            if index + 1 < row.len() {
+                let pad = width - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// Writes one suggestion, indented under its subject: the ClusterRole, its rules, its note.
+pub(super) fn suggestion(out: &mut dyn Write, suggestion: &Suggestion) -> io::Result<()> {
+    if suggestion.rules.is_empty() {
+        writeln!(out, "    no kubelet access needed")?;
+    } else {
+        writeln!(out, "    ClusterRole {}", clean(&suggestion.cluster_role))?;
+    }
+    for rule in &suggestion.rules {
+        writeln!(
+            out,
+            "      {} on {}",
+            rule.verbs.join(", "),
+            clean(&rule.resources.join(", "))
+        )?;
+    }
+    writeln!(out, "    {}", clean(&suggestion.note))
+}
+
 /// The table cells of one finding.
 fn row(finding: &Finding) -> [String; 6] {
     let nodes = match finding.resource_names.is_empty() {
@@ -164,7 +220,7 @@ fn row(finding: &Finding) -> [String; 6] {
 }
 
 /// `text` without control characters, which could drive the terminal.
-fn clean(text: &str) -> String {
+pub(super) fn clean(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()

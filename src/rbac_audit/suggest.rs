@@ -54,6 +54,12 @@ pub struct Suggestion {
     pub note: String,
 }
 
+/// Said wherever a suggestion drops `nodes/proxy`.
+pub const NODE_PROXY_NOTE: &str = "Dropping nodes/proxy also breaks scraping through the API \
+     server's node proxy (/api/v1/nodes/NAME/proxy/...): the API server requires nodes/proxy for \
+     it, whatever the kubelet allows. Scrape the node's address (https://NODE_IP:10250/...) \
+     instead before removing the grant";
+
 /// The default for subjects whose use is unknown: what metrics and pod-listing agents need.
 const GUESS: [&str; 3] = ["metrics", "stats", "pods"];
 
@@ -66,19 +72,39 @@ pub(super) fn attach(findings: &mut [Finding], usage: Option<&Usage>) {
     }
 }
 
+/// The suggestions of `findings`, with their subjects, for [`emit`].
+pub(super) fn of_findings(findings: &[Finding]) -> impl Iterator<Item = (&Subject, &Suggestion)> {
+    findings
+        .iter()
+        .filter_map(|finding| Some((&finding.subject, finding.suggestion.as_ref()?)))
+}
+
+/// The ClusterRole that would allow what `subject` was refused: `used` is subresource → verbs.
+pub(super) fn for_refusals(
+    subject: &Subject,
+    used: &BTreeMap<String, BTreeSet<String>>,
+) -> Suggestion {
+    Suggestion {
+        basis: Basis::AuditLog,
+        cluster_role: role_name(subject),
+        rules: rules(used),
+        replaces: Vec::new(),
+        note: "from the audit log: what this subject was refused, or would be once enforced; \
+               grant it only if the caller should have it"
+            .to_owned(),
+    }
+}
+
 /// Writes one YAML file per suggestion with rules into `dir`, created if needed; returns the
 /// files written, or the path that failed.
-pub(super) fn emit(
+pub(super) fn emit<'a>(
     dir: &Path,
-    findings: &[Finding],
+    suggestions: impl Iterator<Item = (&'a Subject, &'a Suggestion)>,
 ) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
     std::fs::create_dir_all(dir).map_err(|e| (dir.to_owned(), e))?;
     let mut written = Vec::new();
     let mut taken = BTreeSet::new();
-    for finding in findings {
-        let Some(suggestion) = &finding.suggestion else {
-            continue;
-        };
+    for (subject, suggestion) in suggestions {
         if suggestion.rules.is_empty() {
             continue;
         }
@@ -90,8 +116,7 @@ pub(super) fn emit(
             name = format!("{stem}-{counter}.yaml");
         }
         let path = dir.join(name);
-        std::fs::write(&path, manifest(&finding.subject, suggestion))
-            .map_err(|e| (path.clone(), e))?;
+        std::fs::write(&path, manifest(subject, suggestion)).map_err(|e| (path.clone(), e))?;
         written.push(path);
     }
     Ok(written)
@@ -111,15 +136,17 @@ fn suggest(subject: &Subject, replaces: &[Via], usage: Option<&Usage>) -> Sugges
                 )
             })
             .collect();
+        let note = "a guess, since no --from-audit-log was given: the conservative default of \
+                    metrics and pod-listing agents; run kubelet-guard in front of the kubelets \
+                    and pass its audit log to know what this subject uses"
+            .to_owned();
+        let rules = rules(&used);
         return Suggestion {
             basis: Basis::Guess,
+            note: with_node_proxy_note(note, &rules),
             cluster_role,
-            rules: rules(&used),
+            rules,
             replaces,
-            note: "a guess, since no --from-audit-log was given: the conservative default of \
-                   metrics and pod-listing agents; run kubelet-guard in front of the kubelets and \
-                   pass its audit log to know what this subject uses"
-                .to_owned(),
         };
     };
     let used = usage.of(subject);
@@ -141,12 +168,26 @@ fn suggest(subject: &Subject, replaces: &[Via], usage: Option<&Usage>) -> Sugges
             )
         }
     };
+    let rules = rules(&used.verbs);
     Suggestion {
         basis: Basis::AuditLog,
+        note: with_node_proxy_note(note, &rules),
         cluster_role,
-        rules: rules(&used.verbs),
+        rules,
         replaces,
-        note,
+    }
+}
+
+/// `note`, and when `rules` drop `nodes/proxy`, what that means for an agent that scrapes
+/// through the API server's node proxy: the API server checks `nodes/proxy` itself, whatever the
+/// kubelet (or the guard) would allow.
+fn with_node_proxy_note(note: String, rules: &[SuggestedRule]) -> String {
+    let keeps_proxy = rules
+        .iter()
+        .any(|rule| rule.resources.iter().any(|r| r == "nodes/proxy"));
+    match keeps_proxy {
+        true => note,
+        false => format!("{note}. {NODE_PROXY_NOTE}"),
     }
 }
 
@@ -299,6 +340,20 @@ mod tests {
         );
         assert_eq!(suggestion.rules[0].verbs, ["get"]);
         assert!(suggestion.note.starts_with("a guess"));
+    }
+
+    #[test]
+    fn a_suggestion_that_drops_nodes_proxy_says_what_breaks_at_the_api_server() {
+        let guess = suggest(&account(), &[], None);
+        assert!(guess.note.ends_with(NODE_PROXY_NOTE), "{}", guess.note);
+        let keeps = with_node_proxy_note(
+            "kept".to_owned(),
+            &rules(&BTreeMap::from([(
+                "proxy".to_owned(),
+                BTreeSet::from(["create".to_owned()]),
+            )])),
+        );
+        assert_eq!(keeps, "kept");
     }
 
     #[test]

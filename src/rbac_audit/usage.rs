@@ -6,14 +6,21 @@
 //! allow`), or observe mode forwarded it and the kubelet did not refuse it. Its subresource is the
 //! one that decided (`objectRef.subresource`), except when the `nodes/proxy` fallback decided: then
 //! the caller needs only the fine-grained subresource checked first (`kubelet-guard.io/checks`).
-//! Lines that are not events are reported with their line number and skipped.
+//! Lines that are not events (the guard's log lines, when `kubectl logs` mixes them in) are
+//! skipped and counted. The same pass gathers the requests the guard refused, or would have
+//! refused in observe mode, for [`super::refusals`].
+//!
+//! The file may be `-`, standard input: `kubectl logs ds/kubelet-guard | kubelet-guard rbac-audit
+//! --from-audit-log -`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::findings::Subject;
+use super::refusals::Refused;
 use crate::audit;
 use crate::authn::Identity;
 use crate::authz::rbac;
@@ -21,7 +28,11 @@ use crate::authz::rbac;
 /// The calls of one audit log.
 pub(super) struct Usage {
     calls: Vec<Call>,
-    /// Lines that could not be read, with their numbers.
+    /// Requests refused, or that observe mode would have refused, in log order.
+    pub(super) refused: Vec<Refused>,
+    /// How many audit events the log held.
+    pub(super) events: usize,
+    /// Lines skipped because they are not audit events, with their numbers.
     pub(super) warnings: Vec<String>,
 }
 
@@ -37,12 +48,17 @@ pub(super) struct Used {
     pub(super) calls: usize,
 }
 
-/// At most this many unreadable lines are reported one by one.
-const REPORTED_LINES: usize = 10;
+/// The `--from-audit-log` value that means standard input.
+pub(super) const STDIN: &str = "-";
 
 impl Usage {
-    /// Reads an audit log file.
-    pub(super) fn read(path: &Path) -> std::io::Result<Usage> {
+    /// Reads an audit log file, or standard input for `-`.
+    pub(super) fn read(path: &Path, stdin: &mut dyn Read) -> std::io::Result<Usage> {
+        if path.as_os_str() == STDIN {
+            let mut text = String::new();
+            stdin.read_to_string(&mut text)?;
+            return Ok(Usage::parse("standard input", &text));
+        }
         let text = std::fs::read_to_string(path)?;
         Ok(Usage::parse(&path.display().to_string(), &text))
     }
@@ -51,35 +67,41 @@ impl Usage {
     pub(super) fn parse(source: &str, text: &str) -> Usage {
         let mut usage = Usage {
             calls: Vec::new(),
+            refused: Vec::new(),
+            events: 0,
             warnings: Vec::new(),
         };
-        let mut unreadable = 0;
+        let mut skipped = Vec::new();
         for (index, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<Recorded>(line) {
-                Ok(recorded) if recorded.kind == audit::EVENT_LIST_KIND => {
-                    usage
-                        .calls
-                        .extend(recorded.items.iter().filter_map(Call::of));
-                }
-                Ok(recorded) => usage.calls.extend(Call::of(&recorded)),
+            let recorded = match serde_json::from_str::<Recorded>(line) {
+                Ok(recorded) => recorded,
                 Err(e) => {
-                    unreadable += 1;
-                    if unreadable <= REPORTED_LINES {
-                        let line = index + 1;
-                        usage
-                            .warnings
-                            .push(format!("{source}:{line}: not an audit event, skipped: {e}"));
-                    }
+                    skipped.push((index + 1, e.to_string()));
+                    continue;
                 }
+            };
+            let events = match recorded.kind.as_str() {
+                audit::EVENT_LIST_KIND => recorded.items,
+                audit::EVENT_KIND => vec![recorded],
+                other => {
+                    skipped.push((index + 1, format!("a JSON object of kind {other:?}")));
+                    continue;
+                }
+            };
+            for event in &events {
+                usage.events += 1;
+                usage.calls.extend(Call::of(event));
+                usage.refused.extend(Refused::of(event));
             }
         }
-        if unreadable > REPORTED_LINES {
+        if let Some((line, why)) = skipped.first() {
             usage.warnings.push(format!(
-                "{source}: {} more lines were not audit events",
-                unreadable - REPORTED_LINES
+                "{source}:{line}: skipped {} lines that are not audit events (log lines?), the \
+                 first here: {why}",
+                skipped.len()
             ));
         }
         usage
@@ -157,48 +179,67 @@ impl Call {
     }
 }
 
-/// The fields of an `audit::Event` (or `EventList`) this module reads.
+/// The fields of an `audit::Event` (or `EventList`) this module and `refusals` read.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Recorded {
+pub(super) struct Recorded {
     #[serde(default)]
     kind: String,
     #[serde(default)]
-    verb: String,
+    pub(super) verb: String,
     #[serde(default, rename = "requestURI")]
-    request_uri: String,
+    pub(super) request_uri: String,
     #[serde(default)]
-    user: RecordedUser,
+    pub(super) user: RecordedUser,
+    #[serde(default, rename = "sourceIPs")]
+    pub(super) source_ips: Vec<String>,
     #[serde(default)]
-    object_ref: Option<RecordedObject>,
+    pub(super) user_agent: Option<String>,
     #[serde(default)]
-    response_status: RecordedStatus,
+    pub(super) object_ref: Option<RecordedObject>,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    pub(super) response_status: RecordedStatus,
+    #[serde(default)]
+    pub(super) annotations: BTreeMap<String, String>,
     #[serde(default)]
     items: Vec<Recorded>,
 }
 
+/// The caller an event names.
 #[derive(Default, Deserialize)]
-struct RecordedUser {
+pub(super) struct RecordedUser {
     #[serde(default)]
-    username: String,
+    pub(super) username: String,
     #[serde(default)]
-    groups: Vec<String>,
+    pub(super) groups: Vec<String>,
 }
 
+/// The node and subresource an event names.
 #[derive(Deserialize)]
-struct RecordedObject {
+pub(super) struct RecordedObject {
     #[serde(default)]
-    resource: String,
+    pub(super) resource: String,
     #[serde(default)]
-    subresource: String,
+    pub(super) subresource: String,
 }
 
+/// The status the caller received.
 #[derive(Default, Deserialize)]
-struct RecordedStatus {
+pub(super) struct RecordedStatus {
     #[serde(default)]
-    code: u16,
+    pub(super) code: u16,
+}
+
+impl Recorded {
+    /// The annotation `key`, if the event has it.
+    pub(super) fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key).map(String::as_str)
+    }
+
+    /// The request's path, without its query.
+    pub(super) fn path(&self) -> &str {
+        self.request_uri.split('?').next().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -257,13 +298,17 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_lines_are_reported_with_their_number() {
-        let log = format!("{}\n\nnot json\n", event("a", "get", "stats", "allow", ""));
+    fn lines_that_are_not_events_are_skipped_and_counted() {
+        let log = format!(
+            "{}\n\nnot json\n{{\"level\":\"INFO\",\"fields\":{{}}}}\n",
+            event("a", "get", "stats", "allow", "")
+        );
         let usage = Usage::parse("a.log", &log);
         assert_eq!(usage.calls.len(), 1);
+        assert_eq!(usage.events, 1);
         assert_eq!(usage.warnings.len(), 1);
         assert!(
-            usage.warnings[0].starts_with("a.log:3: "),
+            usage.warnings[0].starts_with("a.log:3: skipped 2 lines"),
             "{:?}",
             usage.warnings
         );

@@ -5,8 +5,10 @@
 //! credential rotate too. A new configuration is used by connections opened after it took effect;
 //! open connections keep the one they were made with. A certificate that does not match its key,
 //! or a file that does not parse, keeps the last good configuration (and is logged and counted by
-//! the reload task).
+//! the reload task). Each configuration that takes effect sets its certificate's expiry gauge
+//! (`kubelet_guard_certificate_expiry_timestamp_seconds`).
 
+use prometheus::IntGauge;
 use rustls::ServerConfig;
 
 use super::{TlsPolicy, UpstreamTls};
@@ -14,10 +16,11 @@ use crate::config::{ServingFiles, Upstream, UpstreamCredential};
 use crate::reload::{FileError, Source, Watched};
 
 /// The serving configuration, from `--tls-cert-file`, `--tls-private-key-file` and
-/// `--client-ca-file`, under `policy`.
+/// `--client-ca-file`, under `policy`; `expiry` follows the certificate in use.
 pub fn serving(
     files: &ServingFiles,
     policy: &TlsPolicy,
+    expiry: IntGauge,
 ) -> Result<Watched<ServerConfig>, FileError> {
     let mut sources = vec![
         Source::new("--tls-cert-file", &files.cert),
@@ -28,7 +31,9 @@ pub fn serving(
     }
     let (files, policy) = (files.clone(), policy.clone());
     Watched::load_with(sources, move |contents| {
-        Ok(super::server_config_from(&files, &policy, contents)?)
+        let config = super::server_config_from(&files, &policy, contents)?;
+        set_expiry(&expiry, contents.first());
+        Ok(config)
     })
 }
 
@@ -44,11 +49,24 @@ pub fn upstream_sources(upstream: &Upstream) -> Vec<Source> {
 }
 
 /// Builds the upstream client configurations from the contents of [`upstream_sources`];
-/// `callers` adds the one without the guard's certificate.
+/// `callers` adds the one without the guard's certificate. `expiry` follows the guard's client
+/// certificate, when its credential is one.
 pub fn upstream(
     settings: &Upstream,
     contents: &[Vec<u8>],
     callers: bool,
+    expiry: &IntGauge,
 ) -> Result<UpstreamTls, FileError> {
-    Ok(super::upstream_config_from(settings, contents, callers)?)
+    let tls = super::upstream_config_from(settings, contents, callers)?;
+    if let UpstreamCredential::ClientCert { .. } = settings.credential {
+        set_expiry(expiry, contents.get(1));
+    }
+    Ok(tls)
+}
+
+/// Sets `expiry` to when the certificate of `pem` expires, if it is readable.
+fn set_expiry(expiry: &IntGauge, pem: Option<&Vec<u8>>) {
+    if let Some(not_after) = pem.and_then(|pem| super::not_after(pem)) {
+        expiry.set(not_after);
+    }
 }
