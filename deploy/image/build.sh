@@ -35,8 +35,8 @@ if ! command -v cargo-cyclonedx >/dev/null; then
   cargo install cargo-cyclonedx --locked
 fi
 
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
-created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 revision=$(git rev-parse HEAD)
 if [ -n "$(git status --porcelain)" ]; then
   revision="$revision-dirty"
@@ -47,7 +47,11 @@ source_url=${SOURCE_URL:-$(git remote get-url origin 2>/dev/null || true)}
 
 # The Dockerfile's build stage remaps the same way (/src and /usr/local/cargo there).
 export RUSTFLAGS="--remap-path-prefix=$repo=. --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=cargo"
-cargo build --profile dist --locked --bin kubelet-guard
+# Without SOURCE_DATE_EPOCH: the cc crate makes ring's build script depend on it, so a new commit
+# time would rebuild ring and everything above it (minutes), for no change in the binary.
+env -u SOURCE_DATE_EPOCH cargo build --profile dist --locked --bin kubelet-guard
+# From here on: the tar timestamps, and the SBOM's.
+export SOURCE_DATE_EPOCH=$epoch
 
 out=target/image
 work=$out/work
