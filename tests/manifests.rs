@@ -1,12 +1,13 @@
 //! The manifests of `deploy/` keep their invariants, so a later edit cannot silently break them:
 //! every YAML file parses; the DaemonSet runs on the host network on every node (tolerations,
 //! `system-node-critical`), answers its probes on the admin listener, has requests and a memory
-//! limit, and no container is privileged, writable or holding a capability; the guard's upstream
-//! credential is its node's own (the `node-pki` init container, `serve --node-pki-dir`): no Secret,
-//! no credential shared by every node, and no host directory that holds a node credential (the
-//! kubelet's serving certificate and key are mounted as single files, never
-//! `/var/lib/kubelet/pki`); strict requires the kubelet lockdown, observe and enforce warn; the
-//! service account is bound to `system:auth-delegator` only, the node identities' group
+//! limit, no container is privileged, writable or holding a capability, and every container runs
+//! as uid and gid 0 with no supplemental group or fsGroup (the node's keys stay root-only); the
+//! guard's upstream credential is its node's own (the `node-pki` init container,
+//! `serve --node-pki-dir`): no Secret, no credential shared by every node, and no host directory
+//! that holds a node credential (the kubelet's serving certificate and key are mounted as single
+//! files, never `/var/lib/kubelet/pki`); strict requires the kubelet lockdown, observe and enforce
+//! warn; the service account is bound to `system:auth-delegator` only, the node identities' group
 //! `kubelet-guard:nodes` to `system:kubelet-api-admin` only, and nothing in the base grants more;
 //! the agent roles never need `nodes/proxy`; the kubelet snippets of `deploy/kubelet/` all set the
 //! same lock; and every `--flag` the manifests pass is one that `kubelet-guard serve --help` (or
@@ -315,6 +316,16 @@ fn check_daemonset(
         fail("maxSurge must be 0: a surge pod cannot bind the host port 10250".into());
     }
     let pod_seccomp = &pod["securityContext"]["seccompProfile"]["type"];
+    // The node's credentials (the kubelet's serving key, the node CA's key) stay readable by root
+    // only: no group or fsGroup of the pod may open them to a non-root id, which any pod of the
+    // cluster could also run as (deploy/README.md, "Why the guard runs as root").
+    for key in ["supplementalGroups", "fsGroup"] {
+        if !pod["securityContext"][key].is_null() {
+            fail(format!(
+                "securityContext.{key} must not be set: the node's keys stay root-only"
+            ));
+        }
+    }
 
     let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
     // No Secret: each node's guard has its own credential (node-pki); nothing is shared by every
@@ -407,6 +418,20 @@ fn check_daemonset(
         // (see the comment in deploy/base/daemonset.yaml).
         if !str_list(&sc["capabilities"]["add"]).is_empty() {
             fail("must add no capability (uid 0 reads the root-owned key as owner)".into());
+        }
+        // Explicitly root (the image's own user is nonroot, 65532, which cannot read those keys),
+        // set on the pod or the container.
+        for key in ["runAsUser", "runAsGroup"] {
+            let id = if sc[key].is_null() {
+                &pod["securityContext"][key]
+            } else {
+                &sc[key]
+            };
+            if id != &json!(0) {
+                fail(format!(
+                    "{key} must be 0 (pod or container): the node's keys are root-only, found {id}"
+                ));
+            }
         }
         let seccomp = &sc["seccompProfile"]["type"];
         if !(seccomp == "RuntimeDefault" || (seccomp.is_null() && pod_seccomp == "RuntimeDefault"))
@@ -1298,12 +1323,15 @@ fn the_checks_catch_a_broken_daemonset_a_typo_and_a_broad_role() {
     pod["hostNetwork"] = json!(false);
     pod["tolerations"] =
         json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]);
+    // A non-root guard given the keys through a group.
+    pod["securityContext"]["supplementalGroups"] = json!([65532]);
     let container = &mut pod["containers"][0];
     container["securityContext"]["privileged"] = json!(true);
     container["securityContext"]["readOnlyRootFilesystem"] = json!(false);
     container["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
     container["resources"]["limits"] = json!({});
     container["readinessProbe"]["httpGet"]["port"] = json!(10250);
+    container["securityContext"]["runAsUser"] = json!(65532);
     container["args"]
         .as_array_mut()
         .unwrap()
@@ -1318,6 +1346,8 @@ fn the_checks_catch_a_broken_daemonset_a_typo_and_a_broad_role() {
         "resources.limits.memory",
         "readinessProbe",
         "--tls-cert-flie",
+        "runAsUser must be 0",
+        "supplementalGroups must not be set",
     ] {
         assert!(
             problems.contains(expected),
