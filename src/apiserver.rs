@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,31 +25,7 @@ use crate::authz::{Decision, Resource};
 use crate::config::{self, NodeName};
 use crate::kubelet_api::Verb;
 use crate::metrics::Metrics;
-
-/// A future returned by a reviewer.
-pub type ReviewFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ReviewError>> + Send + 'a>>;
-
-/// A review that produced no answer. Never cached; always answered with 500.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum ReviewError {
-    /// The API server did not answer within `--apiserver-timeout`.
-    #[error("the API server did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The API server answered with an error status.
-    #[error("the API server answered {code}: {message}")]
-    Status {
-        /// HTTP status.
-        code: u16,
-        /// Its message.
-        message: String,
-    },
-    /// The API server could not be reached, or its answer could not be read.
-    #[error("the API server could not be reached: {0}")]
-    Transport(String),
-    /// The answer contradicts itself (for example both allowed and denied).
-    #[error("the API server's answer is inconsistent: {0}")]
-    Inconsistent(String),
-}
+use crate::review::{ReviewError, ReviewFuture};
 
 /// The API server could not be set up at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -140,10 +115,7 @@ impl ApiServer {
                     message: status.message,
                 }),
             ),
-            Ok(Err(e)) => (
-                "error".to_owned(),
-                Err(ReviewError::Transport(e.to_string())),
-            ),
+            Ok(Err(e)) => ("error".to_owned(), Err(ReviewError::Transport(Arc::new(e)))),
         };
         self.metrics.apiserver(api, &code, started.elapsed());
         result

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::apiserver::ReviewError;
+use crate::review::ReviewError;
 use token::{TokenAuthenticator, TokenOutcome};
 
 /// The group Kubernetes adds to every authenticated user.

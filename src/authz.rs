@@ -9,10 +9,10 @@ pub mod sar;
 
 use std::sync::Arc;
 
-use crate::apiserver::ReviewError;
 use crate::authn::Identity;
 use crate::kubelet_api::pod_scope::{PodAction, PodTarget};
 use crate::kubelet_api::{Subresource, Verb};
+use crate::review::ReviewError;
 use sar::DecisionCache;
 
 /// One review's answer.

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use crate::apiserver::ReviewFuture;
 use crate::authn::Identity;
 use crate::authn::static_tokens::StaticTokens;
 use crate::authn::token::{TokenOutcome, TokenReviewer};
@@ -18,6 +17,7 @@ use crate::authz::{Decision, Resource};
 use crate::config::NodeName;
 use crate::kubelet_api::Verb;
 use crate::reload::Watched;
+use crate::review::ReviewFuture;
 
 /// The token file, reviewed locally.
 pub struct TokenFile(pub Arc<Watched<StaticTokens>>);

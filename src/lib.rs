@@ -35,6 +35,8 @@ pub mod proxy;
 pub mod rbac_audit;
 /// Polling reload of files with keep-last-good semantics.
 pub mod reload;
+/// The reviewer future and the error that means no answer, shared by authn, authz and their implementations.
+pub mod review;
 /// Listeners, connections, graceful shutdown.
 pub mod server;
 /// PEM loading and rustls configurations.

@@ -358,11 +358,17 @@ impl Refusal {
 fn refuse(refusal: &Refusal, metrics: &Metrics) -> (Response<Body>, Outcome, String) {
     match refusal {
         Refusal::Unauthenticated(AuthnError::Review(e)) => {
-            tracing::warn!(error = %e, "token review failed");
+            tracing::warn!(error = %e, cause = %forward::Causes(e), "token review failed");
         }
         Refusal::Unauthenticated(e) => tracing::debug!(reason = %e, "unauthenticated"),
         Refusal::Undecided { user, error } => {
-            tracing::warn!(error = %error, cause = %error.source, user, "authorization failed");
+            tracing::warn!(
+                error = %error,
+                cause = %error.source,
+                because = %forward::Causes(&error.source),
+                user,
+                "authorization failed"
+            );
         }
         Refusal::Upstream(e) => {
             tracing::warn!(error = %e, cause = %forward::Causes(e), "forwarding failed");

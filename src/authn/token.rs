@@ -8,8 +8,8 @@ use std::time::Duration;
 use moka::future::Cache;
 
 use super::{AUTHENTICATED_GROUP, Identity};
-use crate::apiserver::{ReviewError, ReviewFuture};
 use crate::metrics::{CacheKind, Metrics};
+use crate::review::{ReviewError, ReviewFuture};
 
 /// The result of reviewing one token.
 #[derive(Clone, Debug)]

@@ -12,10 +12,10 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::{Decision, Resource};
-use crate::apiserver::{ReviewError, ReviewFuture};
 use crate::authn::Identity;
 use crate::kubelet_api::Verb;
 use crate::metrics::{CacheKind, Metrics};
+use crate::review::{ReviewError, ReviewFuture};
 
 /// Something that answers one access review for the guard's node.
 pub trait AccessReviewer: Send + Sync {

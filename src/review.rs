@@ -1,0 +1,35 @@
+//! What a review is, independent of who answers it: the future a reviewer returns and the error
+//! that means no answer. `authn` and `authz` define the reviewer traits with these; `apiserver`
+//! and `embedded` implement them. Depends on nothing else of the crate.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A future returned by a reviewer.
+pub type ReviewFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ReviewError>> + Send + 'a>>;
+
+/// A review that produced no answer. Never cached; always answered with 500.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The API server did not answer within `--apiserver-timeout`.
+    #[error("the API server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The API server answered with an error status.
+    #[error("the API server answered {code}: {message}")]
+    Status {
+        /// HTTP status.
+        code: u16,
+        /// Its message.
+        message: String,
+    },
+    /// The API server could not be reached, or its answer could not be read; the client's error
+    /// is kept as the source (shared, because a failed review is handed to every request that
+    /// waited for it).
+    #[error("the API server could not be reached")]
+    Transport(#[source] Arc<kube::Error>),
+    /// The answer contradicts itself (for example both allowed and denied).
+    #[error("the API server's answer is inconsistent: {0}")]
+    Inconsistent(String),
+}
