@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::{self, UpstreamCredential};
 use crate::reload::{FileError, Poll, Watched};
-use crate::server::drain::{Drain, Tracked};
+use crate::shutdown::{Drain, Tracked};
 use crate::tls;
 
 /// The response body type of the whole proxy: the kubelet's streamed body or one of ours.

@@ -39,6 +39,8 @@ pub mod reload;
 pub mod review;
 /// Listeners, connections, graceful shutdown.
 pub mod server;
+/// The stop signal and the drain of connections and streams, below everything that must stop.
+pub mod shutdown;
 /// PEM loading and rustls configurations.
 pub mod tls;
 
@@ -61,8 +63,8 @@ use crate::forward::Upstream;
 use crate::metrics::{Metrics, Readiness};
 use crate::proxy::State;
 use crate::reload::{Poll, Reload, Watched};
-use crate::server::drain::Drain;
 use crate::server::{Listen, Proxy};
+use crate::shutdown::Drain;
 
 /// Why the guard could not start. Every variant names the flag at fault.
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +329,7 @@ async fn reload_files(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            () = server::stopped(&mut stop) => return,
+            () = shutdown::stopped(&mut stop) => return,
         }
         for file in &watched {
             match file.poll() {

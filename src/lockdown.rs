@@ -153,7 +153,7 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = crate::server::stopped(&mut stop) => return,
+            () = crate::shutdown::stopped(&mut stop) => return,
         }
     }
 }

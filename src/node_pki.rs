@@ -238,7 +238,7 @@ pub async fn renew(
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = crate::server::stopped(&mut stop) => return,
+            () = crate::shutdown::stopped(&mut stop) => return,
         }
         let Some(validity) = validity else { continue };
         match ensure(&paths, &node, validity, SystemTime::now()) {

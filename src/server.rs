@@ -8,11 +8,10 @@
 //!   a connection is served by `connection` with the serving certificate in force at accept.
 //! - Shutdown: the listener closes (no new connections), open connections finish what they are
 //!   serving, and whatever is still open at the end of `--shutdown-grace-period` is closed
-//!   (`drain`). `/readyz` turns 503 as shutdown starts (`Running::stop`); the admin listener
+//!   (`crate::shutdown`). `/readyz` turns 503 as shutdown starts (`Running::stop`); the admin listener
 //!   keeps answering until the guarded one has drained.
 
 mod connection;
-pub mod drain;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,8 +30,8 @@ use crate::config::Limits;
 use crate::metrics::{self, Metrics, Readiness};
 use crate::proxy::State;
 use crate::reload::Watched;
+use crate::shutdown::{Drain, stopped};
 use connection::Limit;
-use drain::Drain;
 
 /// A listener bound at start-up, or an address another process still holds.
 #[derive(Debug)]
@@ -230,11 +229,6 @@ pub async fn bind_now(addr: SocketAddr, flag: &'static str) -> Result<TcpListene
     TcpListener::bind(addr)
         .await
         .map_err(|e| cannot_listen(addr, flag, &e))
-}
-
-/// Resolves once shutdown has been asked for (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Binds `addr`, retrying with doubling delays while it is in use; `None` if `stop` came first.

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Event;
 use super::sink::{AuditError, LogDestination, LogSettings, Rotation, Throttle};
-use crate::server::stopped;
+use crate::shutdown::stopped;
 
 /// The audit log: a rotating file or a stream such as standard output.
 pub(crate) struct LogSink {

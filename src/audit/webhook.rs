@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use super::sink::{AuditError, SHUTDOWN_GRACE, WebhookSettings};
 use super::{API_VERSION, EVENT_LIST_KIND, Event, EventList};
-use crate::server::stopped;
+use crate::shutdown::stopped;
 
 /// The receiver, its batching and its retry policy.
 pub(crate) struct WebhookSink {

@@ -21,7 +21,7 @@ use crate::authz::{Decision, Resource, Verdict};
 use crate::forward::{Body, Relayed, StreamEnd};
 use crate::kubelet_api::{KubeletRequest, Subresource};
 use crate::metrics::Outcome;
-use crate::server::drain::Tracked;
+use crate::shutdown::Tracked;
 
 /// What is learnt about a request as it passes the pipeline's steps.
 #[derive(Default)]

@@ -34,13 +34,13 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::drain::Tracked;
 use crate::admission::Ticket;
 use crate::authn::{PeerCertificate, x509};
 use crate::config::Limits;
 use crate::metrics::{ConnectionGuard, Metrics};
 use crate::proxy::{self, Peer, State};
 use crate::reload::Watched;
+use crate::shutdown::Tracked;
 
 /// How much of the caller's first bytes is read before HTTP is set up (a request line fits).
 const FIRST_READ: usize = 512;

@@ -1,5 +1,7 @@
-//! Graceful shutdown's bookkeeping: every caller connection and every upgraded stream holds a
-//! [`Tracked`] for as long as it is open, so the listener knows when all of them are gone.
+//! Graceful shutdown's bookkeeping, below every module that must stop: the stop signal every
+//! background task waits on ([`stopped`]), and the drain of the guarded listener: every caller
+//! connection and every upgraded stream holds a [`Tracked`] for as long as it is open, so the
+//! listener knows when all of them are gone.
 //!
 //! Shutdown has two phases. *Draining*: connections finish the requests they are serving and
 //! close (HTTP/1.1 after the response in flight, HTTP/2 after a GOAWAY), while upgraded streams
@@ -9,6 +11,11 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+/// Resolves once shutdown has been asked for (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
 
 /// Where shutdown stands; only ever moves forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
