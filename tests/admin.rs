@@ -2,7 +2,7 @@
 //! counting requests by decision with bounded labels, as Prometheus reads them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use support::guard::Cluster;

@@ -3,7 +3,7 @@
 //! annotation of the events written for real requests through the guard.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};

@@ -3,7 +3,7 @@
 //! stream, and never a token in an event or a log line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

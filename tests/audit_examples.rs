@@ -4,7 +4,7 @@
 //! set to the document's. When they differ, the failure prints the events to paste.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

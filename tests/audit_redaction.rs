@@ -3,7 +3,7 @@
 //! still runs the command as it was sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use futures_util::StreamExt;
 use http::StatusCode;

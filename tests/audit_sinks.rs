@@ -3,7 +3,7 @@
 //! request pipeline's events are checked field by field elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU64, NonZeroUsize};

@@ -2,7 +2,7 @@
 //! the client CA (CN and every O), nothing else, and anonymous only when allowed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! falls back (and never in strict mode), first allow wins, and a denial in the kubelet's format.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use support::guard::Cluster;

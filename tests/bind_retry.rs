@@ -3,7 +3,7 @@
 //! meanwhile, `/readyz` answering 503 until the address is bound, and requests succeed after.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

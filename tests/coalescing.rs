@@ -2,7 +2,7 @@
 //! SubjectAccessReview per subresource checked; cached decisions cost none.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

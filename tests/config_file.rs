@@ -4,7 +4,7 @@
 //! error naming the file and the line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};

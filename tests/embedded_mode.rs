@@ -3,7 +3,7 @@
 //! half), are validated at start-up, and are reloaded with keep-last-good semantics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! caller's credentials, identity assertions or hop-by-hop fields.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use support::guard::Cluster;

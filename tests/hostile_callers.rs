@@ -6,7 +6,7 @@
 //! Memory under these floods is measured by the load harness, not here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! and never reaches the kubelet.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -4,7 +4,7 @@
 //! shell reading a password does. The kubelet double plays such a program (`command=line`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! connections that never cuts a request in flight, and HTTP/2's concurrent-stream limit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

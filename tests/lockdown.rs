@@ -3,7 +3,7 @@
 //! double that is open, on webhook authentication, or locked to the node PKI's CA.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

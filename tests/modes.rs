@@ -4,7 +4,7 @@
 //! tests/authorization.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use support::guard::Cluster;

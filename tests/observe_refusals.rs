@@ -5,7 +5,7 @@
 //! least-privilege grant that would allow it. The events are the guard's own, from real requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! `/metrics*`, however the path is spelt.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

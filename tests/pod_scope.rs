@@ -3,7 +3,7 @@
 //! except for the exempt users (the API server's own kubelet client).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use support::guard::Cluster;

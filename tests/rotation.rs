@@ -5,7 +5,7 @@
 //! are not dropped, and a broken file keeps the last good material and is counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

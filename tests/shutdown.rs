@@ -4,7 +4,7 @@
 //! end (a followed log, an exec WebSocket) is closed; the binary then exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

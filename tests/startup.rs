@@ -4,7 +4,7 @@
 //! flags. Every run is the real binary with a cleared environment, killed if still up after 10 s.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! unfollowed, and a kubelet that is down or silent is the kubelet's fault: 502 and 504.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

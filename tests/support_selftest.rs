@@ -1,7 +1,7 @@
 //! Proves the shared test doubles speak their protocols, independent of kubelet-guard itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! or not implemented stops start-up with exit status 64 naming the flag.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! streaming endpoint whatever its method.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};

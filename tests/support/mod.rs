@@ -7,8 +7,9 @@
 //! - [`guard`]: kubelet-guard itself between the doubles, started with real flags;
 //! - [`audit_log`]: the audit log file the guard writes, read back.
 //!
-//! Every test binary compiles all of it and uses a part, hence the blanket `dead_code` allowance;
-//! the module is private to each test crate, hence `unreachable_pub`.
+//! The behaviour tests (`tests/behaviour.rs`, one binary) use all of it; the load harness
+//! (`benches/load.rs`) includes it too and uses a part, hence the `dead_code` allowance. The
+//! module is private to each crate that includes it, hence `unreachable_pub`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod apiserver;
