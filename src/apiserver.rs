@@ -20,7 +20,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::authn::Identity;
 use crate::authn::token::{TokenOutcome, TokenReviewer};
-use crate::authz::sar::AccessReviewer;
+use crate::authz::decisions::AccessReviewer;
 use crate::authz::{Decision, Resource};
 use crate::config::{self, NodeName};
 use crate::kubelet_api::Verb;

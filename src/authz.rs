@@ -4,8 +4,8 @@
 //! A review that errors stops the walk at once: no fallback to a later check, nothing cached, and
 //! the caller answers 500. This module decides only; it never picks a status code.
 
+pub mod decisions;
 pub mod rbac;
-pub mod sar;
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use crate::authn::Identity;
 use crate::kubelet_api::pod_scope::{PodAction, PodTarget};
 use crate::kubelet_api::{Subresource, Verb};
 use crate::review::ReviewError;
-use sar::DecisionCache;
+use decisions::DecisionCache;
 
 /// One review's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]

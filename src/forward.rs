@@ -225,11 +225,6 @@ impl Upstream {
         self.clients.clone()
     }
 
-    /// The polled token file, for the reload task.
-    pub fn token(&self) -> Option<&Arc<Watched<HeaderValue>>> {
-        self.token.as_ref()
-    }
-
     /// Sends `request` to the kubelet with `credential` and returns its response, relaying an
     /// upgrade if the kubelet switches protocols. `upgrade` says whether the caller asked for one.
     pub async fn forward(

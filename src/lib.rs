@@ -2,7 +2,7 @@
 //!
 //! `run` wires the modules below into one request pipeline (see `proxy`). Traits that the
 //! pipeline consumes are defined by their consumer (`authn::token::TokenReviewer`,
-//! `authz::sar::AccessReviewer`); `apiserver` implements both against kube-apiserver.
+//! `authz::decisions::AccessReviewer`); `apiserver` implements both against kube-apiserver.
 
 /// Connections admitted before their caller proved who it is: a cap per source address.
 pub mod admission;
@@ -55,8 +55,8 @@ use crate::authn::Authenticator;
 use crate::authn::token::TokenAuthenticator;
 use crate::authn::token::TokenReviewer;
 use crate::authz::Authorizer;
-use crate::authz::sar::AccessReviewer;
-use crate::authz::sar::DecisionCache;
+use crate::authz::decisions::AccessReviewer;
+use crate::authz::decisions::DecisionCache;
 use crate::config::Config;
 use crate::embedded::{PolicyFile, TokenFile};
 use crate::forward::Upstream;

@@ -1,9 +1,10 @@
 //! The decision cache in front of whatever answers access reviews (the API server's
 //! SubjectAccessReview or the embedded RBAC policy).
 //!
-//! Keyed by (identity, verb, resource): the node name is fixed for the process. Allowed and denied answers live for their own TTLs (the kubelet's
-//! `--authorization-webhook-cache-*-ttl` defaults, 5m and 30s); concurrent misses for one key share
-//! one review; errors are never cached.
+//! Keyed by (identity, verb, resource): the node name is fixed for the process. Allowed and
+//! denied answers live for their own TTLs (the kubelet's `--authorization-webhook-cache-*-ttl`
+//! defaults, 5m and 30s); concurrent misses for one key share one review; errors are never
+//! cached; a hit builds no review.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
