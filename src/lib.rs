@@ -57,7 +57,7 @@ use crate::authn::token::TokenReviewer;
 use crate::authz::Authorizer;
 use crate::authz::decisions::AccessReviewer;
 use crate::authz::decisions::DecisionCache;
-use crate::config::Config;
+use crate::config::{Config, NodeName};
 use crate::embedded::{PolicyFile, TokenFile};
 use crate::forward::Upstream;
 use crate::metrics::{Metrics, Readiness};
@@ -116,33 +116,54 @@ pub struct Running {
 /// bound unless every file loaded. If the guarded address is still in use, the guard starts
 /// anyway, unready, and binds it as soon as it is free.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // Every field by name: a new one that nothing here uses fails to compile.
+    let Config {
+        listen,
+        metrics_listen,
+        serving: serving_files,
+        upstream: upstream_settings,
+        node_name,
+        apiserver: api_settings,
+        cache,
+        anonymous_auth,
+        proxy_fallback,
+        mode,
+        pod_scope_exempt,
+        reload_interval,
+        audit: audit_settings,
+        tls_policy,
+        limits,
+        shutdown_grace,
+        node_pki_dir,
+        lockdown: (lockdown_mode, lockdown_interval),
+    } = config;
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let serving = Arc::new(tls::reload::serving(
-        &config.serving,
-        &config.tls_policy,
+        &serving_files,
+        &tls_policy,
         metrics.certificate_expiry("serving"),
     )?);
     let drain = Drain::new();
     let upstream = Upstream::new(
-        &config.upstream,
-        config.mode == config::Mode::Observe,
+        &upstream_settings,
+        mode == config::Mode::Observe,
         drain.clone(),
         metrics.certificate_expiry("upstream"),
     )?;
-    let node_pki = config.node_pki_dir.as_deref().map(node_pki::Paths::new);
-    if let (Some(paths), Some(client_ca)) = (&node_pki, &config.serving.client_ca) {
+    let node_pki = node_pki_dir.as_deref().map(node_pki::Paths::new);
+    if let (Some(paths), Some(client_ca)) = (&node_pki, &serving_files.client_ca) {
         node_pki::check_not_trusted_for_callers(paths, client_ca)?;
     }
     let upstream_files = upstream.client_files();
     let mut watched: Vec<Arc<dyn Poll>> = vec![serving.clone()];
     watched.extend(upstream.watched());
-    let (tokens, access) = reviewers(&config, &metrics, &mut watched).await?;
+    let (tokens, access) = reviewers(&api_settings, &node_name, &metrics, &mut watched).await?;
     let ready = Readiness::default();
     // The audit writer stops after the guarded listener has drained (Running::stop), so the last
     // events of drained requests and closed streams are still written.
     let (shutdown, stop) = watch::channel(false);
     let (auditor, audit_writer) = audit::sink::Auditor::start(
-        &config.audit,
+        &audit_settings,
         metrics.audit_dropped.clone(),
         metrics.audit_webhook_failures.clone(),
         stop.clone(),
@@ -151,30 +172,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         authenticator: Authenticator::new(
-            TokenAuthenticator::new(tokens, config.cache.token, metrics.clone()),
-            config.anonymous_auth,
+            TokenAuthenticator::new(tokens, cache.token, metrics.clone()),
+            anonymous_auth,
         ),
         authorizer: Authorizer::new(DecisionCache::new(
             access,
-            config.cache.authorized,
-            config.cache.unauthorized,
+            cache.authorized,
+            cache.unauthorized,
             metrics.clone(),
         )),
         upstream,
         metrics: metrics.clone(),
         audit: auditor,
-        classify: kubelet_api::Options {
-            proxy_fallback: config.proxy_fallback,
-        },
-        mode: config.mode,
-        pod_scope_exempt: config.pod_scope_exempt.clone(),
-        node: config.node_name.clone(),
+        classify: kubelet_api::Options { proxy_fallback },
+        mode,
+        pod_scope_exempt,
+        node: node_name.clone(),
     });
 
     // The admin listener first: probes get an answer (503) while the guarded address is held.
-    let admin = server::bind_now(config.metrics_listen, "--metrics-listen").await?;
+    let admin = server::bind_now(metrics_listen, "--metrics-listen").await?;
     let admin_addr = admin.local_addr()?;
-    let listen = server::bind(config.listen, "--listen").await?;
+    let listen = server::bind(listen, "--listen").await?;
     let proxy_addr = match &listen {
         Listen::Bound(listener) => {
             ready.set(true);
@@ -188,8 +207,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             listen,
             tls: serving,
             state: Arc::clone(&state),
-            limits: config.limits,
-            grace: config.shutdown_grace,
+            limits,
+            grace: shutdown_grace,
             drain,
             ready: ready.clone(),
         },
@@ -201,37 +220,36 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             admin,
             metrics.clone(),
             ready.clone(),
-            config.shutdown_grace,
+            shutdown_grace,
             stop.clone(),
         )),
         tokio::spawn(reload_files(
             watched,
             Arc::clone(&state),
-            config.reload_interval,
+            reload_interval,
             stop.clone(),
         )),
     ];
     if let Some(paths) = node_pki {
         tasks.push(tokio::spawn(node_pki::renew(
             paths,
-            config.node_name.clone(),
+            node_name.clone(),
             upstream_files,
             metrics.clone(),
             stop.clone(),
         )));
     }
-    let (lockdown, interval) = config.lockdown;
-    if lockdown != config::Lockdown::Off {
+    if lockdown_mode != config::Lockdown::Off {
         let probe = lockdown::Probe {
-            upstream: config.upstream.clone(),
-            token: apiserver::OwnToken::find(&config.apiserver).await,
-            mode: lockdown,
+            upstream: upstream_settings,
+            token: apiserver::OwnToken::find(&api_settings).await,
+            mode: lockdown_mode,
             metrics,
             ready: ready.clone(),
         };
-        tasks.push(tokio::spawn(lockdown::run(probe, interval, stop)));
+        tasks.push(tokio::spawn(lockdown::run(probe, lockdown_interval, stop)));
     }
-    tracing::info!(%proxy_addr, %admin_addr, node = %config.node_name, "kubelet-guard serving");
+    tracing::info!(%proxy_addr, %admin_addr, node = %node_name, "kubelet-guard serving");
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -263,11 +281,11 @@ impl Running {
 /// The token and access reviewers: the embedded files where given, else the API server (connected
 /// only when one of the two needs it).
 async fn reviewers(
-    config: &Config,
+    settings: &config::ApiServer,
+    node: &NodeName,
     metrics: &Metrics,
     watched: &mut Vec<Arc<dyn Poll>>,
 ) -> Result<(Arc<dyn TokenReviewer>, Arc<dyn AccessReviewer>), StartError> {
-    let settings = &config.apiserver;
     let mut api = None;
     let tokens: Arc<dyn TokenReviewer> = match &settings.token_auth_file {
         Some(path) => {
@@ -279,7 +297,7 @@ async fn reviewers(
             watched.push(file.clone());
             Arc::new(TokenFile(file))
         }
-        None => connected(&mut api, config, metrics).await?,
+        None => connected(&mut api, settings, node, metrics).await?,
     };
     let access: Arc<dyn AccessReviewer> = match &settings.rbac_policy_file {
         Some(path) => {
@@ -291,10 +309,10 @@ async fn reviewers(
             watched.push(policy.clone());
             Arc::new(PolicyFile {
                 policy,
-                node: config.node_name.clone(),
+                node: node.clone(),
             })
         }
-        None => connected(&mut api, config, metrics).await?,
+        None => connected(&mut api, settings, node, metrics).await?,
     };
     Ok((tokens, access))
 }
@@ -302,15 +320,14 @@ async fn reviewers(
 /// The API server client, connected on first need and shared after.
 async fn connected(
     api: &mut Option<Arc<ApiServer>>,
-    config: &Config,
+    settings: &config::ApiServer,
+    node: &NodeName,
     metrics: &Metrics,
 ) -> Result<Arc<ApiServer>, StartError> {
     if let Some(api) = api {
         return Ok(Arc::clone(api));
     }
-    let connected = Arc::new(
-        ApiServer::connect(&config.apiserver, config.node_name.clone(), metrics.clone()).await?,
-    );
+    let connected = Arc::new(ApiServer::connect(settings, node.clone(), metrics.clone()).await?);
     *api = Some(Arc::clone(&connected));
     Ok(connected)
 }
