@@ -32,17 +32,6 @@ fn attacker() -> IpAddr {
     ATTACKER.parse().unwrap()
 }
 
-/// How often `limit` was hit.
-async fn hits(cluster: &Cluster, limit: &str) -> u64 {
-    let series = format!("kubelet_guard_limit_hits_total{{limit=\"{limit}\"}} ");
-    cluster
-        .metrics()
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// `n` scrapes of `/metrics` from 127.0.0.1, each on a new connection: how many failed, and the
 /// slowest.
 async fn scrape(cluster: &Cluster, n: usize) -> (usize, Duration) {
@@ -80,7 +69,7 @@ async fn silent_connections_from_another_address_leave_the_scraper_its_slots() {
         }
     }
     with_deadline("the flood is refused", async {
-        while hits(&cluster, "unauthenticated-per-source").await < 280 {
+        while cluster.limit_hits("unauthenticated-per-source").await < 280 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -112,7 +101,7 @@ async fn unfinished_heads_from_another_address_do_not_stop_the_scraper() {
         held.len()
     );
     assert_eq!(failed, 0);
-    assert!(hits(&cluster, "unauthenticated-per-source").await >= 40);
+    assert!(cluster.limit_hits("unauthenticated-per-source").await >= 40);
 
     // A head over the limit is refused with 431, as the kubelet refuses one over its own.
     let answer = cluster
@@ -185,7 +174,7 @@ async fn an_expired_client_certificate_is_refused_on_a_kept_alive_and_a_resumed_
     assert_eq!(status, StatusCode::OK);
     let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
     assert!(closed.is_ok(), "the connection outlived its certificate");
-    assert!(hits(&cluster, "certificate-expired").await >= 1);
+    assert!(cluster.limit_hits("certificate-expired").await >= 1);
 
     // A resumed session carries the certificate it was made with: refused all the same.
     let tls = client.connect(cluster.addr(), b"http/1.1").await;

@@ -29,21 +29,10 @@ async fn cluster(extra: &[&str]) -> Cluster {
     cluster
 }
 
-/// How often `limit` was hit.
-async fn hits(cluster: &Cluster, limit: &str) -> u64 {
-    let series = format!("kubelet_guard_limit_hits_total{{limit=\"{limit}\"}} ");
-    cluster
-        .metrics()
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Waits until `limit` was hit at least `at_least` times.
 async fn wait_for_hits(cluster: &Cluster, limit: &str, at_least: u64) {
     with_deadline(limit, async {
-        while hits(cluster, limit).await < at_least {
+        while cluster.limit_hits(limit).await < at_least {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -77,7 +66,7 @@ async fn connections_over_the_maximum_are_closed_at_once() {
         client.connect(cluster.addr(), b"http/1.1").await.is_err(),
         "the third connection is closed before its handshake"
     );
-    assert_eq!(hits(&cluster, "max-connections").await, 1);
+    assert_eq!(cluster.limit_hits("max-connections").await, 1);
 
     // A slot frees when a connection closes.
     drop(first);
@@ -105,12 +94,12 @@ async fn a_caller_too_slow_to_send_its_headers_is_disconnected() {
     slow.flush().await.unwrap();
     let answer = read_to_close(&mut slow).await;
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
-    assert_eq!(hits(&cluster, "header-read-timeout").await, 1);
+    assert_eq!(cluster.limit_hits("header-read-timeout").await, 1);
 
     // A caller that sends its headers in time is answered.
     let (status, _, _) = client.get(cluster.addr(), "/healthz", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(hits(&cluster, "header-read-timeout").await, 1);
+    assert_eq!(cluster.limit_hits("header-read-timeout").await, 1);
 }
 
 #[tokio::test]
@@ -193,7 +182,7 @@ async fn idle_connections_are_closed_but_requests_in_flight_are_not() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(hits(&cluster, "idle-timeout").await, 1);
+    assert_eq!(cluster.limit_hits("idle-timeout").await, 1);
 
     // The log, opened before that connection and quiet since, still streams.
     for n in 2..=FOLLOW_LINES {
@@ -204,7 +193,7 @@ async fn idle_connections_are_closed_but_requests_in_flight_are_not() {
             .unwrap();
         assert_eq!(frame.into_data().unwrap(), format!("line {n}\n"));
     }
-    assert_eq!(hits(&cluster, "idle-timeout").await, 1);
+    assert_eq!(cluster.limit_hits("idle-timeout").await, 1);
 }
 
 /// HTTP/2 frame types used below (RFC 9113 section 6).
@@ -306,5 +295,5 @@ async fn http2_streams_over_the_limit_are_refused() {
     .await;
     answered.sort_unstable();
     assert_eq!(answered, [1, 3]);
-    assert_eq!(hits(&cluster, "http2-max-streams").await, 1);
+    assert_eq!(cluster.limit_hits("http2-max-streams").await, 1);
 }

@@ -114,6 +114,16 @@ impl Cluster {
         (status, body)
     }
 
+    /// How often `limit` was hit (`kubelet_guard_limit_hits_total`).
+    pub async fn limit_hits(&self, limit: &str) -> u64 {
+        let series = format!("kubelet_guard_limit_hits_total{{limit=\"{limit}\"}} ");
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The admin listener's `/metrics` text.
     pub async fn metrics(&self) -> String {
         admin_get(self.guard.admin_addr, "/metrics").await
