@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use rustls::{AlertDescription, ClientConfig, RootCertStore};
+use rustls::AlertDescription;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
@@ -162,18 +162,7 @@ impl Probe {
     /// One probe: `GET /healthz` without a client certificate, with `bearer` if given, on a
     /// connection of its own (a pooled one could have been made with the guard's certificate).
     pub async fn check(&self, bearer: Option<&str>) -> Result<Verdict, ProbeError> {
-        let mut roots = RootCertStore::empty();
-        for cert in crate::tls::load_certs(&self.upstream.ca, "--upstream-ca-file")? {
-            roots
-                .add(cert)
-                .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
-        }
-        let mut tls = ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ProbeError::Unreachable(Box::new(e)))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = crate::tls::client_without_certificate(&self.upstream.ca)?;
         let authority = self.upstream.authority.clone();
         let server_name = self.upstream.server_name.clone();
         let mut request = Request::get(PROBE_PATH)

@@ -144,6 +144,21 @@ pub fn upstream_config_from(
     Ok(UpstreamTls { guard, callers })
 }
 
+/// A client configuration towards the kubelet with no client certificate at all, verifying the
+/// kubelet against the CA file `ca` (named by `--upstream-ca-file`), offering http/1.1: what the
+/// lockdown probe presents, and what a caller without the guard's certificate would.
+pub fn client_without_certificate(ca: &Path) -> Result<ClientConfig, TlsError> {
+    let flag = "--upstream-ca-file";
+    let roots = roots(&read(ca, flag)?, ca, flag)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| error(flag, ca, e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Reads every certificate of a PEM file; an empty file is an error.
 pub fn load_certs(
     path: &Path,
