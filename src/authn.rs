@@ -107,6 +107,16 @@ impl Identity {
         self.name == "system:anonymous"
     }
 
+    /// [`authenticated`](Self::authenticated) for a shared identity: one that already has the
+    /// group (the token file's own) stays shared, not copied.
+    pub fn shared_authenticated(identity: Arc<Self>) -> Arc<Self> {
+        if identity.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+            identity
+        } else {
+            Arc::new(Arc::unwrap_or_clone(identity).authenticated())
+        }
+    }
+
     /// Adds `system:authenticated` unless it is already there.
     pub fn authenticated(mut self) -> Self {
         if !self.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {

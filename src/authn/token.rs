@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use moka::future::Cache;
 
-use super::{AUTHENTICATED_GROUP, Identity};
+use super::Identity;
 use crate::metrics::{CacheKind, Metrics};
 use crate::review::{ReviewError, ReviewFuture};
 
@@ -76,15 +76,9 @@ impl TokenAuthenticator {
             .entry(TokenDigest::of(token))
             .or_try_insert_with(async move {
                 reviewer.review(token).await.map(|outcome| match outcome {
-                    // Already complete (the token file's own): shared, not copied.
-                    TokenOutcome::Authenticated(identity)
-                        if identity.groups.iter().any(|g| g == AUTHENTICATED_GROUP) =>
-                    {
-                        TokenOutcome::Authenticated(identity)
+                    TokenOutcome::Authenticated(identity) => {
+                        TokenOutcome::Authenticated(Identity::shared_authenticated(identity))
                     }
-                    TokenOutcome::Authenticated(identity) => TokenOutcome::Authenticated(Arc::new(
-                        Arc::unwrap_or_clone(identity).authenticated(),
-                    )),
                     TokenOutcome::Rejected => TokenOutcome::Rejected,
                 })
             })
