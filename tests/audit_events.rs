@@ -5,44 +5,25 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
+use support::audit_log::AuditLog;
 use support::guard::{Cluster, NODE};
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "t-very-secret-caller-token";
 const USER: &str = "system:serviceaccount:ops:debugger";
 
-async fn audited(extra: &[&str]) -> (Cluster, PathBuf) {
-    let log = support::temp_dir("audit").join("audit.log");
-    let flag = format!("--audit-log-path={}", log.display());
-    let mut flags = vec![flag.as_str()];
+async fn audited(extra: &[&str]) -> (Cluster, AuditLog) {
+    let log = AuditLog::new();
+    let mut flags = vec![log.flag()];
     flags.extend_from_slice(extra);
     let cluster = Cluster::start(&flags).await;
     cluster.api.add_token(TOKEN, USER, "uid-42", &["ops"]);
     (cluster, log)
-}
-
-/// Waits until the log holds `count` events and returns them.
-async fn events(log: &Path, count: usize) -> Vec<Value> {
-    support::with_deadline("audit events are written", async {
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let events: Vec<Value> = text
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect();
-            if events.len() >= count {
-                return events;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test]
@@ -60,7 +41,7 @@ async fn an_allowed_request_is_one_event_with_every_metadata_field() {
     assert_eq!(response.status(), StatusCode::OK);
     let audit_id = response.headers()["audit-id"].to_str().unwrap().to_owned();
 
-    let event = events(&log, 1).await.remove(0);
+    let event = log.events(1).await.remove(0);
     assert_eq!(event["kind"], "Event");
     assert_eq!(event["apiVersion"], "audit.k8s.io/v1");
     assert_eq!(event["level"], "Metadata");
@@ -130,7 +111,7 @@ async fn refusals_are_audited_with_what_is_known() {
         .await;
     assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
 
-    let events = events(&log, 4).await;
+    let events = log.events(4).await;
     let forbidden = &events[0];
     assert_eq!(forbidden["responseStatus"]["code"], 403);
     assert_eq!(forbidden["responseStatus"]["status"], "Failure");
@@ -192,7 +173,7 @@ async fn an_upgraded_stream_is_audited_when_it_starts_and_when_it_closes() {
     socket.close(None).await.unwrap();
     while socket.next().await.is_some() {}
 
-    let events = events(&log, 2).await;
+    let events = log.events(2).await;
     assert_eq!(events[0]["stage"], "ResponseStarted");
     assert_eq!(events[1]["stage"], "ResponseComplete");
     assert_eq!(events[0]["auditID"], events[1]["auditID"]);
@@ -233,7 +214,7 @@ async fn no_token_reaches_an_event_or_a_log_line() {
     let cluster = Cluster::start(&[]).await;
     cluster.api.add_token(TOKEN, USER, "", &[]);
     cluster.api.allow(USER, "get", "metrics");
-    let log = support::temp_dir("audit-binary").join("audit.log");
+    let log = AuditLog::new();
     let mut argv = support::guard::flags(
         &cluster.ca,
         &cluster.kubelet_ca,
@@ -241,7 +222,7 @@ async fn no_token_reaches_an_event_or_a_log_line() {
         &cluster.kubelet,
         &[],
     );
-    argv.push(format!("--audit-log-path={}", log.display()));
+    argv.push(log.flag().into());
     argv.push("--log-format=json".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -252,7 +233,7 @@ async fn no_token_reaches_an_event_or_a_log_line() {
     argv.push(format!("--listen=127.0.0.1:{port}"));
     // Logs go to a file, not a pipe: nobody reads a pipe while the test runs, and a full pipe
     // would stall the guard.
-    let log_file = log.with_file_name("guard.log");
+    let log_file = support::temp_dir("audit-binary").join("guard.log");
     let mut guard = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
         .args(&argv[1..])
         .env("KUBELET_GUARD_LOG", "debug")
@@ -284,7 +265,7 @@ async fn no_token_reaches_an_event_or_a_log_line() {
     client
         .get(addr, "/stats/summary", Some("t-third-secret-token"))
         .await;
-    events(&log, 4).await;
+    log.events(4).await;
     guard.start_kill().unwrap();
     guard.wait().await.unwrap();
     let logs = std::fs::read_to_string(&log_file).unwrap();
@@ -292,7 +273,7 @@ async fn no_token_reaches_an_event_or_a_log_line() {
         logs.contains("\"request\""),
         "the debug request lines were written:\n{logs}"
     );
-    let trail = std::fs::read_to_string(&log).unwrap();
+    let trail = log.text();
     for secret in [
         TOKEN,
         "t-another-secret-token",

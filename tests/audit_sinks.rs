@@ -19,6 +19,7 @@ use kubelet_guard::audit::{
 };
 use prometheus::{IntCounter, IntCounterVec};
 use serde_json::Value;
+use support::audit_log::written_to;
 use support::audit_receiver::AuditReceiver;
 use support::pki::Ca;
 use support::with_deadline;
@@ -36,7 +37,7 @@ async fn the_file_gets_one_json_line_per_event_in_order() {
     }
     // Written and flushed without waiting for shutdown.
     let lines = eventually("five lines in the audit log", || {
-        let lines = read_lines(&path);
+        let lines = written_to(&path);
         (lines.len() == 5).then_some(lines)
     })
     .await;
@@ -73,7 +74,7 @@ async fn an_existing_log_is_appended_to() {
     second.auditor.record(event(1), Priority::Authenticated);
     second.stop().await;
 
-    let ids: Vec<_> = read_lines(&path)
+    let ids: Vec<_> = written_to(&path)
         .into_iter()
         .map(|l| l["auditID"].clone())
         .collect();
@@ -122,7 +123,7 @@ async fn rotation_keeps_exactly_maxbackup_backups() {
         );
     }
     let ids = |path: &Path| -> Vec<Value> {
-        read_lines(path)
+        written_to(path)
             .into_iter()
             .map(|l| l["auditID"].clone())
             .collect()
@@ -348,7 +349,7 @@ async fn shutdown_sends_the_last_batch_and_flushes_the_file() {
     let batches = receiver.batches();
     assert_eq!(batches.len(), 1, "the partial batch went out at shutdown");
     assert_eq!(batches[0]["items"].as_array().unwrap().len(), 3);
-    assert_eq!(read_lines(&path).len(), 3);
+    assert_eq!(written_to(&path).len(), 3);
     assert_eq!(stopped.dropped, 0);
 
     auditor.record(event(3), Priority::Authenticated);
@@ -484,14 +485,6 @@ fn webhook(receiver: &AuditReceiver, batch: usize, wait: Duration) -> WebhookSet
         batch_max_wait: wait,
         initial_backoff: Duration::from_millis(10),
     }
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is one JSON event"))
-        .collect()
 }
 
 /// Polls `check` until it returns a value, within the test deadline.
