@@ -66,7 +66,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// Builds the client from `--kubeconfig` or the in-cluster configuration.
     pub async fn connect(
-        settings: &config::ApiServer,
+        settings: &config::ApiServerSettings,
         node: NodeName,
         metrics: Metrics,
     ) -> Result<Self, SetupError> {
@@ -229,7 +229,7 @@ impl AccessReviewer for ApiServer {
 impl OwnToken {
     /// The bearer token of `--kubeconfig`, else of the in-cluster configuration; `None` when
     /// neither has one (embedded mode on a machine outside a cluster).
-    pub async fn find(settings: &config::ApiServer) -> Option<Self> {
+    pub async fn find(settings: &config::ApiServerSettings) -> Option<Self> {
         let kube_config = match &settings.kubeconfig {
             Some(path) => from_file(path).await.ok()?,
             None => kube::Config::incluster().ok()?,
@@ -264,3 +264,4 @@ async fn from_file(path: &Path) -> Result<kube::Config, SetupError> {
         .await
         .map_err(|e| invalid(e.to_string()))
 }
+

@@ -1,50 +1,26 @@
-//! Command-line flags (and their `KUBELET_GUARD_*` environment twins, and the `--config` file)
+//! `serve`'s flags (and their `KUBELET_GUARD_*` environment twins; `cli` adds the `--config` file)
 //! parsed and validated into a typed [`Config`] before any socket is bound or file is read.
 //! Precedence: flags, then `KUBELET_GUARD_*`, then the `--config` file, then defaults.
 //!
-//! Flag names follow the kubelet and kube-rbac-proxy so operators recognise them. This module only
-//! checks what can be checked without I/O (flag combinations, URL shape, node name); loading the
-//! files the flags name is `tls` and `apiserver`'s job, still before binding.
+//! `Config` is one settings value per module that is built from it; a module that owns its
+//! settings type (`tls::ServingFiles`, `audit::sink::AuditSettings`) is imported here, and no
+//! module imports anything here but those values, [`ConfigError`] and [`NodeName`], so nothing
+//! below reaches back up. Flag names follow the kubelet and kube-rbac-proxy so operators
+//! recognise them. This module only checks what can be checked without I/O (flag combinations,
+//! URL shape, node name); loading the files the flags name is `tls` and `apiserver`'s job, still
+//! before binding.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use rustls::SupportedCipherSuite;
 
-use crate::tls::{MinVersion, TlsPolicy};
+use crate::tls::{MinVersion, ServingFiles, TlsPolicy, UpstreamCredential};
 
-mod file;
-pub use file::CliError;
-
-/// The command line of the `kubelet-guard` binary.
-#[derive(Debug, Parser)]
-#[command(
-    name = "kubelet-guard",
-    version,
-    about = "An authorizing reverse proxy for the kubelet API",
-    max_term_width = 100
-)]
-pub struct Cli {
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The binary's subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve the guarded kubelet API.
-    #[command(next_line_help = true)]
-    Serve(Box<ServeArgs>),
-    /// Show what the guard does, with no cluster: a kubelet stand-in, embedded mode, a tour.
-    Demo(crate::demo::DemoArgs),
-    /// Make or renew this node's kubelet-guard PKI: a node-local CA and the guard's client certificate.
-    NodePki(crate::node_pki::NodePkiArgs),
-    /// Audit RBAC for grants of the kubelet's subresources (above all nodes/proxy) and suggest least-privilege roles.
-    RbacAudit(crate::rbac_audit::RbacAuditArgs),
-}
+mod audit;
+pub use audit::AuditArgs;
 
 /// Help headings of `serve`, in the order an operator fills them in.
 const LISTENING: &str = "Listening and TLS";
@@ -204,7 +180,7 @@ pub struct ServeArgs {
 
     /// Audit trail flags (kube-apiserver's names).
     #[command(flatten)]
-    pub audit: crate::audit::sink::AuditArgs,
+    pub audit: AuditArgs,
 
     /// Most caller connections open at once; a connection over it is closed at once.
     #[arg(long, env = "KUBELET_GUARD_MAX_CONNECTIONS", default_value_t = 10_000, help_heading = LIMITS)]
@@ -306,11 +282,11 @@ pub struct Config {
     /// The guard's serving certificate and client CA.
     pub serving: ServingFiles,
     /// Where and how to reach the kubelet.
-    pub upstream: Upstream,
+    pub upstream: UpstreamSettings,
     /// The node every review names.
     pub node_name: NodeName,
     /// How to reach the API server.
-    pub apiserver: ApiServer,
+    pub apiserver: ApiServerSettings,
     /// Cache lifetimes.
     pub cache: CacheTtls,
     /// Whether callers without credentials are let through to authorization as system:anonymous.
@@ -354,20 +330,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
-/// Files of the guard's own TLS endpoint.
-#[derive(Debug, Clone)]
-pub struct ServingFiles {
-    /// `--tls-cert-file`.
-    pub cert: PathBuf,
-    /// `--tls-private-key-file`.
-    pub key: PathBuf,
-    /// `--client-ca-file`.
-    pub client_ca: Option<PathBuf>,
-}
-
 /// The kubelet behind the guard.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct UpstreamSettings {
     /// Scheme `https` and authority of the kubelet; never a path.
     pub authority: http::uri::Authority,
     /// The name verified in the kubelet's certificate.
@@ -380,26 +345,10 @@ pub struct Upstream {
     pub timeout: Duration,
 }
 
-/// How the guard proves its own identity to the kubelet.
-#[derive(Debug, Clone)]
-pub enum UpstreamCredential {
-    /// A client certificate and its key.
-    ClientCert {
-        /// PEM certificate chain.
-        cert: PathBuf,
-        /// PEM key.
-        key: PathBuf,
-        /// The flags that named the certificate and the key, for errors and metric labels.
-        flags: [&'static str; 2],
-    },
-    /// A bearer token read from a file.
-    TokenFile(PathBuf),
-}
-
 /// How TokenReview and SubjectAccessReview reach the API server, and the embedded files that
 /// replace either.
 #[derive(Debug, Clone)]
-pub struct ApiServer {
+pub struct ApiServerSettings {
     /// `--token-auth-file`: static tokens instead of TokenReview.
     pub token_auth_file: Option<PathBuf>,
     /// `--rbac-policy-file`: local RBAC instead of SubjectAccessReview.
@@ -494,7 +443,25 @@ impl std::fmt::Display for NodeName {
     }
 }
 
+/// `serve`'s flags alone, without the binary's name and subcommand.
+#[derive(Parser)]
+#[command(name = "kubelet-guard serve", no_binary_name = true)]
+struct ServeFlags {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
 impl ServeArgs {
+    /// Parses `serve`'s flags from `flags` (no program name), as the command line would: for a
+    /// command line built in code, such as the demo's.
+    pub fn try_parse_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        ServeFlags::try_parse_from(flags).map(|parsed| parsed.args)
+    }
+
     /// Checks every flag that needs no I/O beyond the environment and the host name.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let serving = ServingFiles {
@@ -572,7 +539,7 @@ impl ServeArgs {
             serving,
             upstream,
             node_name,
-            apiserver: ApiServer {
+            apiserver: ApiServerSettings {
                 token_auth_file: self.token_auth_file,
                 rbac_policy_file: self.rbac_policy_file,
                 kubeconfig: self.kubeconfig,
@@ -715,7 +682,7 @@ fn upstream(
     ca: Option<PathBuf>,
     credential: UpstreamCredential,
     timeout: Duration,
-) -> Result<Upstream, ConfigError> {
+) -> Result<UpstreamSettings, ConfigError> {
     let invalid = |message: &str| ConfigError::Invalid {
         flag: "--upstream",
         message: format!("{url}: {message}"),
@@ -752,7 +719,7 @@ fn upstream(
             message: "must be longer than 0s".into(),
         });
     }
-    Ok(Upstream {
+    Ok(UpstreamSettings {
         authority,
         server_name,
         ca,
@@ -766,9 +733,7 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Result<Config, String> {
-        let mut argv = vec![
-            "kubelet-guard",
-            "serve",
+        let mut flags = vec![
             "--tls-cert-file=c",
             "--tls-private-key-file=k",
             "--upstream-ca-file=ca",
@@ -776,11 +741,8 @@ mod tests {
             "--node-name=node-1",
             "--listen=10.0.0.10:10250",
         ];
-        argv.extend_from_slice(extra);
-        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Serve(serve) = cli.command else {
-            panic!("not serve")
-        };
+        flags.extend_from_slice(extra);
+        let serve = ServeArgs::try_parse_flags(flags).map_err(|e| e.to_string())?;
         serve.validate().map_err(|e| e.to_string())
     }
 
@@ -855,9 +817,7 @@ mod tests {
 
     #[test]
     fn a_credential_for_the_kubelet_is_required() {
-        let cli = Cli::try_parse_from([
-            "kubelet-guard",
-            "serve",
+        let serve = ServeArgs::try_parse_flags([
             "--tls-cert-file=c",
             "--tls-private-key-file=k",
             "--upstream-ca-file=ca",
@@ -865,18 +825,13 @@ mod tests {
             "--listen=10.0.0.10:10250",
         ])
         .unwrap();
-        let Command::Serve(serve) = cli.command else {
-            panic!("not serve")
-        };
         let err = serve.validate().unwrap_err().to_string();
         assert!(err.contains("--upstream-client-cert-file"), "{err}");
     }
 
     #[test]
     fn the_node_pki_excludes_every_other_upstream_credential() {
-        let config = Cli::try_parse_from([
-            "kubelet-guard",
-            "serve",
+        let serve = ServeArgs::try_parse_flags([
             "--tls-cert-file=c",
             "--tls-private-key-file=k",
             "--upstream-ca-file=ca",
@@ -885,9 +840,6 @@ mod tests {
             "--node-pki-dir=/pki",
         ])
         .unwrap();
-        let Command::Serve(serve) = config.command else {
-            panic!("not serve")
-        };
         let config = serve.validate().unwrap();
         assert!(matches!(
             config.upstream.credential,
@@ -898,9 +850,7 @@ mod tests {
             "--upstream-client-cert-file=c",
             "--upstream-client-key-file=k",
         ] {
-            let mut argv = vec![
-                "kubelet-guard",
-                "serve",
+            let mut flags = vec![
                 "--tls-cert-file=c",
                 "--tls-private-key-file=k",
                 "--upstream-ca-file=ca",
@@ -908,10 +858,8 @@ mod tests {
                 "--listen=10.0.0.10:10250",
                 "--node-pki-dir=/pki",
             ];
-            argv.push(other);
-            let Command::Serve(serve) = Cli::try_parse_from(argv).unwrap().command else {
-                panic!("not serve")
-            };
+            flags.push(other);
+            let serve = ServeArgs::try_parse_flags(flags).unwrap();
             let err = serve.validate().unwrap_err().to_string();
             let flag = other.split('=').next().unwrap();
             assert!(

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use clap::Args;
 use tokio::net::TcpListener;
 
-use crate::config::{Cli, Command, ServingFiles};
+use crate::config::ServeArgs;
+use crate::tls::ServingFiles;
 use tour::Tokens;
 
 /// The example policy the demo enforces.
@@ -94,16 +95,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         format!("--rbac-policy-file={}", policy_file.display()),
         format!("--node-name={NODE}"),
     ];
-    let cli = <Cli as clap::Parser>::try_parse_from(
-        ["kubelet-guard".into(), "serve".into()]
-            .into_iter()
-            .chain(flags),
-    )
-    .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let Command::Serve(serve) = cli.command else {
-        return Err(DemoError::Setup("the demo builds a serve command".into()));
-    };
-    let config = serve
+    let config = ServeArgs::try_parse_flags(flags)
+        .map_err(|e| DemoError::Setup(e.to_string()))?
         .validate()
         .map_err(|e| DemoError::Setup(e.to_string()))?;
     let guard = crate::start(config).await?;

@@ -29,10 +29,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::config::{self, UpstreamCredential};
+use crate::config::UpstreamSettings;
 use crate::reload::{FileError, Poll, Watched};
 use crate::shutdown::{Drain, Tracked};
-use crate::tls;
+use crate::tls::{self, UpstreamCredential};
 
 /// The response body type of the whole proxy: the kubelet's streamed body or one of ours.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -163,7 +163,7 @@ impl Upstream {
     /// second client without a client certificate for requests forwarded with the caller's token.
     /// Upgraded streams are tracked by `streams`.
     pub fn new(
-        settings: &config::Upstream,
+        settings: &UpstreamSettings,
         callers: bool,
         streams: Drain,
         expiry: prometheus::IntGauge,
@@ -176,9 +176,11 @@ impl Upstream {
             )?)),
             UpstreamCredential::ClientCert { .. } => None,
         };
-        let tls_settings = settings.clone();
-        let clients = Watched::load_with(tls::reload::upstream_sources(settings), move |files| {
-            let tls = tls::reload::upstream(&tls_settings, files, callers, &expiry)?;
+        let (ca, credential) = (settings.ca.clone(), settings.credential.clone());
+        let server_name = settings.server_name.clone();
+        let sources = tls::reload::upstream_sources(&ca, &credential);
+        let clients = Watched::load_with(sources, move |files| {
+            let tls = tls::reload::upstream(&ca, &credential, files, callers, &expiry)?;
             let client = |tls: rustls::ClientConfig| {
                 // Nagle off, as on the callers' side: an exec keystroke or a small request body
                 // must not wait for the kubelet's delayed ACK.
@@ -188,9 +190,7 @@ impl Upstream {
                 let connector = HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_only()
-                    .with_server_name_resolver(FixedServerNameResolver::new(
-                        tls_settings.server_name.clone(),
-                    ))
+                    .with_server_name_resolver(FixedServerNameResolver::new(server_name.clone()))
                     .enable_http1()
                     .wrap_connector(tcp);
                 Client::builder(TokioExecutor::new())

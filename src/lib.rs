@@ -13,7 +13,9 @@ pub mod audit;
 pub mod authn;
 /// May they: ordered checks through a cached, coalescing decision cache.
 pub mod authz;
-/// Flags into a validated `Config`.
+/// The binary's command line: subcommands and the `--config` file.
+pub mod cli;
+/// `serve`'s flags into a validated `Config`, and the settings each module is built from.
 pub mod config;
 /// `kubelet-guard demo`: a kubelet stand-in, embedded mode and a tour.
 pub mod demo;
@@ -281,7 +283,7 @@ impl Running {
 /// The token and access reviewers: the embedded files where given, else the API server (connected
 /// only when one of the two needs it).
 async fn reviewers(
-    settings: &config::ApiServer,
+    settings: &config::ApiServerSettings,
     node: &NodeName,
     metrics: &Metrics,
     watched: &mut Vec<Arc<dyn Poll>>,
@@ -320,7 +322,7 @@ async fn reviewers(
 /// The API server client, connected on first need and shared after.
 async fn connected(
     api: &mut Option<Arc<ApiServer>>,
-    settings: &config::ApiServer,
+    settings: &config::ApiServerSettings,
     node: &NodeName,
     metrics: &Metrics,
 ) -> Result<Arc<ApiServer>, StartError> {

@@ -39,7 +39,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the self-check needs.
 pub struct Probe {
     /// The kubelet: address, server name and the CA that verifies it.
-    pub upstream: config::Upstream,
+    pub upstream: config::UpstreamSettings,
     /// The guard's own API-server token, if it has one.
     pub token: Option<OwnToken>,
     /// `warn` or `require` (`off` never starts the probe).

@@ -4,7 +4,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use kubelet_guard::config::{Cli, CliError, Command, LogFormat};
+use kubelet_guard::cli::{Cli, CliError, Command};
+use kubelet_guard::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for a configuration the operator must fix (sysexits EX_USAGE).

@@ -405,3 +405,4 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     );
     response
 }
+

@@ -19,7 +19,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{ServingFiles, Upstream, UpstreamCredential};
 use crate::reload::FileError;
 pub use policy::{MinVersion, TlsPolicy};
 
@@ -33,6 +32,33 @@ pub struct TlsError {
     pub path: PathBuf,
     /// What is wrong with it.
     pub message: String,
+}
+
+/// Files of the guard's own TLS endpoint.
+#[derive(Debug, Clone)]
+pub struct ServingFiles {
+    /// `--tls-cert-file`.
+    pub cert: PathBuf,
+    /// `--tls-private-key-file`.
+    pub key: PathBuf,
+    /// `--client-ca-file`.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How the guard proves its own identity to the kubelet.
+#[derive(Debug, Clone)]
+pub enum UpstreamCredential {
+    /// A client certificate and its key.
+    ClientCert {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM key.
+        key: PathBuf,
+        /// The flags that named the certificate and the key, for errors and metric labels.
+        flags: [&'static str; 2],
+    },
+    /// A bearer token read from a file.
+    TokenFile(PathBuf),
 }
 
 /// The client configurations towards the kubelet.
@@ -104,29 +130,26 @@ pub fn server_config_from(
     Ok(config)
 }
 
-/// Builds the client configurations towards the kubelet from the contents of the upstream CA and,
+/// Builds the client configurations towards the kubelet from the contents of the upstream CA `ca` and,
 /// for a certificate credential, the client certificate and its key, in that order. ALPN is left
 /// to the connector, which offers http/1.1 only.
 pub fn upstream_config_from(
-    upstream: &Upstream,
+    ca: &Path,
+    credential: &UpstreamCredential,
     contents: &[Vec<u8>],
     callers: bool,
 ) -> Result<UpstreamTls, TlsError> {
     let Some(ca_pem) = contents.first() else {
-        return Err(error(
-            "--upstream-ca-file",
-            &upstream.ca,
-            "internal: file missing",
-        ));
+        return Err(error("--upstream-ca-file", ca, "internal: file missing"));
     };
-    let roots = roots(ca_pem, &upstream.ca, "--upstream-ca-file")?;
+    let roots = roots(ca_pem, ca, "--upstream-ca-file")?;
     let builder = || {
         ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| error("--upstream-ca-file", &upstream.ca, e))
+            .map_err(|e| error("--upstream-ca-file", ca, e))
             .map(|builder| builder.with_root_certificates(roots.clone()))
     };
-    let guard = match (&upstream.credential, contents) {
+    let guard = match (credential, contents) {
         (UpstreamCredential::ClientCert { cert, key, flags }, [_, cert_pem, key_pem]) => {
             let (chain, key_der) =
                 cert_and_key((cert_pem, cert, flags[0]), (key_pem, key, flags[1]))?;

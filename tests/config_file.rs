@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use kubelet_guard::config::{Cli, CliError, Command, ServeArgs};
+use kubelet_guard::cli::{Cli, CliError, Command};
+use kubelet_guard::config::ServeArgs;
 use support::DEADLINE;
 
 /// Writes `yaml` to a fresh file.

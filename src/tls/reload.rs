@@ -11,8 +11,9 @@
 use prometheus::IntGauge;
 use rustls::ServerConfig;
 
-use super::{TlsPolicy, UpstreamTls};
-use crate::config::{ServingFiles, Upstream, UpstreamCredential};
+use std::path::Path;
+
+use super::{ServingFiles, TlsPolicy, UpstreamCredential, UpstreamTls};
 use crate::reload::{FileError, Source, Watched};
 
 /// The serving configuration, from `--tls-cert-file`, `--tls-private-key-file` and
@@ -39,9 +40,9 @@ pub fn serving(
 
 /// The files the upstream client configurations are built from, in the order
 /// [`upstream`] reads them.
-pub fn upstream_sources(upstream: &Upstream) -> Vec<Source> {
-    let mut sources = vec![Source::new("--upstream-ca-file", &upstream.ca)];
-    if let UpstreamCredential::ClientCert { cert, key, flags } = &upstream.credential {
+pub fn upstream_sources(ca: &Path, credential: &UpstreamCredential) -> Vec<Source> {
+    let mut sources = vec![Source::new("--upstream-ca-file", ca)];
+    if let UpstreamCredential::ClientCert { cert, key, flags } = credential {
         sources.push(Source::new(flags[0], cert));
         sources.push(Source::new(flags[1], key));
     }
@@ -52,13 +53,14 @@ pub fn upstream_sources(upstream: &Upstream) -> Vec<Source> {
 /// `callers` adds the one without the guard's certificate. `expiry` follows the guard's client
 /// certificate, when its credential is one.
 pub fn upstream(
-    settings: &Upstream,
+    ca: &Path,
+    credential: &UpstreamCredential,
     contents: &[Vec<u8>],
     callers: bool,
     expiry: &IntGauge,
 ) -> Result<UpstreamTls, FileError> {
-    let tls = super::upstream_config_from(settings, contents, callers)?;
-    if let UpstreamCredential::ClientCert { .. } = settings.credential {
+    let tls = super::upstream_config_from(ca, credential, contents, callers)?;
+    if let UpstreamCredential::ClientCert { .. } = credential {
         set_expiry(expiry, contents.get(1));
     }
     Ok(tls)

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use kubelet_guard::Running;
-use kubelet_guard::config::{Cli, Command};
+use kubelet_guard::cli::{Cli, Command};
 
 use super::apiserver::ApiServerDouble;
 use super::client::TlsClient;
