@@ -265,3 +265,241 @@ async fn from_file(path: &Path) -> Result<kube::Config, SetupError> {
         .map_err(|e| invalid(e.to_string()))
 }
 
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock;
+
+    use super::*;
+    use crate::kubelet_api::Subresource;
+
+    /// The client under test, on a mocked transport whose handle sees each HTTP request.
+    fn api_server(audiences: &[&str]) -> (ApiServer, mock::Handle<Request<Body>, Response<Body>>) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let api = ApiServer {
+            client: kube::Client::new(service, "default"),
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            node: NodeName::parse("node-a", "--node-name").unwrap(),
+            timeout: Duration::from_secs(5),
+            metrics,
+        };
+        (api, handle)
+    }
+
+    /// Takes the next request, answers it with `status` and `body`, and returns its method, path
+    /// and JSON body.
+    async fn answer(
+        handle: &mut mock::Handle<Request<Body>, Response<Body>>,
+        status: StatusCode,
+        body: Value,
+    ) -> (String, String, Value) {
+        let (request, respond) = handle.next_request().await.expect("a request");
+        let (parts, sent) = request.into_parts();
+        let sent = sent.collect().await.unwrap().to_bytes();
+        let response = Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        respond.send_response(response);
+        (
+            parts.method.to_string(),
+            parts.uri.path().to_owned(),
+            serde_json::from_slice(&sent).unwrap(),
+        )
+    }
+
+    fn token_review(status: Value) -> Value {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {}, "status": status})
+    }
+
+    fn access_review(status: Value) -> Value {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+               "spec": {}, "status": status})
+    }
+
+    fn alice() -> Identity {
+        Identity {
+            name: "alice".into(),
+            uid: "u-1".into(),
+            groups: vec!["ops".into()],
+            extra: [("scopes".to_owned(), vec!["a".to_owned()])].into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_review_asks_for_the_audiences_and_names_the_user() {
+        let (api, mut handle) = api_server(&["kubelet-guard"]);
+        let reviewed =
+            tokio::spawn(async move { TokenReviewer::review(&api, "t-secret").await.unwrap() });
+        let (method, path, sent) = answer(
+            &mut handle,
+            StatusCode::CREATED,
+            token_review(json!({
+                "authenticated": true,
+                "audiences": ["other", "kubelet-guard"],
+                "user": {"username": "alice", "uid": "u-1", "groups": ["ops"],
+                         "extra": {"scopes": ["a"]}}
+            })),
+        )
+        .await;
+        assert_eq!(method, "POST");
+        assert_eq!(path, "/apis/authentication.k8s.io/v1/tokenreviews");
+        assert_eq!(
+            sent["spec"],
+            json!({"token": "t-secret", "audiences": ["kubelet-guard"]})
+        );
+        let TokenOutcome::Authenticated(who) = reviewed.await.unwrap() else {
+            panic!("not authenticated")
+        };
+        assert_eq!(*who, alice());
+    }
+
+    #[tokio::test]
+    async fn a_token_for_other_audiences_or_not_authenticated_is_rejected() {
+        for status in [
+            json!({"authenticated": true, "audiences": ["https://kubernetes.default.svc"],
+                   "user": {"username": "alice"}}),
+            json!({"authenticated": true, "user": {"username": "alice"}}),
+            json!({"authenticated": false, "error": "token expired"}),
+        ] {
+            let (api, mut handle) = api_server(&["kubelet-guard"]);
+            let reviewed =
+                tokio::spawn(async move { TokenReviewer::review(&api, "t").await.unwrap() });
+            answer(
+                &mut handle,
+                StatusCode::CREATED,
+                token_review(status.clone()),
+            )
+            .await;
+            assert!(
+                matches!(reviewed.await.unwrap(), TokenOutcome::Rejected),
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn without_audiences_none_are_sent_or_checked() {
+        let (api, mut handle) = api_server(&[]);
+        let reviewed = tokio::spawn(async move { TokenReviewer::review(&api, "t").await.unwrap() });
+        let (_, _, sent) = answer(
+            &mut handle,
+            StatusCode::CREATED,
+            token_review(json!({"authenticated": true, "audiences": ["anything"],
+                                "user": {"username": "bob"}})),
+        )
+        .await;
+        assert_eq!(sent["spec"], json!({"token": "t"}));
+        assert!(matches!(
+            reviewed.await.unwrap(),
+            TokenOutcome::Authenticated(who) if who.name == "bob"
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_authenticated_review_without_a_user_name_is_an_error() {
+        let (api, mut handle) = api_server(&[]);
+        let reviewed = tokio::spawn(async move { TokenReviewer::review(&api, "t").await });
+        answer(
+            &mut handle,
+            StatusCode::CREATED,
+            token_review(json!({"authenticated": true, "user": {"username": ""}})),
+        )
+        .await;
+        assert!(matches!(
+            reviewed.await.unwrap(),
+            Err(ReviewError::Inconsistent(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_access_review_names_the_node_and_every_attribute_of_the_caller() {
+        let (api, mut handle) = api_server(&[]);
+        let reviewed = tokio::spawn(async move {
+            let resource = Resource::Node(Subresource::Proxy);
+            AccessReviewer::review(&api, &alice(), Verb::Create, &resource).await
+        });
+        let (method, path, sent) = answer(
+            &mut handle,
+            StatusCode::CREATED,
+            access_review(json!({"allowed": true, "reason": "bound"})),
+        )
+        .await;
+        assert_eq!(method, "POST");
+        assert_eq!(path, "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+        assert_eq!(
+            sent["spec"],
+            json!({
+                "user": "alice", "uid": "u-1", "groups": ["ops"], "extra": {"scopes": ["a"]},
+                "resourceAttributes": {"group": "", "version": "v1", "resource": "nodes",
+                    "subresource": "proxy", "name": "node-a", "verb": "create"}
+            })
+        );
+        assert_eq!(
+            reviewed.await.unwrap().unwrap(),
+            Decision::Allow {
+                reason: "bound".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn allowed_and_denied_at_once_is_an_error_and_not_allowed_is_a_denial() {
+        for (status, expected) in [
+            (json!({"allowed": true, "denied": true}), None),
+            (
+                json!({"allowed": false, "reason": "no"}),
+                Some(Decision::Deny {
+                    reason: "no".into(),
+                }),
+            ),
+            (
+                json!({"allowed": false, "denied": true}),
+                Some(Decision::Deny {
+                    reason: String::new(),
+                }),
+            ),
+        ] {
+            let (api, mut handle) = api_server(&[]);
+            let reviewed = tokio::spawn(async move {
+                let resource = Resource::Node(Subresource::Metrics);
+                AccessReviewer::review(&api, &alice(), Verb::Get, &resource).await
+            });
+            answer(
+                &mut handle,
+                StatusCode::CREATED,
+                access_review(status.clone()),
+            )
+            .await;
+            match (reviewed.await.unwrap(), expected) {
+                (Ok(decision), Some(expected)) => assert_eq!(decision, expected, "{status}"),
+                (Err(ReviewError::Inconsistent(_)), None) => {}
+                (other, _) => panic!("{status}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_status_is_kept_with_its_code_and_message() {
+        let (api, mut handle) = api_server(&[]);
+        let reviewed = tokio::spawn(async move { TokenReviewer::review(&api, "t").await });
+        answer(
+            &mut handle,
+            StatusCode::FORBIDDEN,
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403,
+                   "reason": "Forbidden", "message": "tokenreviews is forbidden"}),
+        )
+        .await;
+        assert!(matches!(
+            reviewed.await.unwrap(),
+            Err(ReviewError::Status { code: 403, ref message }) if message == "tokenreviews is forbidden"
+        ));
+    }
+}
