@@ -406,3 +406,215 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use http::{Method, Version};
+
+    use super::*;
+    use crate::kubelet_api::pod_scope::PodAction;
+    use crate::review::ReviewError;
+
+    /// What `refuse` answered: status, decision label, the body as sent, and the upstream errors
+    /// it counted by kind.
+    async fn refused(refusal: &Refusal) -> (StatusCode, Outcome, String, Vec<(String, u64)>) {
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(registry.clone()).unwrap();
+        let (response, outcome, message) = refuse(refusal, &metrics);
+        let status = response.status();
+        let headers = response.headers().clone();
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert_eq!(
+            body.trim_end_matches('\n'),
+            message,
+            "the message is the body"
+        );
+        let counted = registry
+            .gather()
+            .into_iter()
+            .filter(|family| family.name() == "kubelet_guard_upstream_errors_total")
+            .flat_map(|family| family.get_metric().to_vec())
+            .map(|metric| {
+                let kind = metric.get_label()[0].value().to_owned();
+                (kind, metric.get_counter().get_value() as u64)
+            })
+            .collect();
+        (status, outcome, body, counted)
+    }
+
+    fn undecided(source: ReviewError) -> Refusal {
+        Refusal::Undecided {
+            user: "alice".into(),
+            error: AuthzError {
+                verb: Verb::Get,
+                resource: Resource::Node(Subresource::Metrics),
+                source,
+            },
+        }
+    }
+
+    /// An error as the pooled client gives it for a kubelet that refuses connections.
+    async fn unreachable() -> ForwardError {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let client =
+            Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+        let error = client
+            .get(format!("http://{addr}/").parse().unwrap())
+            .await
+            .expect_err("nothing listens");
+        ForwardError::Unreachable(error)
+    }
+
+    #[tokio::test]
+    async fn the_callers_faults_are_4xx_in_the_kubelets_words() {
+        let cases = [
+            (
+                Refusal::Unclassifiable(Rejection::DotSegment),
+                StatusCode::BAD_REQUEST,
+                Outcome::Rejected,
+                format!("{}\n", Rejection::DotSegment),
+            ),
+            (
+                Refusal::Unclassifiable(Rejection::MethodNotAllowed {
+                    method: Method::OPTIONS,
+                    version: Version::HTTP_11,
+                }),
+                StatusCode::METHOD_NOT_ALLOWED,
+                Outcome::Rejected,
+                format!(
+                    "{}\n",
+                    Rejection::MethodNotAllowed {
+                        method: Method::OPTIONS,
+                        version: Version::HTTP_11,
+                    }
+                ),
+            ),
+            (
+                Refusal::Unauthenticated(AuthnError::InvalidToken),
+                StatusCode::UNAUTHORIZED,
+                Outcome::Unauthenticated,
+                "Unauthorized".into(),
+            ),
+            (
+                Refusal::Unauthenticated(AuthnError::NoCredentials),
+                StatusCode::UNAUTHORIZED,
+                Outcome::Unauthenticated,
+                "Unauthorized".into(),
+            ),
+            (
+                Refusal::Forbidden {
+                    user: "alice".into(),
+                    verb: Verb::Get,
+                    checks: vec![Subresource::Metrics, Subresource::Proxy],
+                },
+                StatusCode::FORBIDDEN,
+                Outcome::Forbidden,
+                "Forbidden (user=alice, verb=get, resource=nodes, subresource(s)=[metrics proxy])\n"
+                    .into(),
+            ),
+            (
+                Refusal::PodForbidden {
+                    user: "alice".into(),
+                    verb: Verb::Create,
+                    resource: Resource::Pod {
+                        namespace: "team-a".into(),
+                        name: "web-0".into(),
+                        action: PodAction::Exec,
+                    },
+                },
+                StatusCode::FORBIDDEN,
+                Outcome::Forbidden,
+                "Forbidden (user=alice, verb=create, resource=pods, subresource(s)=[exec], \
+                 namespace=team-a, name=web-0)\n"
+                    .into(),
+            ),
+            (
+                Refusal::PodUnnamed,
+                StatusCode::BAD_REQUEST,
+                Outcome::Rejected,
+                "pod-scoped authorization: the path names no pod as the kubelet's route does \
+                 (/exec/{namespace}/{pod}[/{uid}]/{container})\n"
+                    .into(),
+            ),
+        ];
+        for (refusal, status, outcome, body) in cases {
+            let answered = refused(&refusal).await;
+            assert_eq!(answered, (status, outcome, body, vec![]), "{refusal:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_review_is_a_500_that_names_no_cause_to_the_caller() {
+        let failures = [
+            ReviewError::Timeout(Duration::from_secs(10)),
+            ReviewError::Status {
+                code: 503,
+                message: "the server is shutting down".into(),
+            },
+            ReviewError::Inconsistent("both allowed and denied".into()),
+        ];
+        for failure in failures {
+            let detail = failure.to_string();
+            let (status, outcome, body, counted) = refused(&undecided(failure)).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(outcome, Outcome::Error);
+            assert_eq!(
+                body,
+                "Authorization error (user=alice, verb=get, resource=nodes, subresource=metrics)"
+            );
+            assert!(counted.is_empty());
+            assert!(!body.contains(&detail), "{detail}");
+        }
+        let (status, outcome, body, _) = refused(&Refusal::Unauthenticated(AuthnError::Review(
+            ReviewError::Timeout(Duration::from_secs(10)),
+        )))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(outcome, Outcome::Error);
+        assert_eq!(body, "Authentication error: the token review failed");
+    }
+
+    #[tokio::test]
+    async fn the_status_of_a_forwarding_failure_follows_whose_fault_it_was() {
+        let cases = [
+            (
+                unreachable().await,
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: the kubelet is unreachable\n",
+                vec![("unreachable".to_owned(), 1)],
+            ),
+            (
+                ForwardError::Timeout(Duration::from_secs(30)),
+                StatusCode::GATEWAY_TIMEOUT,
+                "Gateway Timeout: the kubelet did not answer in time\n",
+                vec![("timeout".to_owned(), 1)],
+            ),
+            (
+                ForwardError::Internal("no client for callers"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error: the request could not be forwarded\n",
+                vec![],
+            ),
+        ];
+        for (error, status, body, counted) in cases {
+            let refusal = Refusal::Upstream(error);
+            // Authorized, so the decision label stays `allowed` whatever the kubelet did.
+            let answered = refused(&refusal).await;
+            assert_eq!(
+                answered,
+                (status, Outcome::Allowed, body.to_owned(), counted),
+                "{refusal:?}"
+            );
+        }
+    }
+}
