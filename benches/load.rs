@@ -308,7 +308,19 @@ impl Bench {
 }
 
 impl Guard {
+    /// Stops the guard as the kubelet's node would (SIGTERM), so a `LOAD_WRAPPER` such as
+    /// callgrind writes its profile; killed if it has not exited within 30 s.
     fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -437,7 +449,15 @@ fn usage(guard: &Child) -> String {
             .find(|l| l.starts_with(name))
             .map_or("?".into(), |l| l[name.len()..].trim().to_owned())
     };
-    format!("RSS {} (peak {})", field("VmRSS:"), field("VmHWM:"))
+    // RssFile is the binary's pages mapped from the page cache (shared, reclaimable); RssAnon is
+    // what the guard allocated.
+    format!(
+        "RSS {} (peak {}; anonymous {}, file {})",
+        field("VmRSS:"),
+        field("VmHWM:"),
+        field("RssAnon:"),
+        field("RssFile:")
+    )
 }
 
 /// The guard's user + system CPU time, in seconds.

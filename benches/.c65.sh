@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# Side by side on loopback: kubelet-guard against nginx and HAProxy as plain TLS reverse proxies,
+# all three in front of the same mutual-TLS upstream (an nginx standing in for the kubelet), driven
+# by wrk over keep-alive TLS connections. Issue 11's benchmark.
+#
+#   cargo build --release && benches/compare.sh
+#
+# Settings (environment): BENCH_SECONDS (10) per run, BENCH_ROUNDS (1) repetitions of the whole
+# comparison, BENCH_WARMUP (2) seconds, BENCH_CONNECTIONS (32), BENCH_THREADS (2),
+# BENCH_PORT_BASE (18440; five ports from it), KUBELET_GUARD (the binary; default
+# target/release/kubelet-guard), BENCH_KEEP=1 keeps the work directory (PKI, configs, logs, wrk
+# output), which is also kept when anything failed.
+#
+# Absolute numbers depend on the machine and on whatever else runs on it; the peers are measured
+# in the same run, one after the other, so the ratios are what to compare across machines.
+set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin LC_ALL=C
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+templates=$root/benches/compare
+guard_bin=${KUBELET_GUARD:-$root/target/release/kubelet-guard}
+seconds=${BENCH_SECONDS:-10} rounds=${BENCH_ROUNDS:-1} warmup=${BENCH_WARMUP:-2}
+conns=${BENCH_CONNECTIONS:-32} threads=${BENCH_THREADS:-2} base=${BENCH_PORT_BASE:-18440}
+upstream_name=bench-upstream token=bench-token
+declare -A port=([upstream]=$base [kubelet-guard]=$((base + 1)) [guard-admin]=$((base + 2))
+                 [nginx]=$((base + 3)) [haproxy]=$((base + 4)))
+peers=(kubelet-guard nginx)
+bodies=("65 B:/metrics:65")
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+# --- Tools: Debian packages only, and apt-get update only when something is missing.
+missing=()
+for tool in nginx haproxy wrk openssl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing ${missing[*]} with apt-get"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -x "$guard_bin" ] || die "$guard_bin not found: run 'cargo build --release' (or set KUBELET_GUARD)"
+for p in "${port[@]}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use: set BENCH_PORT_BASE"; fi
+done
+
+# --- Work directory and cleanup: every process started here is stopped by its pid on exit.
+work=$(mktemp -d /tmp/kubelet-guard-compare.XXXXXX)
+declare -A pid
+stop() {
+  local p=$1 i
+  kill "$p" 2>/dev/null || return 0
+  for i in {1..50}; do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+cleanup() {
+  local status=$? name
+  for name in "${!pid[@]}"; do stop "${pid[$name]}"; done
+  # Logs outlive a failure: the messages above point into the work directory.
+  if [ "${BENCH_KEEP:-0}" = 1 ] || [ "$status" != 0 ] || [ -n "${failed:-}" ]; then
+    echo "work directory kept: $work" >&2
+  else rm -rf "$work"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# nginx workers drop to an unprivileged user when started as root: they must reach the bodies.
+chmod 711 "$work"
+
+# --- Throw-away PKI (ECDSA P-256 everywhere, so no peer gets a cheaper key than another).
+pki=$work/pki
+mkdir -m 700 "$pki"
+newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pki/$1.key"; }
+newkey ca
+openssl req -x509 -new -key "$pki/ca.key" -subj /CN=kubelet-guard-bench-ca -days 2 -out "$pki/ca.crt" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+issue() { # name subject extension...
+  newkey "$1"
+  openssl req -new -key "$pki/$1.key" -subj "$2" -out "$pki/$1.csr"
+  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 2 -out "$pki/$1.crt" -extfile <(printf '%s\n' basicConstraints=critical,CA:FALSE "${@:3}") 2>/dev/null
+  cat "$pki/$1.crt" "$pki/$1.key" >"$pki/$1.pem" # HAProxy's crt takes certificate and key in one file
+}
+issue front /CN=localhost subjectAltName=IP:127.0.0.1,DNS:localhost extendedKeyUsage=serverAuth
+issue upstream "/CN=$upstream_name" "subjectAltName=DNS:$upstream_name" extendedKeyUsage=serverAuth
+issue client /CN=kubelet-guard extendedKeyUsage=clientAuth
+
+# --- Bodies and configurations.
+mkdir -m 755 "$work/www"
+head -c 64 /dev/zero | tr '\0' m >"$work/www/metrics-65" && echo >>"$work/www/metrics-65"
+head -c 65536 /dev/zero | tr '\0' c >"$work/www/metrics-64k"
+chmod 644 "$work"/www/*
+render() { # template destination
+  sed -e "s|@DIR@|$work|g" -e "s|@UPSTREAM_PORT@|${port[upstream]}|g" -e "s|@UPSTREAM_NAME@|$upstream_name|g" \
+      -e "s|@NGINX_PORT@|${port[nginx]}|g" -e "s|@HAPROXY_PORT@|${port[haproxy]}|g" "$templates/$1" >"$2"
+}
+mkdir -p "$work"/{upstream/tmp,nginx/tmp,haproxy,guard}
+render upstream-nginx.conf "$work/upstream/nginx.conf"
+render proxy-nginx.conf "$work/nginx/nginx.conf"
+render haproxy.cfg "$work/haproxy/haproxy.cfg"
+cp "$templates/policy.yaml" "$templates/tokens.csv" "$work/guard/"
+
+# --- Start upstream and peers, each in the foreground of its own background job.
+start() { # name command...
+  local name=$1; shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pid[$name]=$!
+}
+wait_port() { # name port
+  local i
+  for i in {1..100}; do
+    kill -0 "${pid[$1]}" 2>/dev/null || { cat "$work/$1.log" >&2; die "$1 exited at start-up"; }
+    if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "$1 is not listening on $2 after 10 s (log: $work/$1.log)"
+}
+start upstream nginx -p "$work/upstream/" -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" -g "daemon off;"
+start nginx nginx -p "$work/nginx/" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" -g "daemon off;"
+start haproxy haproxy -db -f "$work/haproxy/haproxy.cfg"
+start kubelet-guard env KUBELET_GUARD_LOG=warn "$guard_bin" serve \
+  --listen="127.0.0.1:${port[kubelet-guard]}" --metrics-listen="127.0.0.1:${port[guard-admin]}" \
+  --tls-cert-file="$pki/front.crt" --tls-private-key-file="$pki/front.key" \
+  --token-auth-file="$work/guard/tokens.csv" --rbac-policy-file="$work/guard/policy.yaml" \
+  --upstream="https://127.0.0.1:${port[upstream]}" --upstream-ca-file="$pki/ca.crt" \
+  --upstream-server-name="$upstream_name" \
+  --upstream-client-cert-file="$pki/client.crt" --upstream-client-key-file="$pki/client.key" \
+  --node-name=bench-node --kubelet-lockdown=off --shutdown-grace-period=1s
+for name in upstream nginx haproxy kubelet-guard guard-admin; do
+  wait_port "${name/guard-admin/kubelet-guard}" "${port[$name]}"
+done
+# The guard binds early and reports readiness separately (/readyz, plain HTTP on the admin port).
+for i in {1..100}; do
+  status=$( (exec 3<>"/dev/tcp/127.0.0.1/${port[guard-admin]}" &&
+    printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && head -1 <&3) 2>/dev/null || true)
+  [[ $status == *" 200"* ]] && break
+  [ "$i" = 100 ] && die "kubelet-guard /readyz: ${status:-no answer} (log: $work/kubelet-guard.log)"
+  sleep 0.1
+done
+
+# One request through each peer with certificate verification, so a broken chain or a refusal
+# fails here with the response in view instead of as a wrk error count.
+fetch() { # port path [authorization header line]
+  printf 'GET %s HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n' "$2" "${3:-}" |
+    timeout 10 openssl s_client -quiet -verify_return_error -CAfile "$pki/ca.crt" \
+      -connect "127.0.0.1:$1" -servername localhost 2>/dev/null | head -1 | tr -d '\r'
+}
+for peer in "${peers[@]}"; do
+  for body in "${bodies[@]}"; do
+    IFS=: read -r _ path _ <<<"$body"
+    line=$(fetch "${port[$peer]}" "$path" "Authorization: Bearer $token"$'\r\n')
+    [[ $line == "HTTP/1.1 200"* ]] || die "$peer $path answered '${line:-nothing}' (logs: $work)"
+  done
+done
+# ...and the guard really decides: no token, no metrics.
+line=$(fetch "${port[kubelet-guard]}" /metrics)
+[[ $line == "HTTP/1.1 401"* ]] || die "kubelet-guard without a token answered '$line', expected 401"
+
+# --- Measurement helpers.
+tck=$(getconf CLK_TCK)
+declare -A procs
+family() { # pid: it and its direct children (nginx master and workers)
+  local stat rest
+  echo "$1"
+  for stat in /proc/[0-9]*/stat; do
+    read -r rest <"$stat" 2>/dev/null || continue
+    rest=${rest##*) }
+    set -- "$1" $rest
+    [ "$3" = "$1" ] && { stat=${stat#/proc/}; echo "${stat%/stat}"; }
+  done
+  return 0
+}
+for name in upstream "${peers[@]}"; do procs[$name]=$(family "${pid[$name]}" | tr '\n' ' '); done
+ticks() { # name: utime+stime of its processes (fields 14 and 15 of /proc/pid/stat)
+  local p rest sum=0
+  for p in ${procs[$1]}; do
+    read -r rest <"/proc/$p/stat" 2>/dev/null || continue # gone: measure() reports the exit
+    rest=${rest##*) }
+    set -- $rest; sum=$((sum + ${12} + ${13}))
+  done
+  echo "$sum"
+}
+memory() { # name: "RSS PSS" in KiB, summed; PSS splits pages shared between nginx's processes
+  local p rss=0 pss=0
+  for p in ${procs[$1]}; do
+    rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    pss=$((pss + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)))
+  done
+  echo "$rss $pss"
+}
+busy() { # ticks the whole machine spent not idle (user nice system irq softirq steal)
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+wrk_cores() { # cores of wrk (user+sys per second), from the children lines of two `times` outputs
+  awk 'FNR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } s[++f] = t }
+       END { printf "%.2f", (s[2] - s[1]) / secs }' secs="$seconds" "$work/times0" "$work/times1"
+}
+# wrk prints "Requests/sec", the latency distribution with units us/ms/s/m, the transfer, and
+# "Non-2xx or 3xx responses" / "Socket errors" only when there were some.
+parse_wrk() {
+  awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0
+                        if (v ~ /m$/) return v * 60000; if (v ~ /h$/) return v * 3600000; return v * 1000 }
+       function bytes(v) { if (v ~ /KB$/) return v * 1024; if (v ~ /MB$/) return v * 1048576
+                           if (v ~ /GB$/) return v * 1073741824; return v + 0 }
+       /Latency Distribution/ { dist = 1 }
+       dist && $1 == "50%" { p50 = ms($2) }  dist && $1 == "99%" { p99 = ms($2) }
+       / requests in / { n = $1; read = bytes($5) }  /^Requests\/sec:/ { rps = $2 }
+       /Non-2xx or 3xx responses:/ { bad = $NF }
+       /Socket errors:/ { sub(/^ *Socket errors: /, ""); gsub(/ /, ""); sock = $0 }
+       END { printf "%s %s %s %d %.0f %d %s\n", rps + 0, p50 + 0, p99 + 0, n, read, bad + 0, (sock == "" ? "-" : sock) }' "$1"
+}
+
+declare -A r # results: r[round,body,peer,field]
+measure() { # round body-index peer
+  local round=$1 b=$2 peer=$3 label path size url cpu0 up0 all0 cpu1 up1 all1
+  IFS=: read -r label path size <<<"${bodies[$b]}"
+  url="https://127.0.0.1:${port[$peer]}$path"
+  wrk -t"$threads" -c"$conns" -d"${warmup}s" -H "Authorization: Bearer $token" "$url" >"$work/warmup.out"
+  cpu0=$(ticks "$peer") up0=$(ticks upstream) all0=$(busy)
+  times >"$work/times0" # bash builtin: CPU of this shell's finished children, so wrk's own
+  wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url" >"$work/wrk.out"
+  times >"$work/times1"
+  cpu1=$(ticks "$peer") up1=$(ticks upstream) all1=$(busy)
+  cp "$work/wrk.out" "$work/wrk-$round-$b-$peer.out"
+  read -r rps p50 p99 n bytes bad sock <<<"$(parse_wrk "$work/wrk.out")"
+  read -r rss pss <<<"$(memory "$peer")"
+  local k="$round,$b,$peer"
+  r[$k,rps]=$rps r[$k,p50]=$p50 r[$k,p99]=$p99 r[$k,sock]=$sock r[$k,status]=ok
+  r[$k,cpu]=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tck" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
+  r[$k,rss]=$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')
+  r[$k,pss]=$(awk -v k="$pss" 'BEGIN { printf "%.1f", k / 1024 }')
+  r[$k,cores]=$(awk -v t=$((cpu1 - cpu0)) -v hz="$tck" -v s="$seconds" 'BEGIN { printf "%.2f", t / hz / s }')
+  r[$k,up]=$(awk -v t=$((up1 - up0)) -v hz="$tck" -v s="$seconds" 'BEGIN { printf "%.2f", t / hz / s }')
+  r[$k,wrk]=$(wrk_cores)
+  r[$k,other]=$(awk -v t=$((all1 - all0)) -v hz="$tck" -v s="$seconds" -v ours="${r[$k,cores]} ${r[$k,up]} ${r[$k,wrk]}" \
+    'BEGIN { split(ours, o, " "); printf "%.2f", t / hz / s - o[1] - o[2] - o[3] }')
+  if ! kill -0 "${pid[$peer]}" 2>/dev/null; then r[$k,status]="FAILED: $peer exited (see $work/$peer.log)"
+  elif [ "$n" = 0 ]; then r[$k,status]="FAILED: no responses"
+  elif [ "$bad" != 0 ]; then r[$k,status]="FAILED: $bad of $n responses not 2xx/3xx"
+  elif awk -v b="$bytes" -v n="$n" -v s="$size" 'BEGIN { exit !(b / n < s * 0.99) }'; then
+    r[$k,status]="FAILED: $((bytes / n)) bytes per response, body is $size"
+  fi
+  [ "${r[$k,status]}" = ok ] || failed=1
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
+table() { # round body-index
+  local k peer g other label path size
+  IFS=: read -r label path size <<<"${bodies[$2]}"
+  printf '\n%s body (GET %s), round %s of %s: wrk -t%s -c%s -d%ss\n' "$label" "$path" "$1" "$rounds" "$threads" "$conns" "$seconds"
+  printf '%-14s %9s %8s %8s %11s %8s %8s %6s %6s %6s %6s  %s\n' peer req/s "p50 ms" "p99 ms" "CPU µs/req" \
+    "RSS MiB" "PSS MiB" proxy upstr wrk other "socket errors / status"
+  for peer in "${peers[@]}"; do
+    k="$1,$2,$peer"
+    printf '%-14s %9.0f %8.2f %8.2f %10s %8s %8s %6s %6s %6s %6s  %s %s\n' "$peer" "${r[$k,rps]}" \
+      "${r[$k,p50]}" "${r[$k,p99]}" "${r[$k,cpu]}" "${r[$k,rss]}" "${r[$k,pss]}" "${r[$k,cores]}" \
+      "${r[$k,up]}" "${r[$k,wrk]}" "${r[$k,other]}" "${r[$k,sock]}" "${r[$k,status]}"
+  done
+  g="$1,$2,kubelet-guard"
+  for other in nginx haproxy; do
+    k="$1,$2,$other"
+    if [ "${r[$g,status]}" != ok ] || [ "${r[$k,status]}" != ok ]; then
+      printf 'guard / %-8s  no ratio: a run failed\n' "$other"; continue
+    fi
+    printf 'guard / %-8s  req/s %s   p99 %s   CPU/req %s\n' "$other" "$(ratio "${r[$g,rps]}" "${r[$k,rps]}")" \
+      "$(ratio "${r[$g,p99]}" "${r[$k,p99]}")" "$(ratio "${r[$g,cpu]}" "${r[$k,cpu]}")"
+  done
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%.2f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+summary() { # body-index: the guard's ratios in each round, and their median
+  local b=$1 other field label round g k line values
+  local -A name=([rps]=req/s [p99]=p99 [cpu]=CPU/req)
+  IFS=: read -r label _ _ <<<"${bodies[$b]}"
+  for other in nginx haproxy; do
+    line=$(printf '%-7s guard / %-8s' "$label" "$other")
+    for field in rps p99 cpu; do
+      values=()
+      for ((round = 1; round <= rounds; round++)); do
+        g="$round,$b,kubelet-guard" k="$round,$b,$other"
+        if [ "${r[$g,status]}" = ok ] && [ "${r[$k,status]}" = ok ]; then
+          values+=("$(ratio "${r[$g,$field]}" "${r[$k,$field]}")")
+        fi
+      done
+      line+=$(printf '  %s %s (%s)' "${name[$field]}" "$(printf '%s\n' "${values[@]}" | median)" "${values[*]}")
+    done
+    echo "$line"
+  done
+}
+
+# --- Report.
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || commit="$commit (src modified)"
+echo "machine:  $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3);" \
+     "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(openssl version | cut -d' ' -f1-2); $("$guard_bin" --version) at $commit"
+echo "setup:    upstream nginx worker_processes 1; nginx worker_processes auto ($(nproc)); haproxy nbthread 2;" \
+     "all peers TLS in, mutual TLS out over keep-alive pools; guard in embedded mode (static token, RBAC file)"
+echo "columns:  proxy/upstr/wrk/other = cores busy during the run (CPU time / duration) in the peer, the upstream," \
+     "wrk, and everything else on the machine (noise); RSS sums the peer's processes after the run, PSS splits shared pages"
+for ((round = 1; round <= rounds; round++)); do
+  # Rotate the order each round so no peer always runs first (or after the same neighbour).
+  order=("${peers[@]:$(((round - 1) % 3))}" "${peers[@]:0:$(((round - 1) % 3))}")
+  for b in "${!bodies[@]}"; do
+    for peer in "${order[@]}"; do measure "$round" "$b" "$peer"; done
+  done
+  for b in "${!bodies[@]}"; do table "$round" "$b"; done
+done
+if ((rounds > 1)); then
+  printf '\nratios of the guard, median of %s rounds (each round in parentheses):\n' "$rounds"
+  for b in "${!bodies[@]}"; do summary "$b"; done
+fi
+echo
+echo "reproduce: cd $root && cargo build --release && BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
+     "BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads benches/compare.sh"
+[ -z "${failed:-}" ] || die "a run failed: see the status column"
