@@ -103,6 +103,39 @@ async fn a_caller_too_slow_to_send_its_headers_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_head_started_on_an_idle_keep_alive_connection_has_its_own_deadline() {
+    // The idle timeout is far beyond the test's deadline: only the head timer can close it.
+    let cluster = cluster(&["--header-read-timeout=300ms", "--idle-timeout=1h"]).await;
+    let client = cluster.client();
+    let mut tls = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    with_deadline("the first answer", async {
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"ok") {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed after the first request");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(answer.starts_with(b"HTTP/1.1 200 "));
+
+    // Idle for a while, then half a head: cut at its own deadline, not the idle timeout.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut tls).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(cluster.limit_hits("header-read-timeout").await, 1);
+    assert_eq!(cluster.limit_hits("idle-timeout").await, 0);
+}
+
+#[tokio::test]
 async fn request_heads_over_the_limit_are_refused() {
     let cluster = cluster(&[]).await;
     let client = cluster.client();

@@ -13,6 +13,11 @@
 //!   peer must wait, or its extra streams are refused).
 //! - The connection's socket carries its `--max-connections` slot and its place in the open
 //!   connections gauge, so an upgraded stream, which outlives the HTTP connection, keeps both.
+//! - A phase change stamps the time and wakes the timer only if the new phase's deadline comes
+//!   before the timer would wake; otherwise the timer finds the change when it wakes. While idle
+//!   it wakes at least every `--header-read-timeout`, so a head that starts is still cut at its own
+//!   deadline. With the defaults a keep-alive request wakes nothing; waking the timer at every
+//!   change cost each request three wake-ups of its connection's task.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -103,6 +108,9 @@ struct ActivityState {
     in_flight: usize,
     phase: Phase,
     since: Instant,
+    /// When the timer wakes next; `None` while it waits for the connection to leave *busy*. A
+    /// phase whose deadline comes earlier wakes it.
+    wake_by: Option<Instant>,
 }
 
 /// One request in flight, until its response body is sent or dropped.
@@ -375,6 +383,7 @@ impl Activity {
                 in_flight: 0,
                 phase,
                 since: Instant::now(),
+                wake_by: None,
             }),
             awaiting_head: AtomicBool::new(false),
             changed: Notify::new(),
@@ -415,7 +424,8 @@ impl Activity {
         }
     }
 
-    /// Changes the state under the lock, stamps a phase change, and wakes the timer.
+    /// Changes the state under the lock and stamps a phase change; wakes the timer only if the
+    /// new phase's deadline comes before the timer would wake.
     fn update<R>(&self, change: impl FnOnce(&mut ActivityState) -> R) -> R {
         let mut state = self
             .state
@@ -424,12 +434,28 @@ impl Activity {
         let before = state.phase;
         let result = change(&mut state);
         if state.phase != before {
-            state.since = Instant::now();
+            let now = Instant::now();
+            state.since = now;
             self.awaiting_head
                 .store(self.http1 && state.phase == Phase::Idle, Ordering::Release);
-            self.changed.notify_waiters();
+            if let Some((_, deadline)) = self.deadline(state.phase, now)
+                && state.wake_by.is_none_or(|at| deadline < at)
+            {
+                self.changed.notify_waiters();
+            }
         }
         result
+    }
+
+    /// The limit `phase` runs into, and when, had it begun at `since`; `None` when busy.
+    fn deadline(&self, phase: Phase, since: Instant) -> Option<(Limit, Instant)> {
+        match phase {
+            Phase::Busy => None,
+            Phase::Idle => Some((Limit::IdleTimeout, since + self.idle_timeout)),
+            Phase::ReadingHead => {
+                Some((Limit::HeaderReadTimeout, since + self.header_read_timeout))
+            }
+        }
     }
 
     /// Resolves with the limit the connection ran into: its certificate expired, or a phase ran
@@ -442,29 +468,42 @@ impl Activity {
         }
     }
 
-    /// Resolves with the limit a phase ran over.
+    /// Resolves with the limit a phase ran over: the phase found when the timer wakes, past
+    /// the deadline that phase has from the moment it began.
     async fn phase_expired(&self) -> Limit {
         loop {
             let mut changed = pin!(self.changed.notified());
             changed.as_mut().enable();
-            let (phase, since) = {
-                let state = self
+            let wake = {
+                let mut state = self
                     .state
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                (state.phase, state.since)
-            };
-            let (limit, timeout) = match phase {
-                Phase::Busy => {
-                    changed.await;
-                    continue;
+                let now = Instant::now();
+                let deadline = self.deadline(state.phase, state.since);
+                if let Some((limit, deadline)) = deadline
+                    && deadline <= now
+                {
+                    return limit;
                 }
-                Phase::Idle => (Limit::IdleTimeout, self.idle_timeout),
-                Phase::ReadingHead => (Limit::HeaderReadTimeout, self.header_read_timeout),
+                // Idle on HTTP/1.1, a head may start at any moment without waking this timer:
+                // look again within a head's time, which is before that head's deadline.
+                let head = (state.phase == Phase::Idle && self.http1)
+                    .then(|| now + self.header_read_timeout);
+                state.wake_by = match (deadline, head) {
+                    (Some((_, deadline)), Some(head)) => Some(deadline.min(head)),
+                    (deadline, _) => deadline.map(|(_, at)| at),
+                };
+                state.wake_by
             };
-            tokio::select! {
-                () = tokio::time::sleep_until(since + timeout) => return limit,
-                () = changed => {}
+            match wake {
+                None => changed.await,
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = changed => {}
+                    }
+                }
             }
         }
     }
