@@ -11,8 +11,11 @@
 //! - Upgrades (RFC 9110 §7.8): the kubelet's 101 goes back unchanged, then the two upgraded
 //!   connections are spliced with `copy_bidirectional`, no per-frame work. The splice is tracked by
 //!   graceful shutdown and closed at the end of `--shutdown-grace-period`.
+//! - An HTTP/1.1 caller's requests come one at a time, so its connection keeps one kubelet
+//!   connection for them (a [`Lane`]): no pool between them, no more kubelet connections than
+//!   callers. Upgrades, HTTP/2 callers and observe mode's caller credential use the pooled client.
 //! - The TLS files towards the kubelet are polled: when they change, new connections use a new
-//!   pooled client while requests in flight finish on the old one.
+//!   pooled client and lanes reconnect, while requests in flight finish on the old connections.
 //! - The client speaks HTTP/1.1 only (HTTP/2 cannot carry `Upgrade`) and never follows redirects.
 
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -42,7 +46,7 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub enum ForwardError {
     /// Connecting or talking to the kubelet failed: the kubelet's fault (502).
     #[error("the kubelet is unreachable")]
-    Unreachable(#[source] hyper_util::client::legacy::Error),
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No response headers within `--upstream-timeout`: the kubelet's fault (504).
     #[error("the kubelet did not answer within {0:?}")]
     Timeout(Duration),
@@ -116,15 +120,20 @@ impl StreamEnd {
 pub struct Upstream {
     clients: Arc<Watched<Clients>>,
     authority: http::uri::Authority,
+    /// The `Host` a lane's requests carry, as the pooled client writes it.
+    host: HeaderValue,
+    server_name: rustls::pki_types::ServerName<'static>,
     token: Option<Arc<Watched<HeaderValue>>>,
     timeout: Duration,
     streams: Drain,
 }
 
 /// The pooled clients built from one generation of the upstream TLS files.
-struct Clients {
+pub struct Clients {
     /// With the guard's credential.
     guard: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// The guard's TLS configuration, for the connections of lanes.
+    lane_tls: tokio_rustls::TlsConnector,
     /// Without a client certificate, for `--mode=observe`.
     callers: Option<Client<HttpsConnector<HttpConnector>, Incoming>>,
 }
@@ -178,6 +187,7 @@ impl Upstream {
         };
         let (ca, credential) = (settings.ca.clone(), settings.credential.clone());
         let server_name = settings.server_name.clone();
+        let resolved = server_name.clone();
         let sources = tls::reload::upstream_sources(&ca, &credential);
         let clients = Watched::load_with(sources, move |files| {
             let tls = tls::reload::upstream(&ca, &credential, files, callers, &expiry)?;
@@ -190,21 +200,34 @@ impl Upstream {
                 let connector = HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_only()
-                    .with_server_name_resolver(FixedServerNameResolver::new(server_name.clone()))
+                    .with_server_name_resolver(FixedServerNameResolver::new(resolved.clone()))
                     .enable_http1()
                     .wrap_connector(tcp);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .build(connector)
             };
+            let mut lane_tls = tls.guard.clone();
+            lane_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
             Ok(Clients {
                 guard: client(tls.guard),
+                lane_tls: tokio_rustls::TlsConnector::from(Arc::new(lane_tls)),
                 callers: tls.callers.map(client),
             })
+        })?;
+        let authority = settings.authority.as_str();
+        let host = HeaderValue::from_str(authority).map_err(|_| {
+            crate::reload::error(
+                "--upstream",
+                std::path::Path::new(authority),
+                "not a Host header value",
+            )
         })?;
         Ok(Self {
             clients: Arc::new(clients),
             authority: settings.authority.clone(),
+            host,
+            server_name,
             token,
             timeout: settings.timeout,
             streams,
@@ -226,12 +249,14 @@ impl Upstream {
     }
 
     /// Sends `request` to the kubelet with `credential` and returns its response, relaying an
-    /// upgrade if the kubelet switches protocols. `upgrade` says whether the caller asked for one.
+    /// upgrade if the kubelet switches protocols. `upgrade` says whether the caller asked for one;
+    /// `lane` is the caller connection's own kubelet connection, if it has one.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         upgrade: bool,
         credential: Credential,
+        lane: Option<&Lane>,
     ) -> Result<Forwarded, ForwardError> {
         let inbound_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -286,12 +311,17 @@ impl Upstream {
         *outbound.version_mut() = http::Version::HTTP_11;
         *outbound.headers_mut() = headers;
 
-        let mut response = match tokio::time::timeout(self.timeout, client.request(outbound)).await
-        {
-            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
-            Ok(Ok(response)) => response,
+        let exchange = async {
+            match lane {
+                Some(lane) if credential == Credential::Guard && !upgrade => {
+                    self.through(lane, Arc::clone(&clients), outbound).await
+                }
+                _ => client.request(outbound).await.map_err(unreachable),
+            }
         };
+        let mut response = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ForwardError::Timeout(self.timeout))??;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let stream = match inbound_upgrade {
             Some(inbound) if switching => Some(tokio::spawn(splice(
@@ -308,6 +338,114 @@ impl Upstream {
             stream,
         })
     }
+}
+
+impl Upstream {
+    /// One exchange on `lane`'s kubelet connection, made now if it has none from this generation
+    /// of the TLS files, and kept for the caller connection's next request.
+    async fn through(
+        &self,
+        lane: &Lane,
+        clients: Arc<Clients>,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        // Origin-form and Host, as the pooled client writes them.
+        let origin = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        *request.uri_mut() = http::Uri::try_from(origin)
+            .map_err(|_| ForwardError::Internal("the request-target cannot be rebuilt"))?;
+        request
+            .headers_mut()
+            .insert(header::HOST, self.host.clone());
+        let kept = lane.take(&clients);
+        let reused = kept.is_some();
+        let mut sender = match kept {
+            Some(sender) => sender,
+            None => self.connect(&clients).await?,
+        };
+        if sender.ready().await.is_err() {
+            sender = self.connect(&clients).await?;
+        }
+        let request = match sender.try_send_request(request).await {
+            Ok(response) => {
+                lane.keep(clients, sender);
+                return Ok(response);
+            }
+            Err(mut e) => match e.take_message() {
+                // Never written: the kept connection closed under it. Once more, on a new one.
+                Some(request) if reused => request,
+                _ => return Err(unreachable(e.into_error())),
+            },
+        };
+        let mut sender = self.connect(&clients).await?;
+        let response = sender.send_request(request).await.map_err(unreachable)?;
+        lane.keep(clients, sender);
+        Ok(response)
+    }
+
+    /// A new kubelet connection for a lane: TCP without Nagle, TLS with the guard's credential,
+    /// HTTP/1.1 driven by a task of its own until its last sender is gone.
+    async fn connect(
+        &self,
+        clients: &Clients,
+    ) -> Result<http1::SendRequest<Incoming>, ForwardError> {
+        let tcp = tokio::net::TcpStream::connect(self.authority.as_str())
+            .await
+            .map_err(unreachable)?;
+        tcp.set_nodelay(true).map_err(unreachable)?;
+        let tls = clients
+            .lane_tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(unreachable)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(unreachable)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "kubelet connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The kubelet connection one HTTP/1.1 caller connection keeps for its requests, which come one
+/// at a time: taken for an exchange, put back once the kubelet's response head is in (the next
+/// request waits for its body to end), dropped with the caller's connection.
+#[derive(Default)]
+pub struct Lane(std::sync::Mutex<Option<(Arc<Clients>, http1::SendRequest<Incoming>)>>);
+
+impl Lane {
+    /// The kept connection, if it was made from `clients` and is still open.
+    fn take(&self, clients: &Arc<Clients>) -> Option<http1::SendRequest<Incoming>> {
+        let (made_from, sender) = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()?;
+        (Arc::ptr_eq(&made_from, clients) && !sender.is_closed()).then_some(sender)
+    }
+
+    fn keep(&self, clients: Arc<Clients>, sender: http1::SendRequest<Incoming>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((clients, sender));
+    }
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lane")
+    }
+}
+
+/// A failure to reach the kubelet, with its cause.
+fn unreachable(error: impl std::error::Error + Send + Sync + 'static) -> ForwardError {
+    ForwardError::Unreachable(Box::new(error))
 }
 
 /// The headers sent to the kubelet for a caller's request headers.

@@ -54,6 +54,8 @@ pub struct Peer {
     /// The connection's count against its source's unauthenticated connections, proven by the
     /// first request that authenticates.
     pub admission: Ticket,
+    /// The connection's own kubelet connection: HTTP/1.1 callers only.
+    pub lane: Option<forward::Lane>,
 }
 
 /// Why a request was not forwarded, or not answered by the kubelet; says whose fault it was.
@@ -139,7 +141,12 @@ async fn guard(
     // Forward; in enforce mode as the guard's own identity, the caller's credentials stay here.
     state
         .upstream
-        .forward(request, classified.upgrade().is_some(), credential)
+        .forward(
+            request,
+            classified.upgrade().is_some(),
+            credential,
+            peer.lane.as_ref(),
+        )
         .await
         .map_err(Refusal::Upstream)
 }
@@ -472,7 +479,7 @@ mod tests {
             .get(format!("http://{addr}/").parse().unwrap())
             .await
             .expect_err("nothing listens");
-        ForwardError::Unreachable(error)
+        ForwardError::Unreachable(Box::new(error))
     }
 
     #[tokio::test]

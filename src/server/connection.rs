@@ -42,6 +42,7 @@ use tokio_rustls::server::TlsStream;
 use crate::admission::Ticket;
 use crate::authn::{PeerCertificate, x509};
 use crate::config::Limits;
+use crate::forward;
 use crate::metrics::{ConnectionGuard, Metrics};
 use crate::proxy::{self, Peer, State};
 use crate::reload::Watched;
@@ -350,12 +351,15 @@ async fn handshake(
             if matches!(certificate, PeerCertificate::Identity { .. }) {
                 admission.prove();
             }
+            // HTTP/1.1 requests come one at a time: they share one kubelet connection.
+            let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
             Some((
                 tls,
                 Peer {
                     addr,
                     certificate,
                     admission,
+                    lane: http1.then(forward::Lane::default),
                 },
             ))
         }
