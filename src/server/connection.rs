@@ -463,18 +463,9 @@ impl Activity {
     }
 
     /// Resolves with the limit the connection ran into: its certificate expired, or a phase ran
-    /// over its timeout.
+    /// over its timeout (the phase found when the timer wakes, past the deadline that phase has
+    /// from the moment it began). One sleep serves both.
     async fn expired(&self) -> Limit {
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        tokio::select! {
-            () = tokio::time::sleep_until(self.expires.unwrap_or(far)) => Limit::CertificateExpired,
-            limit = self.phase_expired() => limit,
-        }
-    }
-
-    /// Resolves with the limit a phase ran over: the phase found when the timer wakes, past
-    /// the deadline that phase has from the moment it began.
-    async fn phase_expired(&self) -> Limit {
         loop {
             let mut changed = pin!(self.changed.notified());
             changed.as_mut().enable();
@@ -484,6 +475,9 @@ impl Activity {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let now = Instant::now();
+                if self.expires.is_some_and(|at| at <= now) {
+                    return Limit::CertificateExpired;
+                }
                 let deadline = self.deadline(state.phase, state.since);
                 if let Some((limit, deadline)) = deadline
                     && deadline <= now
@@ -498,7 +492,11 @@ impl Activity {
                     (Some((_, deadline)), Some(head)) => Some(deadline.min(head)),
                     (deadline, _) => deadline.map(|(_, at)| at),
                 };
-                state.wake_by
+                // The certificate's expiry bounds every sleep, busy too.
+                match (state.wake_by, self.expires) {
+                    (Some(at), Some(expires)) => Some(at.min(expires)),
+                    (at, expires) => at.or(expires),
+                }
             };
             match wake {
                 None => changed.await,
