@@ -14,8 +14,8 @@ use http_body_util::Full;
 use std::time::Duration;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The guard's metric handles.
@@ -23,8 +23,11 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    duration: HistogramVec,
-    cache: IntCounterVec,
+    /// `kubelet_guard_request_duration_seconds` by decision, in `Outcome::ALL`'s order: looked
+    /// up once, not hashed per request.
+    duration: Arc<[Histogram; 5]>,
+    /// `kubelet_guard_authorization_cache_requests_total`: token then SAR, each miss then hit.
+    cache: Arc<[[IntCounter; 2]; 2]>,
     apiserver: HistogramVec,
     fallback: IntCounterVec,
     upgrades: IntCounterVec,
@@ -193,8 +196,12 @@ impl Metrics {
         Ok(Self {
             registry,
             requests,
-            duration,
-            cache,
+            duration: Arc::new(
+                Outcome::ALL.map(|outcome| duration.with_label_values(&[outcome.as_str()])),
+            ),
+            cache: Arc::new(["token", "sar"].map(|kind| {
+                ["miss", "hit"].map(|result| cache.with_label_values(&[kind, result]))
+            })),
             apiserver,
             fallback,
             upgrades,
@@ -222,9 +229,7 @@ impl Metrics {
         self.requests
             .with_label_values(&[verb, subresource, outcome.as_str(), code.as_str()])
             .inc();
-        self.duration
-            .with_label_values(&[outcome.as_str()])
-            .observe(took.as_secs_f64());
+        self.duration[outcome as usize].observe(took.as_secs_f64());
     }
 
     /// The expiry gauge of one certificate the guard uses: `serving` or `upstream`.
@@ -234,13 +239,7 @@ impl Metrics {
 
     /// Counts one cache lookup.
     pub fn cache(&self, kind: CacheKind, hit: bool) {
-        let kind = match kind {
-            CacheKind::Token => "token",
-            CacheKind::Sar => "sar",
-        };
-        self.cache
-            .with_label_values(&[kind, if hit { "hit" } else { "miss" }])
-            .inc();
+        self.cache[kind as usize][usize::from(hit)].inc();
     }
 
     /// Times one API call; `code` is the HTTP status, or `error`/`timeout`.
@@ -311,6 +310,15 @@ impl Drop for ConnectionGuard {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [Outcome; 5] = [
+        Self::Allowed,
+        Self::Forbidden,
+        Self::Unauthenticated,
+        Self::Rejected,
+        Self::Error,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -398,4 +406,41 @@ pub async fn admin<B>(
         http::HeaderValue::from_static(content_type),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn pre_resolved_series_carry_their_own_labels() {
+        let metrics = Metrics::new(Registry::new()).unwrap();
+        for (index, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, index);
+            metrics.request("get", "metrics", outcome, StatusCode::OK, Duration::ZERO);
+        }
+        metrics.cache(CacheKind::Sar, true);
+        metrics.cache(CacheKind::Token, false);
+        let text = metrics.render();
+        for outcome in Outcome::ALL {
+            let series = format!(
+                "kubelet_guard_request_duration_seconds_count{{decision=\"{}\"}} 1",
+                outcome.as_str()
+            );
+            assert!(text.contains(&series), "{series}\n{text}");
+        }
+        for (cache, result, count) in [
+            ("sar", "hit", 1),
+            ("sar", "miss", 0),
+            ("token", "hit", 0),
+            ("token", "miss", 1),
+        ] {
+            let series = format!(
+                "kubelet_guard_authorization_cache_requests_total{{cache=\"{cache}\",result=\"{result}\"}} {count}"
+            );
+            assert!(text.contains(&series), "{series}\n{text}");
+        }
+    }
 }
