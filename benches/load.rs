@@ -6,7 +6,8 @@
 //! Phases of the first guard: (1) cached scrapes: `LOAD_CONNECTIONS` (32) connections GET
 //! /metrics with one token for `LOAD_SECONDS` (10), or exactly `LOAD_REQUESTS` each when set;
 //! (2) `LOAD_IDENTITIES` (10,000) distinct tokens each make one request over 16 keep-alive
-//! connections, filling both caches; (3) `LOAD_IDLE` (1,000) idle TLS connections held open.
+//! connections, filling both caches; (3) `LOAD_IDLE` (1,000) idle TLS connections held open;
+//! (4) as many keep-alive connections idle after one request each.
 //! Memory is read after each phase.
 //!
 //! Then hostile callers, each against a fresh guard (so its peak memory is the flood's) while a
@@ -190,6 +191,21 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("{idle} idle TLS connections open; {}", usage(&guard.child));
     drop(open);
+
+    // Phase 4: keep-alive connections idle after one request each (each keeps its kubelet
+    // connection, its lane).
+    let mut kept = Vec::new();
+    for _ in 0..idle {
+        let mut sender = keep_alive(&client, guard.addr).await;
+        assert_eq!(get(&mut sender, "t-scraper").await, 200);
+        kept.push(sender);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "{idle} keep-alive connections idle after one request each; {}",
+        usage(&guard.child)
+    );
+    drop(kept);
     guard.stop();
 
     if setting("LOAD_FLOODS", 1) > 0 {
