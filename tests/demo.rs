@@ -30,4 +30,8 @@ fn the_demo_tour_shows_the_exec_hole_closed() {
         "{stdout}"
     );
     assert_eq!(stdout.matches("\nok   ").count(), 7, "{stdout}");
+    // A newcomer's first command logs no error: the stand-in is locked to the guard as a
+    // kubelet should be, so the lockdown self-check has nothing to report.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("ERROR"), "{stderr}");
 }

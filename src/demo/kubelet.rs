@@ -1,6 +1,8 @@
 //! The demo's kubelet stand-in: NOT a kubelet. It answers the routes of a v1.36 kubelet with canned,
 //! believable bodies behind mutual TLS, and a WebSocket exec that "runs" `id` and prints fake output,
-//! so the demo can show what the guard lets through without a cluster.
+//! so the demo can show what the guard lets through without a cluster. Like a kubelet locked to
+//! its guard, it answers 401 to a caller without a client certificate, so the guard's lockdown
+//! self-check finds it locked.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,9 +36,20 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, node: 
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            let certified = tls.get_ref().1.peer_certificates().is_some();
             let service = service_fn(move |request| {
                 let node = Arc::clone(&node);
-                async move { Ok::<_, Infallible>(route(&node, request)) }
+                async move {
+                    Ok::<_, Infallible>(if certified {
+                        route(&node, request)
+                    } else {
+                        text(
+                            StatusCode::UNAUTHORIZED,
+                            "text/plain",
+                            "Unauthorized".into(),
+                        )
+                    })
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
