@@ -21,7 +21,11 @@ use token::{TokenAuthenticator, TokenOutcome};
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// An authenticated caller, as sent in SubjectAccessReviews.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Equal identities are equal in every field; the hash covers the name and UID only, which tell
+/// callers apart in practice: a decision-cache lookup on every request then hashes two strings,
+/// not every group and extra value (equality still compares them all).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// User name.
     pub name: String,
@@ -31,6 +35,13 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// Extra attributes from the TokenReview.
     pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl std::hash::Hash for Identity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.uid.hash(state);
+    }
 }
 
 /// What the caller's TLS connection proved, worked out once per connection.
