@@ -359,15 +359,18 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, self.host.clone());
-        let kept = lane.take(&clients);
+        // A kept connection that is still open once its last exchange is over, else a new one.
+        let mut kept = lane.take(&clients);
+        if let Some(sender) = &mut kept
+            && sender.ready().await.is_err()
+        {
+            kept = None;
+        }
         let reused = kept.is_some();
         let mut sender = match kept {
             Some(sender) => sender,
             None => self.connect(&clients).await?,
         };
-        if sender.ready().await.is_err() {
-            sender = self.connect(&clients).await?;
-        }
         let request = match sender.try_send_request(request).await {
             Ok(response) => {
                 lane.keep(clients, sender);

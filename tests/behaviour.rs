@@ -23,6 +23,7 @@ mod hostile_callers;
 mod http2;
 mod image;
 mod interactive;
+mod kubelet_connections;
 mod limits;
 mod lockdown;
 mod manifests;

@@ -97,6 +97,10 @@ pub enum Auth {
 
 struct Shared {
     auth: Auth,
+    /// TLS connections accepted.
+    connections: AtomicUsize,
+    /// Answer with `Connection: close`, as a server shedding its keep-alive connections does.
+    closing: std::sync::atomic::AtomicBool,
     requests: Mutex<Vec<Recorded>>,
     log_lines: Arc<Semaphore>,
     upgrades: AtomicUsize,
@@ -153,12 +157,24 @@ impl KubeletDouble {
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             auth,
+            connections: AtomicUsize::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             log_lines: Arc::new(Semaphore::new(0)),
             upgrades: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
         KubeletDouble { addr, shared, task }
+    }
+
+    /// How many TLS connections the kubelet has accepted.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// From now on, closes each connection after its response (`Connection: close`).
+    pub fn close_after_each_response(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
     }
 
     /// The listening address.
@@ -206,6 +222,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            shared.connections.fetch_add(1, Ordering::SeqCst);
             let peer = tls
                 .get_ref()
                 .1
@@ -215,7 +232,16 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 let peer = peer.clone();
-                async move { Ok::<_, Infallible>(route(shared, peer, req).await) }
+                async move {
+                    let closing = shared.closing.load(Ordering::SeqCst);
+                    let mut response = route(shared, peer, req).await;
+                    if closing {
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
