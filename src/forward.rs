@@ -129,7 +129,7 @@ pub struct Upstream {
 }
 
 /// The pooled clients built from one generation of the upstream TLS files.
-pub struct Clients {
+struct Clients {
     /// With the guard's credential.
     guard: Client<HttpsConnector<HttpConnector>, Incoming>,
     /// The guard's TLS configuration, for the connections of lanes.
