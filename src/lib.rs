@@ -145,6 +145,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &tls_policy,
         metrics.certificate_expiry("serving"),
     )?);
+    let node_pki = node_pki_dir.as_deref().map(node_pki::Paths::new);
+    if let Some(paths) = &node_pki {
+        node_pki::check_issued(paths)?;
+    }
     let drain = Drain::new();
     let upstream = Upstream::new(
         &upstream_settings,
@@ -152,7 +156,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         drain.clone(),
         metrics.certificate_expiry("upstream"),
     )?;
-    let node_pki = node_pki_dir.as_deref().map(node_pki::Paths::new);
     if let (Some(paths), Some(client_ca)) = (&node_pki, &serving_files.client_ca) {
         node_pki::check_not_trusted_for_callers(paths, client_ca)?;
     }

@@ -260,6 +260,24 @@ pub async fn renew(
     }
 }
 
+/// Refuses to start on a directory that `node-pki` has not prepared: names the missing file and
+/// the command that makes it.
+pub fn check_issued(paths: &Paths) -> Result<(), PkiError> {
+    for file in [&paths.ca_cert, &paths.client_cert, &paths.client_key] {
+        if !file.exists() {
+            return Err(file_error(
+                file,
+                format!(
+                    "missing from --node-pki-dir: run `kubelet-guard node-pki --dir {} \
+                     --node-name <node>` first (the DaemonSet's init container does)",
+                    paths.dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a caller CA bundle that holds the node-local CA: it signs the guard's own credential
 /// towards the kubelet and must never admit a caller.
 pub fn check_not_trusted_for_callers(paths: &Paths, client_ca: &Path) -> Result<(), PkiError> {

@@ -196,8 +196,9 @@ fn bad_input_exits_64_naming_the_file_and_changes_nothing() {
     }
 }
 
-#[tokio::test]
-async fn the_guard_refuses_the_node_ca_as_a_caller_ca() {
+/// Starts a guard on the node PKI in `dir` (and with `--client-ca-file` set to `client_ca`, if
+/// given) and returns why it refused to start.
+async fn refused_start(dir: &Path, client_ca: Option<&Path>) -> String {
     support::init();
     let ca = support::pki::Ca::new("cluster");
     let kubelet_ca = support::pki::Ca::new("kubelet");
@@ -207,23 +208,42 @@ async fn the_guard_refuses_the_node_ca_as_a_caller_ca() {
         &kubelet_ca,
     )
     .await;
-    let dir = support::temp_dir("node-pki-callers").join("pki");
-    support::guard::make_node_pki(&dir, "node-1", "168h");
     let argv: Vec<String> = support::guard::flags(&ca, &kubelet_ca, &api, &kubelet, &[])
         .into_iter()
+        // The node PKI replaces the upstream credential; `client_ca` replaces the caller CA.
         .filter(|flag| {
-            !flag.starts_with("--upstream-client-") && !flag.starts_with("--client-ca-file")
+            let replaced = flag.starts_with("--upstream-client-")
+                || (client_ca.is_some() && flag.starts_with("--client-ca-file"));
+            !replaced
         })
-        .chain([
-            format!("--node-pki-dir={}", dir.display()),
-            format!("--client-ca-file={}", dir.join("ca.crt").display()),
-        ])
+        .chain([format!("--node-pki-dir={}", dir.display())])
+        .chain(client_ca.map(|ca| format!("--client-ca-file={}", ca.display())))
         .collect();
-    let Err(refused) = support::guard::start_with_flags(&argv).await else {
-        panic!("the guard started trusting its own node CA for callers");
-    };
+    match support::guard::start_with_flags(&argv).await {
+        Ok(_) => panic!("the guard started on {}", dir.display()),
+        Err(refused) => refused,
+    }
+}
+
+#[tokio::test]
+async fn the_guard_refuses_the_node_ca_as_a_caller_ca() {
+    let dir = support::temp_dir("node-pki-callers").join("pki");
+    support::guard::make_node_pki(&dir, "node-1", "168h");
+    let refused = refused_start(&dir, Some(&dir.join("ca.crt"))).await;
     assert!(
         refused.contains("must never be trusted for callers"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_pki_directory_not_yet_prepared_says_to_run_node_pki() {
+    let dir = support::temp_dir("node-pki-missing").join("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    let refused = refused_start(&dir, None).await;
+    assert!(
+        refused.contains("ca.crt: missing from --node-pki-dir")
+            && refused.contains(&format!("kubelet-guard node-pki --dir {}", dir.display())),
         "{refused}"
     );
 }
