@@ -5,7 +5,6 @@
 
 use crate::support;
 
-use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -320,35 +319,12 @@ async fn a_certificate_caller_is_named_by_issuer_serial_and_expiry() {
 async fn a_bound_tokens_credential_id_node_and_pod_come_through_in_user_extra() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &[]).await;
-    let extra: HashMap<String, Vec<String>> = [
-        (
-            "authentication.kubernetes.io/credential-id",
-            "JTI=7c1f0c5e-3d43-4a1e-9d1b-0e6f2b8a5a10",
-        ),
-        ("authentication.kubernetes.io/node-name", "node-1"),
-        (
-            "authentication.kubernetes.io/node-uid",
-            "b8e2c6a4-5f0e-4c43-a3c7-2d9b4f1e7a21",
-        ),
-        ("authentication.kubernetes.io/pod-name", "prometheus-0"),
-        (
-            "authentication.kubernetes.io/pod-uid",
-            "0f5a3c1e-8b7d-4e2f-9a6c-1d3e5f7a9b2c",
-        ),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_owned(), vec![value.to_owned()]))
-    .collect();
-    cluster.api.add_token_with(
-        "t-bound",
-        TokenIdentity {
-            username: "system:serviceaccount:monitoring:prometheus".into(),
-            uid: "5d2e0f4b-9c1a-4b7e-8f3d-6a2c1e0b9d48".into(),
-            groups: vec!["system:serviceaccounts".into()],
-            extra: extra.clone(),
-            audiences: None,
-        },
+    let identity = TokenIdentity::bound_service_account(
+        "system:serviceaccount:monitoring:prometheus",
+        "prometheus-0",
     );
+    let extra = identity.extra.clone();
+    cluster.api.add_token_with("t-bound", identity);
     cluster
         .api
         .allow("system:serviceaccounts", "get", "metrics");

@@ -6,8 +6,6 @@
 
 use crate::support;
 
-use std::collections::HashMap;
-
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -59,39 +57,6 @@ fn normalized(mut event: Value, fixed: &Fixed) -> Value {
     event
 }
 
-/// A bound service-account token as the API server reviews it, with its `extra`.
-fn bound_token(user: &str, pod: &str) -> TokenIdentity {
-    let extra: HashMap<String, Vec<String>> = [
-        (
-            "authentication.kubernetes.io/credential-id",
-            "JTI=7c1f0c5e-3d43-4a1e-9d1b-0e6f2b8a5a10",
-        ),
-        ("authentication.kubernetes.io/node-name", "node-1"),
-        (
-            "authentication.kubernetes.io/node-uid",
-            "b8e2c6a4-5f0e-4c43-a3c7-2d9b4f1e7a21",
-        ),
-        ("authentication.kubernetes.io/pod-name", pod),
-        (
-            "authentication.kubernetes.io/pod-uid",
-            "0f5a3c1e-8b7d-4e2f-9a6c-1d3e5f7a9b2c",
-        ),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_owned(), vec![value.to_owned()]))
-    .collect();
-    TokenIdentity {
-        username: user.into(),
-        uid: "5d2e0f4b-9c1a-4b7e-8f3d-6a2c1e0b9d48".into(),
-        groups: vec![
-            "system:serviceaccounts".into(),
-            "system:serviceaccounts:monitoring".into(),
-        ],
-        extra,
-        audiences: None,
-    }
-}
-
 #[tokio::test]
 async fn the_documented_examples_are_what_the_guard_writes() {
     let mut written: Vec<(&str, Value)> = Vec::new();
@@ -100,14 +65,16 @@ async fn the_documented_examples_are_what_the_guard_writes() {
     let log = AuditLog::new();
     let cluster = Cluster::start(&[log.flag()]).await;
     let prometheus = "system:serviceaccount:monitoring:prometheus";
-    cluster
-        .api
-        .add_token_with("t-prometheus", bound_token(prometheus, "prometheus-0"));
+    cluster.api.add_token_with(
+        "t-prometheus",
+        TokenIdentity::bound_service_account(prometheus, "prometheus-0"),
+    );
     cluster.api.allow(prometheus, "get", "metrics");
     let legacy = "system:serviceaccount:monitoring:legacy-agent";
-    cluster
-        .api
-        .add_token_with("t-legacy", bound_token(legacy, "legacy-agent-7d9f8"));
+    cluster.api.add_token_with(
+        "t-legacy",
+        TokenIdentity::bound_service_account(legacy, "legacy-agent-7d9f8"),
+    );
     cluster.api.allow(legacy, "get", "proxy");
     cluster
         .api
@@ -191,9 +158,10 @@ async fn the_documented_examples_are_what_the_guard_writes() {
     // Observe mode: a would-be refusal, forwarded with the caller's own token.
     let log = AuditLog::new();
     let observing = Cluster::start(&[log.flag(), "--mode=observe"]).await;
-    observing
-        .api
-        .add_token_with("t-legacy", bound_token(legacy, "legacy-agent-7d9f8"));
+    observing.api.add_token_with(
+        "t-legacy",
+        TokenIdentity::bound_service_account(legacy, "legacy-agent-7d9f8"),
+    );
     observing.api.allow(legacy, "get", "metrics");
     assert_eq!(observing.get("/pods", "t-legacy").await.0, StatusCode::OK);
     let event = log.events(1).await.remove(0);

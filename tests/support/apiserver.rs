@@ -57,6 +57,41 @@ pub struct TokenIdentity {
     pub audiences: Option<Vec<String>>,
 }
 
+impl TokenIdentity {
+    /// A bound service-account token as the API server reviews it, with its `extra`.
+    pub fn bound_service_account(user: &str, pod: &str) -> TokenIdentity {
+        let extra: HashMap<String, Vec<String>> = [
+            (
+                "authentication.kubernetes.io/credential-id",
+                "JTI=7c1f0c5e-3d43-4a1e-9d1b-0e6f2b8a5a10",
+            ),
+            ("authentication.kubernetes.io/node-name", "node-1"),
+            (
+                "authentication.kubernetes.io/node-uid",
+                "b8e2c6a4-5f0e-4c43-a3c7-2d9b4f1e7a21",
+            ),
+            ("authentication.kubernetes.io/pod-name", pod),
+            (
+                "authentication.kubernetes.io/pod-uid",
+                "0f5a3c1e-8b7d-4e2f-9a6c-1d3e5f7a9b2c",
+            ),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), vec![value.to_owned()]))
+        .collect();
+        TokenIdentity {
+            username: user.into(),
+            uid: "5d2e0f4b-9c1a-4b7e-8f3d-6a2c1e0b9d48".into(),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:monitoring".into(),
+            ],
+            extra,
+            audiences: None,
+        }
+    }
+}
+
 /// One HTTP request the double received, whatever its outcome.
 #[derive(Clone, Debug)]
 pub struct ApiRequest {
