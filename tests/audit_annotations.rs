@@ -12,7 +12,6 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use support::apiserver::TokenIdentity;
 use support::audit_log::AuditLog;
-use support::client::WsStream;
 use support::guard::Cluster;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -27,18 +26,6 @@ async fn cluster(log: &AuditLog, extra: &[&str]) -> Cluster {
     cluster.api.add_token(TOKEN, USER, "uid-7", &["ops"]);
     cluster.api.allow(USER, "*", "*");
     cluster
-}
-
-/// Opens an exec-style WebSocket to `target` and reads the kubelet's greeting.
-async fn websocket(cluster: &Cluster, target: &str) -> WsStream {
-    let (response, mut socket) = cluster
-        .client()
-        .websocket(cluster.addr(), target, Some(TOKEN), &["v5.channel.k8s.io"])
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    socket.next().await.unwrap().unwrap();
-    socket
 }
 
 /// The first event whose `requestURI` is `target`, at `stage`.
@@ -68,7 +55,7 @@ async fn the_target_pod_is_the_one_the_pod_check_reads() {
     let cluster = cluster(&log, &["--pod-scoped-authz"]).await;
     cluster.api.allow_pod(USER, "create", "exec", "team-a");
     let target = "/exec/team-a/web-0/6f1c-0001/app?command=id&output=1";
-    let _socket = websocket(&cluster, target).await;
+    let _socket = cluster.exec_websocket(target, TOKEN).await;
 
     let started = event(&log, target, "ResponseStarted").await;
     assert_eq!(
@@ -93,7 +80,7 @@ async fn a_path_without_a_pod_uid_names_no_uid() {
     let logs = "/containerLogs/team-a/web-0/app?tailLines=10";
     assert_eq!(cluster.get(logs, TOKEN).await.0, StatusCode::OK);
     let exec = "/exec/team-a/web-0/app?command=id&output=1";
-    let _socket = websocket(&cluster, exec).await;
+    let _socket = cluster.exec_websocket(exec, TOKEN).await;
     assert_eq!(cluster.get("/metrics", TOKEN).await.0, StatusCode::OK);
 
     let expected = json!({
@@ -139,7 +126,7 @@ async fn the_command_is_decoded_and_quoted_as_a_shell_shows_it() {
     let exec = "/exec/team-a/web-0/app?command=sh&command=-c\
                 &command=echo+%22it%27s+here%22%20%3E%20/tmp/out%20%26%26%20cat%20/tmp/out\
                 &command=&command=100%25&output=1";
-    let _socket = websocket(&cluster, exec).await;
+    let _socket = cluster.exec_websocket(exec, TOKEN).await;
     // /run reads its first `cmd` and splits it at each space, as the kubelet does.
     let run = "/run/team-a/web-0/app?cmd=ls+-l%20%2Fvar%2Flog";
     let response = cluster
@@ -172,9 +159,9 @@ async fn the_requested_streams_are_recorded_for_exec_and_attach() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &[]).await;
     let exec = "/exec/team-a/web-0/app?command=sh&input=1&output=1&tty=1";
-    let _exec = websocket(&cluster, exec).await;
+    let _exec = cluster.exec_websocket(exec, TOKEN).await;
     let attach = "/attach/team-a/web-0/app?output=1&error=1";
-    let _attach = websocket(&cluster, attach).await;
+    let _attach = cluster.exec_websocket(attach, TOKEN).await;
 
     let streams = ["stdin", "stdout", "stderr", "tty"];
     let started = event(&log, exec, "ResponseStarted").await;
@@ -210,7 +197,7 @@ async fn a_port_forward_records_its_ports() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &[]).await;
     let forward = "/portForward/team-a/web-0?port=8080,9090&port=53";
-    let _socket = websocket(&cluster, forward).await;
+    let _socket = cluster.exec_websocket(forward, TOKEN).await;
     let started = event(&log, forward, "ResponseStarted").await;
     assert_eq!(
         started["annotations"]["kubelet-guard.io/ports"],
@@ -349,7 +336,7 @@ async fn a_stream_ends_as_the_caller_or_the_kubelet_closed_it() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &[]).await;
     let hung_up = "/exec/team-a/web-0/app?command=top&output=1";
-    let socket = websocket(&cluster, hung_up).await;
+    let socket = cluster.exec_websocket(hung_up, TOKEN).await;
     drop(socket);
     let ended = event(&log, hung_up, "ResponseComplete").await;
     assert_eq!(
@@ -359,7 +346,7 @@ async fn a_stream_ends_as_the_caller_or_the_kubelet_closed_it() {
 
     // After a close handshake the server closes first (RFC 6455 section 7.1.1): here the kubelet.
     let finished = "/exec/team-a/web-0/app?command=true&output=1";
-    let mut socket = websocket(&cluster, finished).await;
+    let mut socket = cluster.exec_websocket(finished, TOKEN).await;
     socket.close(None).await.unwrap();
     while socket.next().await.is_some() {}
     let ended = event(&log, finished, "ResponseComplete").await;
@@ -375,7 +362,7 @@ async fn a_stream_cut_at_shutdown_ends_as_shutdown_and_is_still_written() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &["--shutdown-grace-period=200ms"]).await;
     let target = "/exec/team-a/web-0/app?command=sh&input=1&output=1";
-    let mut socket = websocket(&cluster, target).await;
+    let mut socket = cluster.exec_websocket(target, TOKEN).await;
     socket
         .send(Message::binary(b"\x00still here\n".to_vec()))
         .await

@@ -158,13 +158,7 @@ async fn an_upgraded_stream_is_audited_when_it_starts_and_when_it_closes() {
     let (cluster, log) = audited(&[]).await;
     cluster.api.allow(USER, "create", "proxy");
     let target = "/exec/default/web/app?command=sh&command=-c&command=id&stdin=1&stdout=1";
-    let (response, mut socket) = cluster
-        .client()
-        .websocket(cluster.addr(), target, Some(TOKEN), &["v5.channel.k8s.io"])
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    socket.next().await.unwrap().unwrap();
+    let mut socket = cluster.exec_websocket(target, TOKEN).await;
     socket
         .send(Message::binary(b"\x00whoami\n".to_vec()))
         .await

@@ -22,13 +22,7 @@ async fn a_token_in_a_command_is_redacted_in_the_event_and_run_as_sent() {
     let exec = "/exec/team-a/web-0/app?command=curl&command=-H\
                 &command=Authorization%3A%20Bearer%20xyz-secret-1\
                 &command=--token%3Dsecret-2&command=https%3A%2F%2Fapi.internal&output=1";
-    let (response, mut socket) = cluster
-        .client()
-        .websocket(cluster.addr(), exec, Some(TOKEN), &["v5.channel.k8s.io"])
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    socket.next().await.unwrap().unwrap();
+    let mut socket = cluster.exec_websocket(exec, TOKEN).await;
     socket.close(None).await.unwrap();
     while socket.next().await.is_some() {}
     let run = "/run/team-a/web-0/app?cmd=mysql+--password+secret-3+-e+status";

@@ -114,6 +114,24 @@ impl Cluster {
         (status, body)
     }
 
+    /// Opens an exec-style WebSocket (`v5.channel.k8s.io`) to `target` with a bearer token,
+    /// expects the 101 and reads the kubelet double's greeting.
+    pub async fn exec_websocket(&self, target: &str, token: &str) -> super::client::WsStream {
+        use futures_util::StreamExt;
+        let (response, mut socket) = self
+            .client()
+            .websocket(self.addr(), target, Some(token), &["v5.channel.k8s.io"])
+            .await
+            .expect("WebSocket handshake");
+        assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        socket
+            .next()
+            .await
+            .expect("a greeting")
+            .expect("the greeting frame");
+        socket
+    }
+
     /// How often `limit` was hit (`kubelet_guard_limit_hits_total`).
     pub async fn limit_hits(&self, limit: &str) -> u64 {
         let series = format!("kubelet_guard_limit_hits_total{{limit=\"{limit}\"}} ");
