@@ -270,10 +270,16 @@ impl Upstream {
                 .collect();
             (parts.headers.get(header::AUTHORIZATION).cloned(), protocols)
         });
-        // The target as received, never re-parsed: what was classified is what is sent.
+        // The caller connection's own kubelet connection carries the guard's credential only,
+        // and an upgrade takes its connection away: those use the pool.
+        let lane = lane.filter(|_| credential == Credential::Guard && !upgrade);
+        // The target as received, never re-parsed: what was classified is what is sent. On a
+        // lane in origin-form with `Host`, as written on the wire; the pool takes it absolute.
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTPS);
-        uri.authority = Some(self.authority.clone());
+        if lane.is_none() {
+            uri.scheme = Some(http::uri::Scheme::HTTPS);
+            uri.authority = Some(self.authority.clone());
+        }
         uri.path_and_query = parts.uri.path_and_query().cloned();
         let uri = http::Uri::from_parts(uri)
             .map_err(|_| ForwardError::Internal("the upstream URI cannot be built"))?;
@@ -288,6 +294,9 @@ impl Upstream {
         };
         let mut headers = std::mem::take(&mut parts.headers);
         strip_request(&mut headers, upgrade);
+        if lane.is_some() {
+            headers.insert(header::HOST, self.host.clone());
+        }
         match caller {
             None => {
                 if let Some(token) = &self.token {
@@ -313,10 +322,8 @@ impl Upstream {
 
         let exchange = async {
             match lane {
-                Some(lane) if credential == Credential::Guard && !upgrade => {
-                    self.through(lane, Arc::clone(&clients), outbound).await
-                }
-                _ => client.request(outbound).await.map_err(unreachable),
+                Some(lane) => self.through(lane, Arc::clone(&clients), outbound).await,
+                None => client.request(outbound).await.map_err(unreachable),
             }
         };
         let mut response = tokio::time::timeout(self.timeout, exchange)
@@ -338,27 +345,15 @@ impl Upstream {
             stream,
         })
     }
-}
 
-impl Upstream {
     /// One exchange on `lane`'s kubelet connection, made now if it has none from this generation
     /// of the TLS files, and kept for the caller connection's next request.
     async fn through(
         &self,
         lane: &Lane,
         clients: Arc<Clients>,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        // Origin-form and Host, as the pooled client writes them.
-        let origin = request
-            .uri()
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
-        *request.uri_mut() = http::Uri::try_from(origin)
-            .map_err(|_| ForwardError::Internal("the request-target cannot be rebuilt"))?;
-        request
-            .headers_mut()
-            .insert(header::HOST, self.host.clone());
         // A kept connection that is still open once its last exchange is over, else a new one.
         let mut kept = lane.take(&clients);
         if let Some(sender) = &mut kept
