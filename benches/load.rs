@@ -327,9 +327,7 @@ impl Guard {
     /// Stops the guard as the kubelet's node would (SIGTERM), so a `LOAD_WRAPPER` such as
     /// callgrind writes its profile; killed if it has not exited within 30 s.
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        support::sigterm(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if !matches!(self.child.try_wait(), Ok(None)) {

@@ -259,11 +259,7 @@ async fn kubectl_logs_of_an_observing_guard_piped_to_rbac_audit_name_the_same_ca
     let made = exercise(&TlsClient::new(ca.cert_path(), None), addr).await;
 
     // SIGTERM: the guard drains its audit queue and exits, closing its stdout.
-    let status = Command::new("kill")
-        .args(["-TERM", &guard.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(support::sigterm(guard.id()));
     let mut audit_lines = String::new();
     stdout.read_to_string(&mut audit_lines).unwrap();
     assert_eq!(guard.wait().unwrap().code(), Some(0));

@@ -188,11 +188,7 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
     let response = cluster.client().send(addr, request).await;
     let mut log = response.into_body();
     assert_eq!(next_line(&mut log).await.as_deref(), Some("line 1\n"));
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    assert!(support::sigterm(child.id()));
     with_deadline("the binary refuses new connections", async {
         while tokio::net::TcpStream::connect(addr).await.is_ok() {
             tokio::task::yield_now().await;

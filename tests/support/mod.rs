@@ -38,6 +38,15 @@ pub fn init() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
 }
 
+/// Sends SIGTERM to process `pid`, as the kubelet's node does to stop the guard; whether `kill`
+/// could send it.
+pub fn sigterm(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 /// Creates a fresh, empty directory under the system temp dir, unique to this process and call.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
