@@ -7,7 +7,7 @@
 //! /metrics with one token for `LOAD_SECONDS` (10), or exactly `LOAD_REQUESTS` each when set;
 //! (2) `LOAD_IDENTITIES` (10,000) distinct tokens each make one request over 16 keep-alive
 //! connections, filling both caches; (3) `LOAD_IDLE` (1,000) idle TLS connections held open;
-//! (4) as many keep-alive connections idle after one request each.
+//! (4) `LOAD_KEPT` (as many as idle ones) keep-alive connections idle after one request each.
 //! Memory is read after each phase.
 //!
 //! Then hostile callers, each against a fresh guard (so its peak memory is the flood's) while a
@@ -80,6 +80,7 @@ async fn main() {
     let connections = setting("LOAD_CONNECTIONS", 32);
     let idle = setting("LOAD_IDLE", 1000);
     let identities = setting("LOAD_IDENTITIES", 10_000);
+    let kept_alive = setting("LOAD_KEPT", idle);
 
     let ca = Ca::new("cluster");
     let kubelet_ca = Ca::new("kubelet");
@@ -195,14 +196,14 @@ async fn main() {
     // Phase 4: keep-alive connections idle after one request each (each keeps its kubelet
     // connection, its lane).
     let mut kept = Vec::new();
-    for _ in 0..idle {
+    for _ in 0..kept_alive {
         let mut sender = keep_alive(&client, guard.addr).await;
         assert_eq!(get(&mut sender, "t-scraper").await, 200);
         kept.push(sender);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "{idle} keep-alive connections idle after one request each; {}",
+        "{kept_alive} keep-alive connections idle after one request each; {}",
         usage(&guard.child)
     );
     drop(kept);
