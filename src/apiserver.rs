@@ -216,7 +216,7 @@ impl AccessReviewer for ApiServer {
                     "SubjectAccessReview without status".into(),
                 ));
             };
-            let reason = status.reason.unwrap_or_default();
+            let reason: Arc<str> = status.reason.unwrap_or_default().into();
             match (status.allowed, status.denied == Some(true)) {
                 (true, true) => Err(ReviewError::Inconsistent("both allowed and denied".into())),
                 (true, false) => Ok(Decision::Allow { reason }),
@@ -462,9 +462,7 @@ mod tests {
             ),
             (
                 json!({"allowed": false, "denied": true}),
-                Some(Decision::Deny {
-                    reason: String::new(),
-                }),
+                Some(Decision::Deny { reason: "".into() }),
             ),
         ] {
             let (api, mut handle) = api_server(&[]);

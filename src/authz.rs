@@ -20,13 +20,15 @@ use decisions::DecisionCache;
 pub enum Decision {
     /// The caller may.
     Allow {
-        /// The authorizer's reason, possibly empty.
-        reason: String,
+        /// The authorizer's reason, possibly empty; shared, as a cached decision is read by every
+        /// request it answers.
+        reason: Arc<str>,
     },
     /// The caller may not.
     Deny {
-        /// The authorizer's reason, possibly empty.
-        reason: String,
+        /// The authorizer's reason, possibly empty; shared, as a cached decision is read by every
+        /// request it answers.
+        reason: Arc<str>,
     },
 }
 

@@ -80,11 +80,9 @@ impl AccessReviewer for PolicyFile {
         };
         let decision = match self.policy.current().authorize(who, &request) {
             Some(grant) => Decision::Allow {
-                reason: format!("RBAC: allowed by {grant}"),
+                reason: format!("RBAC: allowed by {grant}").into(),
             },
-            None => Decision::Deny {
-                reason: String::new(),
-            },
+            None => Decision::Deny { reason: "".into() },
         };
         Box::pin(std::future::ready(Ok(decision)))
     }

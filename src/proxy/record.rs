@@ -219,7 +219,7 @@ fn event(
             if allowed { "allow" } else { "forbid" }.to_owned(),
         );
         let reason = verdict.checks.last().map(|(_, decision)| match decision {
-            Decision::Allow { reason } | Decision::Deny { reason } => reason.clone(),
+            Decision::Allow { reason } | Decision::Deny { reason } => reason.to_string(),
         });
         if let Some(reason) = reason
             .filter(|r| !r.is_empty())
@@ -313,7 +313,7 @@ fn user_info(who: &Identity) -> UserInfo {
     UserInfo {
         username: who.name.clone(),
         uid: who.uid.clone(),
-        groups: who.groups.clone(),
+        groups: who.groups.to_vec(),
         extra: who.extra.clone(),
     }
 }
