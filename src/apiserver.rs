@@ -163,7 +163,7 @@ impl TokenReviewer for ApiServer {
             Ok(TokenOutcome::Authenticated(Arc::new(Identity {
                 name,
                 uid: user.uid.unwrap_or_default(),
-                groups: user.groups.unwrap_or_default(),
+                groups: user.groups.unwrap_or_default().into(),
                 extra: user.extra.unwrap_or_default(),
             })))
         })
@@ -188,7 +188,7 @@ impl AccessReviewer for ApiServer {
                 spec: SubjectAccessReviewSpec {
                     user: Some(who.name.clone()),
                     uid: (!who.uid.is_empty()).then(|| who.uid.clone()),
-                    groups: Some(who.groups.clone()),
+                    groups: Some(who.groups.to_vec()),
                     extra: (!who.extra.is_empty()).then(|| who.extra.clone()),
                     resource_attributes: Some(ResourceAttributes {
                         group: Some(String::new()),
@@ -328,7 +328,7 @@ mod tests {
         Identity {
             name: "alice".into(),
             uid: "u-1".into(),
-            groups: vec!["ops".into()],
+            groups: Arc::new(["ops".to_owned()]),
             extra: [("scopes".to_owned(), vec!["a".to_owned()])].into(),
         }
     }

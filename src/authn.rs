@@ -31,8 +31,9 @@ pub struct Identity {
     pub name: String,
     /// User UID, empty when unknown.
     pub uid: String,
-    /// Groups, in the order the authenticator gave them.
-    pub groups: Vec<String>,
+    /// Groups, in the order the authenticator gave them; shared, so identities of a token file
+    /// with the same groups keep one list.
+    pub groups: Arc<[String]>,
     /// Extra attributes from the TokenReview.
     pub extra: BTreeMap<String, Vec<String>>,
 }
@@ -108,7 +109,7 @@ impl Identity {
         Self {
             name: "system:anonymous".into(),
             uid: String::new(),
-            groups: vec!["system:unauthenticated".into()],
+            groups: Arc::new(["system:unauthenticated".to_owned()]),
             extra: BTreeMap::new(),
         }
     }
@@ -131,7 +132,9 @@ impl Identity {
     /// Adds `system:authenticated` unless it is already there.
     pub fn authenticated(mut self) -> Self {
         if !self.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
-            self.groups.push(AUTHENTICATED_GROUP.into());
+            let mut groups = self.groups.to_vec();
+            groups.push(AUTHENTICATED_GROUP.into());
+            self.groups = groups.into();
         }
         self
     }
@@ -229,11 +232,11 @@ mod tests {
         let identity = Identity {
             name: "a".into(),
             uid: String::new(),
-            groups: vec!["g".into()],
+            groups: Arc::new(["g".to_owned()]),
             extra: BTreeMap::new(),
         };
         let identity = identity.authenticated().authenticated();
-        assert_eq!(identity.groups, ["g", AUTHENTICATED_GROUP]);
+        assert_eq!(identity.groups[..], ["g", AUTHENTICATED_GROUP]);
         assert!(
             !Identity::anonymous()
                 .groups

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use kubelet_guard::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
 use kubelet_guard::authn::Identity;
@@ -256,10 +257,10 @@ fn check_emitted(dir: &Path, report: &Value) -> usize {
                 subject["name"].as_str().unwrap()
             ),
             uid: String::new(),
-            groups: vec![
+            groups: Arc::new([
                 "system:serviceaccounts".to_owned(),
                 "system:authenticated".to_owned(),
-            ],
+            ]),
             extra: BTreeMap::new(),
         };
         let expected = suggested(suggestion);

@@ -1,6 +1,7 @@
 //! Static bearer tokens: kube-apiserver's `--token-auth-file`, the authenticator of embedded mode.
 //!
-//! Owns: parsing the token file into a table from token to [`Identity`], and looking tokens up.
+//! Owns: parsing the token file into a table from token digest to [`Identity`] (the tokens
+//! themselves are not kept), and looking tokens up.
 //!
 //! Must not: read files, log, or reveal a token. No error message and no `Debug` output contains
 //! a token: errors name lines, and [`StaticTokens`] prints only how many tokens it holds.
@@ -16,18 +17,20 @@
 //! - group names are trimmed and empty ones dropped (`"a, b,"` is `a` and `b`);
 //! - a quoted field cannot span lines.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use crate::authn::Identity;
+use crate::authn::token::TokenDigest;
 
 /// The identities of a token file, by token.
 #[derive(Clone)]
 pub struct StaticTokens {
+    /// By the token's digest, as the token cache keeps them: the file's tokens are not kept.
     /// Shared with the token cache, so a cached identity costs no second copy.
-    by_token: HashMap<String, Arc<Identity>>,
+    by_token: HashMap<TokenDigest, Arc<Identity>>,
 }
 
 /// Why a token file was rejected. Never contains a token.
@@ -82,44 +85,40 @@ impl StaticTokens {
     /// Parses the text of a token file.
     pub fn parse(text: &str) -> Result<StaticTokens, TokenFileError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let mut by_token: HashMap<String, (usize, Identity)> = HashMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line_number = index + 1;
-            let at_line = |problem| TokenFileError::Record {
-                line: line_number,
-                problem,
-            };
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
+        let mut by_token = HashMap::new();
+        // Identities with the same groups share one list: a file of ten thousand service
+        // accounts in a handful of groups keeps a handful of lists.
+        let mut group_lists: HashSet<Arc<[String]>> = HashSet::new();
+        for (line, record) in records(text) {
+            let at_line = |problem| TokenFileError::Record { line, problem };
+            let (token, identity) = record.map_err(at_line)?;
+            let mut identity = identity.authenticated();
+            match group_lists.get(&identity.groups) {
+                Some(shared) => identity.groups = Arc::clone(shared),
+                None => {
+                    group_lists.insert(Arc::clone(&identity.groups));
+                }
             }
-            let (token, identity) = record(line).map_err(at_line)?;
-            match by_token.entry(token) {
-                Entry::Occupied(first) => {
-                    let first_line = first.get().0;
+            match by_token.entry(TokenDigest::of(&token)) {
+                Entry::Occupied(_) => {
+                    let first_line = first_line_of(text, &token);
                     return Err(at_line(RecordProblem::DuplicateToken { first_line }));
                 }
                 Entry::Vacant(slot) => {
-                    slot.insert((line_number, identity));
+                    slot.insert(Arc::new(identity));
                 }
             }
         }
         if by_token.is_empty() {
             return Err(TokenFileError::NoTokens);
         }
-        let by_token = by_token
-            .into_iter()
-            .map(|(token, (_, identity)): (String, (usize, Identity))| {
-                (token, Arc::new(identity.authenticated()))
-            })
-            .collect();
         Ok(StaticTokens { by_token })
     }
 
     /// The identity the file gives `token`, or `None` for an unknown token.
     /// Every identity has `system:authenticated` added, as the token authenticator adds it.
     pub fn lookup(&self, token: &str) -> Option<&Arc<Identity>> {
-        self.by_token.get(token)
+        self.by_token.get(&TokenDigest::of(token))
     }
 
     /// How many tokens the file defines (for a startup log line).
@@ -135,6 +134,24 @@ impl fmt::Debug for StaticTokens {
             .field("tokens", &self.by_token.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The records of a file with their 1-based line numbers, skipping blank lines and comments.
+fn records(text: &str) -> impl Iterator<Item = (usize, Result<(String, Identity), RecordProblem>)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let trimmed = line.trim();
+            !trimmed.is_empty() && !trimmed.starts_with('#')
+        })
+        .map(|(index, line)| (index + 1, record(line)))
+}
+
+/// The line where `token` first appears; called once a later line repeats it, so there is one.
+fn first_line_of(text: &str, token: &str) -> usize {
+    records(text)
+        .find_map(|(line, record)| record.is_ok_and(|(t, _)| t == token).then_some(line))
+        .unwrap_or_default()
 }
 
 /// One record: its token and the identity it stands for.
@@ -239,7 +256,7 @@ mod tests {
         let alice = tokens.lookup("s3cr3t").unwrap();
         assert_eq!(alice.name, "alice");
         assert_eq!(alice.uid, "1001");
-        assert_eq!(alice.groups, ["system:authenticated"]);
+        assert_eq!(alice.groups[..], ["system:authenticated"]);
         assert!(alice.extra.is_empty());
     }
 
@@ -247,7 +264,7 @@ mod tests {
     fn quoted_fourth_column_holds_groups() {
         let tokens = parse("t,alice,1,\"system:masters,ops\"\n");
         assert_eq!(
-            tokens.lookup("t").unwrap().groups,
+            tokens.lookup("t").unwrap().groups[..],
             ["system:masters", "ops", "system:authenticated"]
         );
     }
@@ -257,7 +274,7 @@ mod tests {
         // As in Go's CSV reader, an unquoted comma starts a fifth column, which is ignored.
         let tokens = parse("t,alice,1,ops,extra\n");
         assert_eq!(
-            tokens.lookup("t").unwrap().groups,
+            tokens.lookup("t").unwrap().groups[..],
             ["ops", "system:authenticated"]
         );
     }
@@ -266,10 +283,13 @@ mod tests {
     fn group_names_are_trimmed_and_empty_ones_dropped() {
         let tokens = parse("t,alice,1,\" a, b ,,\"\nu,bob,2,\n");
         assert_eq!(
-            tokens.lookup("t").unwrap().groups,
+            tokens.lookup("t").unwrap().groups[..],
             ["a", "b", "system:authenticated"]
         );
-        assert_eq!(tokens.lookup("u").unwrap().groups, ["system:authenticated"]);
+        assert_eq!(
+            tokens.lookup("u").unwrap().groups[..],
+            ["system:authenticated"]
+        );
     }
 
     #[test]
@@ -294,6 +314,15 @@ mod tests {
         assert_eq!(tokens.token_count(), 2);
         assert_eq!(tokens.lookup("t1").unwrap().uid, "1");
         assert_eq!(tokens.lookup("t2").unwrap().name, "bob");
+    }
+
+    #[test]
+    fn identities_with_the_same_groups_share_one_list() {
+        let tokens = parse("t1,alice,1,\"ops,dev\"\nt2,bob,2,\"ops,dev\"\nt3,carol,3,ops\n");
+        let [alice, bob, carol] = ["t1", "t2", "t3"].map(|t| tokens.lookup(t).unwrap());
+        assert!(Arc::ptr_eq(&alice.groups, &bob.groups));
+        assert!(!Arc::ptr_eq(&alice.groups, &carol.groups));
+        assert_eq!(carol.groups[..], ["ops", "system:authenticated"]);
     }
 
     #[test]

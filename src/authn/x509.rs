@@ -95,7 +95,10 @@ mod tests {
             panic!("no identity")
         };
         assert_eq!(identity.name, "system:node:node-1");
-        assert_eq!(identity.groups, ["system:nodes", "system:authenticated"]);
+        assert_eq!(
+            identity.groups[..],
+            ["system:nodes", "system:authenticated"]
+        );
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl Call {
             who: Identity {
                 name: event.user.username.clone(),
                 uid: String::new(),
-                groups: event.user.groups.clone(),
+                groups: event.user.groups.as_slice().into(),
                 extra: BTreeMap::new(),
             },
             subresource,
