@@ -312,10 +312,7 @@ async fn reviewers(
                 embedded::parse_policy,
             )?);
             watched.push(policy.clone());
-            Arc::new(PolicyFile {
-                policy,
-                node: node.clone(),
-            })
+            Arc::new(PolicyFile::new(policy, node.clone()))
         }
         None => connected(&mut api, settings, node, metrics).await?,
     };

@@ -101,7 +101,7 @@ pub enum RoleKind {
 }
 
 /// Which binding, through which role, allowed a request (for audit records).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Grant {
     /// Name of the binding.
     pub binding: String,
