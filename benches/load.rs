@@ -16,6 +16,9 @@
 //! admin listener while `/healthz` is probed. Each reports the guard's peak RSS, the scraper's
 //! failed requests and its slowest one. `LOAD_FLOODS=0` skips them.
 //!
+//! `KUBELET_GUARD` names another build of the guard to run, such as the image's
+//! (`cargo build --profile dist`: `target/dist/kubelet-guard`).
+//!
 //! `LOAD_WRAPPER` runs the guard under a command, for example
 //! `LOAD_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/guard.cg"` with
 //! `LOAD_REQUESTS=200 LOAD_CONNECTIONS=4 LOAD_IDENTITIES=0 LOAD_IDLE=0 LOAD_FLOODS=0`: instruction
@@ -231,7 +234,10 @@ impl Bench {
         argv.push(format!("--rbac-policy-file={}", self.policy.display()));
         let wrapper = std::env::var("LOAD_WRAPPER").unwrap_or_default();
         let mut command: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
-        command.push(env!("CARGO_BIN_EXE_kubelet-guard").to_owned());
+        command.push(
+            std::env::var("KUBELET_GUARD")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kubelet-guard").to_owned()),
+        );
         command.extend(argv.into_iter().skip(1));
         let child = Command::new(&command[0])
             .args(&command[1..])
