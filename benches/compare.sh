@@ -309,6 +309,8 @@ if ((rounds > 1)); then
   for b in "${!bodies[@]}"; do summary "$b"; done
 fi
 echo
-echo "reproduce: cd $root && cargo build --release && ${KUBELET_GUARD:+KUBELET_GUARD=$KUBELET_GUARD }BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
+build="cargo build --release"
+[ -z "${KUBELET_GUARD:-}" ] || build="KUBELET_GUARD=$KUBELET_GUARD"
+echo "reproduce: cd $root && $build && BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
      "BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads benches/compare.sh"
 [ -z "${failed:-}" ] || die "a run failed: see the status column"
