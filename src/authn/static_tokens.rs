@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::authn::Identity;
 use crate::authn::token::TokenDigest;
 
-/// The identities of a token file, by token.
+/// The identities of a token file, by token digest.
 #[derive(Clone)]
 pub struct StaticTokens {
     /// By the token's digest, as the token cache keeps them: the file's tokens are not kept.
