@@ -178,57 +178,67 @@ impl Context {
 }
 
 /// Serves one accepted connection until it closes, a limit closes it, or shutdown does.
-pub(super) async fn serve(
+///
+/// An async block, not an async fn: an async fn's future keeps its arguments and a moved copy of
+/// each side by side, in every idle connection's task.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds each argument twice"
+)]
+pub(super) fn serve(
     context: Arc<Context>,
     tcp: TcpStream,
     addr: SocketAddr,
     slot: OwnedSemaphorePermit,
     admission: Ticket,
     mut open: Tracked,
-) {
-    let gauge = context.state.metrics.connection();
-    // The serving configuration in force now: a rotated certificate applies from the next accept.
-    let acceptor = TlsAcceptor::from(context.tls.current());
-    // The handshake's state is boxed and the TLS stream comes out boxed, so what a connection's
-    // task holds while it waits for the first bytes is pointers: the task was 4.7 KiB, the
-    // handshake's state and a moved copy of the stream side by side in it.
-    let handshake = tokio::select! {
-        handshake = Box::pin(handshake(&acceptor, tcp, addr, admission)) => handshake,
-        () = open.draining() => None,
-    };
-    let Some((mut tls, peer)) = handshake else {
-        return;
-    };
-    // Nothing of HTTP is built before the caller sends its first bytes: an idle connection then
-    // costs its TLS state and this small task, not hyper's buffers (16 KiB) as well.
-    let mut first = [0u8; FIRST_READ];
-    let read = tokio::select! {
-        read = tokio::time::timeout(context.limits.header_read_timeout, tls.read(&mut first)) => read,
-        () = open.draining() => return,
-    };
-    let first = match read {
-        Ok(Ok(0)) => return,
-        Ok(Ok(n)) => first[..n].to_vec(),
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %addr, error = %e, "connection failed before its first request");
+) -> impl Future<Output = ()> {
+    async move {
+        let gauge = context.state.metrics.connection();
+        // The serving configuration in force now: a rotated certificate applies from the next
+        // accept.
+        let acceptor = TlsAcceptor::from(context.tls.current());
+        // The handshake's state is boxed and the TLS stream comes out boxed, so what a
+        // connection's task holds while it waits for the first bytes is pointers: the task was
+        // 4.7 KiB, the handshake's state and a moved copy of the stream side by side in it.
+        let accepted = tokio::select! {
+            accepted = Box::pin(handshake(acceptor, tcp, addr, admission)) => accepted,
+            () = open.draining() => None,
+        };
+        let Some((mut tls, peer)) = accepted else {
             return;
-        }
-        Err(_) => {
-            context
-                .state
-                .metrics
-                .limit_hit(Limit::HeaderReadTimeout.as_str());
-            return;
-        }
-    };
-    Box::pin(serve_http(context, tls, peer, first, slot, gauge, open)).await;
+        };
+        // Nothing of HTTP is built before the caller sends its first bytes: an idle connection
+        // then costs its TLS state and this small task, not hyper's buffers (16 KiB) as well.
+        let mut first = [0u8; FIRST_READ];
+        let read = tokio::select! {
+            read = tokio::time::timeout(context.limits.header_read_timeout, tls.read(&mut first)) => read,
+            () = open.draining() => return,
+        };
+        let first = match read {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => first[..n].to_vec(),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %addr, error = %e, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                context
+                    .state
+                    .metrics
+                    .limit_hit(Limit::HeaderReadTimeout.as_str());
+                return;
+            }
+        };
+        Box::pin(serve_http(context, tls, peer, first, slot, gauge, open)).await;
+    }
 }
 
 /// Serves HTTP on a connection whose caller has sent `first`, until it closes.
 async fn serve_http(
     context: Arc<Context>,
     tls: Box<TlsStream<TcpStream>>,
-    peer: Peer,
+    peer: Arc<Peer>,
     first: Vec<u8>,
     slot: OwnedSemaphorePermit,
     gauge: ConnectionGuard,
@@ -249,7 +259,7 @@ async fn serve_http(
         _slot: slot,
         _open: gauge,
     });
-    let (state, peer) = (Arc::clone(&context.state), Arc::new(peer));
+    let state = Arc::clone(&context.state);
     let in_flight = Arc::clone(&activity);
     let service = service_fn(move |request| {
         let (busy, at_limit) = Activity::begin(&in_flight);
@@ -341,11 +351,11 @@ fn ended_with(ended: Result<(), hyper::Error>, metrics: &Metrics, addr: SocketAd
 
 /// Completes the TLS handshake and reads what the connection proves about the caller.
 async fn handshake(
-    acceptor: &TlsAcceptor,
+    acceptor: TlsAcceptor,
     tcp: TcpStream,
     addr: SocketAddr,
     admission: Ticket,
-) -> Option<(Box<TlsStream<TcpStream>>, Peer)> {
+) -> Option<(Box<TlsStream<TcpStream>>, Arc<Peer>)> {
     let _ = tcp.set_nodelay(true);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
@@ -358,12 +368,12 @@ async fn handshake(
             let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
             Some((
                 Box::new(tls),
-                Peer {
+                Arc::new(Peer {
                     addr,
                     certificate,
                     admission,
                     lane: http1.then(forward::Lane::default),
-                },
+                }),
             ))
         }
         Ok(Err(e)) => {
