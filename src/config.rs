@@ -335,6 +335,8 @@ pub struct Limits {
 pub struct UpstreamSettings {
     /// Scheme `https` and authority of the kubelet; never a path.
     pub authority: http::uri::Authority,
+    /// The `Host` header of requests to the kubelet: its authority.
+    pub host: http::HeaderValue,
     /// The name verified in the kubelet's certificate.
     pub server_name: rustls::pki_types::ServerName<'static>,
     /// `--upstream-ca-file`.
@@ -696,6 +698,8 @@ fn upstream(
         ));
     }
     let authority = url.authority().cloned().ok_or_else(|| invalid("no host"))?;
+    let host = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|_| invalid("not a Host header value"))?;
     let server_name = server_name.unwrap_or_else(|| {
         let host = authority.host();
         host.trim_start_matches('[')
@@ -721,6 +725,7 @@ fn upstream(
     }
     Ok(UpstreamSettings {
         authority,
+        host,
         server_name,
         ca,
         credential,
@@ -758,6 +763,7 @@ mod tests {
         assert!(config.proxy_fallback);
         assert_eq!(config.upstream.server_name.to_str(), "127.0.0.1");
         assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:10250");
+        assert_eq!(config.upstream.host, "127.0.0.1:10250");
     }
 
     #[test]

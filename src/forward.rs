@@ -215,18 +215,10 @@ impl Upstream {
                 callers: tls.callers.map(client),
             })
         })?;
-        let authority = settings.authority.as_str();
-        let host = HeaderValue::from_str(authority).map_err(|_| {
-            crate::reload::error(
-                "--upstream",
-                std::path::Path::new(authority),
-                "not a Host header value",
-            )
-        })?;
         Ok(Self {
             clients: Arc::new(clients),
             authority: settings.authority.clone(),
-            host,
+            host: settings.host.clone(),
             server_name,
             token,
             timeout: settings.timeout,
