@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use support::apiserver::ApiServerDouble;
 use support::client::TlsClient;
 use support::guard::flags;
@@ -165,7 +164,7 @@ async fn main() {
                 tokio::spawn(async move {
                     // One keep-alive connection per task, so the phase measures cached
                     // identities, not the churn of 10,000 TLS handshakes.
-                    let mut sender = keep_alive(&client, addr).await;
+                    let mut sender = client.keep_alive(addr).await;
                     for n in t * per_task..((t + 1) * per_task).min(identities) {
                         assert_eq!(get(&mut sender, &format!("t-{n}")).await, 200);
                     }
@@ -200,7 +199,7 @@ async fn main() {
     // connection, its lane).
     let mut kept = Vec::new();
     for _ in 0..kept_alive {
-        let mut sender = keep_alive(&client, guard.addr).await;
+        let mut sender = client.keep_alive(guard.addr).await;
         assert_eq!(get(&mut sender, "t-scraper").await, 200);
         kept.push(sender);
     }
@@ -381,18 +380,6 @@ async fn report(what: &str, guard: &Guard, (task, tally): Scraper) {
     );
 }
 
-async fn keep_alive(
-    client: &TlsClient,
-    addr: SocketAddr,
-) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
-    let tls = client.connect(addr, b"http/1.1").await.expect("connect");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    sender
-}
-
 async fn get(
     sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     token: &str,
@@ -415,7 +402,7 @@ async fn scrape(
     deadline: Instant,
     count: u64,
 ) -> Vec<Duration> {
-    let mut sender = keep_alive(client, addr).await;
+    let mut sender = client.keep_alive(addr).await;
     let mut latencies = Vec::new();
     while if count > 0 {
         (latencies.len() as u64) < count

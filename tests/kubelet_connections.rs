@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use support::guard::Cluster;
 
 const TOKEN: &str = "t-scraper";
@@ -20,20 +19,6 @@ async fn cluster() -> Cluster {
     cluster.api.add_token(TOKEN, USER, "uid", &[]);
     cluster.api.allow(USER, "get", "metrics");
     cluster
-}
-
-/// A keep-alive HTTP/1.1 connection to the guard.
-async fn keep_alive(cluster: &Cluster) -> SendRequest<Empty<Bytes>> {
-    let tls = cluster
-        .client()
-        .connect(cluster.addr(), b"http/1.1")
-        .await
-        .unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sender
 }
 
 /// One scrape on `sender`; its status.
@@ -54,13 +39,13 @@ async fn scrape(sender: &mut SendRequest<Empty<Bytes>>) -> StatusCode {
 #[tokio::test]
 async fn a_caller_connection_keeps_one_kubelet_connection_for_its_requests() {
     let cluster = cluster().await;
-    let mut first = keep_alive(&cluster).await;
+    let mut first = cluster.client().keep_alive(cluster.addr()).await;
     for _ in 0..5 {
         assert_eq!(scrape(&mut first).await, StatusCode::OK);
     }
     assert_eq!(cluster.kubelet.connections(), 1, "five requests, one lane");
 
-    let mut second = keep_alive(&cluster).await;
+    let mut second = cluster.client().keep_alive(cluster.addr()).await;
     for _ in 0..3 {
         assert_eq!(scrape(&mut second).await, StatusCode::OK);
         assert_eq!(scrape(&mut first).await, StatusCode::OK);
@@ -76,7 +61,7 @@ async fn a_caller_connection_keeps_one_kubelet_connection_for_its_requests() {
 #[tokio::test]
 async fn a_kubelet_connection_closed_after_a_response_is_replaced_unnoticed() {
     let cluster = cluster().await;
-    let mut caller = keep_alive(&cluster).await;
+    let mut caller = cluster.client().keep_alive(cluster.addr()).await;
     assert_eq!(scrape(&mut caller).await, StatusCode::OK);
     cluster.kubelet.close_after_each_response();
     for _ in 0..4 {

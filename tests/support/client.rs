@@ -127,6 +127,25 @@ impl TlsClient {
             .await
     }
 
+    /// A keep-alive HTTP/1.1 connection, its connection task spawned: send on it request after
+    /// request.
+    pub async fn keep_alive<B>(
+        &self,
+        addr: SocketAddr,
+    ) -> hyper::client::conn::http1::SendRequest<B>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tls = self.connect(addr, b"http/1.1").await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
     /// Sends `req` on a fresh connection; the error says which step failed.
     ///
     /// For HTTP/1.1 an absolute URI is turned into origin-form and `Host` is set; for h2 an
