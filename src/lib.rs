@@ -216,6 +216,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             grace: shutdown_grace,
             drain,
             ready: ready.clone(),
+            workers: server::Workers::start()?,
         },
         drain_stop,
     ));

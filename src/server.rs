@@ -5,13 +5,15 @@
 //!   waits for its address: when the kubelet still holds it (it has not been moved to 127.0.0.1
 //!   yet), binding is retried with backoff and logged, `/readyz` answering 503 until it succeeds.
 //! - Accept: over `--max-connections` a new connection is closed at once and counted; under it,
-//!   a connection is served by `connection` with the serving certificate in force at accept.
+//!   a connection is served by `connection` with the serving certificate in force at accept, on
+//!   one of the `workers`' threads.
 //! - Shutdown: the listener closes (no new connections), open connections finish what they are
 //!   serving, and whatever is still open at the end of `--shutdown-grace-period` is closed
 //!   (`crate::shutdown`). `/readyz` turns 503 as shutdown starts (`Running::stop`); the admin listener
 //!   keeps answering until the guarded one has drained.
 
 mod connection;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use crate::proxy::State;
 use crate::reload::Watched;
 use crate::shutdown::{Drain, stopped};
 use connection::Limit;
+pub use workers::Workers;
 
 /// A listener bound at start-up, or an address another process still holds.
 #[derive(Debug)]
@@ -58,6 +61,8 @@ pub struct Proxy {
     pub drain: Drain,
     /// Turned ready once the listener is bound.
     pub ready: Readiness,
+    /// The threads connections are served on.
+    pub workers: Workers,
 }
 
 /// Most admin connections open at once from one source address.
@@ -85,6 +90,7 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
         grace,
         drain,
         ready,
+        workers,
     } = proxy;
     let listener = match listen {
         Listen::Bound(listener) => listener,
@@ -125,14 +131,10 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
             tracing::debug!(peer = %addr, "over --max-connections; closed");
             continue;
         };
-        tokio::spawn(connection::serve(
-            Arc::clone(&context),
-            tcp,
-            addr,
-            slot,
-            admission,
-            drain.track(),
-        ));
+        let (context, open) = (Arc::clone(&context), drain.track());
+        workers.spawn(tcp, move |tcp| {
+            connection::serve(context, tcp, addr, slot, admission, open)
+        });
     }
     // No new connections from here on; the kernel refuses them once the socket is closed.
     drop(listener);
