@@ -309,8 +309,10 @@ if ((rounds > 1)); then
   for b in "${!bodies[@]}"; do summary "$b"; done
 fi
 echo
-build="cargo build --release"
-[ -z "${KUBELET_GUARD:-}" ] || build="KUBELET_GUARD=$KUBELET_GUARD"
-echo "reproduce: cd $root && $build && BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
+# The binary goes in the command's environment: "KUBELET_GUARD=… && …" would set a shell variable
+# the script never sees, and measure the default build instead.
+build="cargo build --release && "
+[ -z "${KUBELET_GUARD:-}" ] || build="KUBELET_GUARD=$KUBELET_GUARD "
+echo "reproduce: cd $root && ${build}BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
      "BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads benches/compare.sh"
 [ -z "${failed:-}" ] || die "a run failed: see the status column"
