@@ -11,6 +11,7 @@
 //! before binding.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -185,6 +186,10 @@ pub struct ServeArgs {
     /// Most caller connections open at once; a connection over it is closed at once.
     #[arg(long, env = "KUBELET_GUARD_MAX_CONNECTIONS", default_value_t = 10_000, help_heading = LIMITS)]
     pub max_connections: usize,
+    /// Threads serving caller connections, each connection on one of them from accept to close;
+    /// default one per CPU the process may use (its CPU limit, else the node's).
+    #[arg(long, env = "KUBELET_GUARD_WORKER_THREADS", help_heading = LIMITS)]
+    pub worker_threads: Option<usize>,
     /// Most connections one source address may hold before a request on them authenticated.
     #[arg(
         long,
@@ -326,6 +331,8 @@ pub struct Limits {
     pub http2_max_streams: u32,
     /// `--max-unauthenticated-connections-per-source`.
     pub unauthenticated_per_source: usize,
+    /// `--worker-threads`; `None`: one per CPU.
+    pub worker_threads: Option<NonZeroUsize>,
     /// `--max-request-header-bytes`.
     pub max_header_bytes: usize,
 }
@@ -527,6 +534,13 @@ impl ServeArgs {
                 });
             }
         }
+        let worker_threads = match self.worker_threads {
+            Some(count) => Some(NonZeroUsize::new(count).ok_or(ConfigError::Invalid {
+                flag: "--worker-threads",
+                message: "must be at least 1".into(),
+            })?),
+            None => None,
+        };
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_request_header_bytes) {
             return Err(ConfigError::Invalid {
                 flag: "--max-request-header-bytes",
@@ -579,6 +593,7 @@ impl ServeArgs {
                 http2_max_streams: self.http2_max_streams,
                 unauthenticated_per_source: self.max_unauthenticated_connections_per_source,
                 max_header_bytes: self.max_request_header_bytes,
+                worker_threads,
             },
             shutdown_grace: self.shutdown_grace_period,
             node_pki_dir: self.node_pki_dir,
@@ -764,6 +779,9 @@ mod tests {
         assert_eq!(config.upstream.server_name.to_str(), "127.0.0.1");
         assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:10250");
         assert_eq!(config.upstream.host, "127.0.0.1:10250");
+        assert_eq!(config.limits.worker_threads, None);
+        let config = args(&["--worker-threads=3"]).unwrap();
+        assert_eq!(config.limits.worker_threads, NonZeroUsize::new(3));
     }
 
     #[test]
@@ -815,6 +833,8 @@ mod tests {
             ),
             (&["--apiserver-timeout=0s"][..], "--apiserver-timeout"),
             (&["--apiserver-timeout=soon"][..], "--apiserver-timeout"),
+            (&["--worker-threads=0"][..], "--worker-threads"),
+            (&["--worker-threads=all"][..], "--worker-threads"),
         ] {
             let err = args(extra).unwrap_err();
             assert!(err.contains(flag), "{extra:?}: {err}");

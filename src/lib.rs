@@ -206,6 +206,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         Listen::InUse(addr) => *addr,
     };
+    let workers = server::Workers::start(limits.worker_threads)?;
     let (drain_signal, drain_stop) = watch::channel(false);
     let proxy = tokio::spawn(server::serve_proxy(
         Proxy {
@@ -216,7 +217,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             grace: shutdown_grace,
             drain,
             ready: ready.clone(),
-            workers: server::Workers::start()?,
+            workers,
         },
         drain_stop,
     ));

@@ -192,6 +192,47 @@ fn the_fixture_starts_a_guard() {
     );
 }
 
+/// The names of the running binary's threads that serve caller connections, once it serves.
+fn worker_threads(args: &[String]) -> Vec<String> {
+    let mut child = spawn(args, &[]);
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    while let Ok(line) = lines.recv_timeout(DEADLINE) {
+        if line.contains("kubelet-guard serving") {
+            break;
+        }
+    }
+    // A thread's name is its `comm`, at most 15 bytes: "guard-worker-N".
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .filter(|name| name.starts_with("guard-worker-"))
+        .collect();
+    names.sort();
+    let _ = child.kill();
+    let _ = child.wait();
+    names
+}
+
+#[test]
+fn worker_threads_sets_how_many_threads_serve_callers() {
+    let fixture = Fixture::new();
+    let mut args = fixture.args();
+    args.push("--worker-threads=3".into());
+    assert_eq!(
+        worker_threads(&args),
+        ["guard-worker-0", "guard-worker-1", "guard-worker-2"]
+    );
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(worker_threads(&fixture.args()).len(), cpus, "one per CPU");
+}
+
 #[test]
 fn logs_to_a_pipe_carry_no_colour_escapes() {
     let fixture = Fixture::new();

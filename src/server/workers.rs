@@ -2,8 +2,8 @@
 //! stays on its worker from accept to close, and so does everything it starts (its kubelet
 //! connection, an upgraded stream's relay), so a request never crosses threads: the kubelet's
 //! response wakes the caller's task on the thread it already runs on. On the shared multi-threaded
-//! runtime each such wake-up could land on the other core, and a cached 65-byte GET cost 17% more
-//! CPU (`benches/compare.sh`, 24.0 against 19.8 µs with one thread).
+//! runtime each such wake-up could land on the other core, and a cached 65-byte GET cost 30% more
+//! CPU (`benches/compare.sh` on two cores: 23.2–23.4 µs against 17.8–18.4).
 //!
 //! Accepting, the admin listener, API-server calls and the audit writers stay on the main runtime.
 
@@ -30,13 +30,12 @@ struct Worker {
 }
 
 impl Workers {
-    /// Starts one worker per core the process may use (`available_parallelism`, which follows a
-    /// container's CPU limit).
-    pub fn start() -> std::io::Result<Self> {
-        Self::with(std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
-    }
-
-    fn with(count: usize) -> std::io::Result<Self> {
+    /// Starts `count` workers, by default one per core the process may use
+    /// (`available_parallelism`, which follows a container's CPU limit).
+    pub fn start(count: Option<NonZeroUsize>) -> std::io::Result<Self> {
+        let count = count
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get);
         (0..count)
             .map(Worker::start)
             .collect::<Result<_, _>>()
@@ -81,7 +80,7 @@ impl Worker {
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name(format!("kubelet-guard-worker-{index}"))
+            .name(format!("guard-worker-{index}"))
             .spawn(move || {
                 runtime.block_on(async {
                     let _ = stopped.await;
@@ -150,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_connection_goes_to_the_worker_with_the_fewest() {
-        let workers = Workers::with(2).unwrap();
+        let workers = Workers::start(NonZeroUsize::new(2)).unwrap();
         let (reports, mut reported) = mpsc::unbounded_channel();
         let first = hold(&workers, &reports).await;
         let (first_thread, usable) = reported.recv().await.unwrap();
@@ -159,7 +158,7 @@ mod tests {
             first_thread
                 .as_deref()
                 .unwrap()
-                .starts_with("kubelet-guard-worker-")
+                .starts_with("guard-worker-")
         );
         let _second = hold(&workers, &reports).await;
         let (second_thread, _) = reported.recv().await.unwrap();
