@@ -180,9 +180,7 @@ impl AccessReviewer for ApiServer {
         Box::pin(async move {
             let (namespace, name) = match resource {
                 Resource::Node(_) => (None, self.node.as_str()),
-                Resource::Pod {
-                    namespace, name, ..
-                } => (Some(namespace.clone()), name.as_str()),
+                Resource::Pod(pod) => (Some(pod.namespace.clone()), pod.name.as_str()),
             };
             let request = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {

@@ -99,9 +99,7 @@ impl AccessReviewer for PolicyFile {
     ) -> ReviewFuture<'a, Decision> {
         let (namespace, name) = match resource {
             Resource::Node(_) => ("", self.node.as_str()),
-            Resource::Pod {
-                namespace, name, ..
-            } => (namespace.as_str(), name.as_str()),
+            Resource::Pod(pod) => (pod.namespace.as_str(), pod.name.as_str()),
         };
         let request = ResourceRequest {
             api_group: "",

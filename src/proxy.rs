@@ -212,11 +212,7 @@ async fn decide(
             user: who.name.clone(),
             error,
         })?;
-    let resource = Resource::Pod {
-        namespace: target.namespace.to_owned(),
-        name: target.pod.to_owned(),
-        action: target.action,
-    };
+    let resource = Resource::pod(&target);
     let allowed = decision.is_allow();
     trail.pod = Some((resource.clone(), decision));
     if allowed {
@@ -299,12 +295,12 @@ impl Refusal {
                 StatusCode::FORBIDDEN,
                 Outcome::Forbidden,
                 match resource {
-                    Resource::Pod {
-                        namespace, name, ..
-                    } => format!(
-                        "Forbidden (user={user}, verb={}, resource=pods, subresource(s)=[{}], namespace={namespace}, name={name})",
+                    Resource::Pod(pod) => format!(
+                        "Forbidden (user={user}, verb={}, resource=pods, subresource(s)=[{}], namespace={}, name={})",
                         verb.as_str(),
-                        resource.subresource()
+                        resource.subresource(),
+                        pod.namespace,
+                        pod.name,
                     ),
                     Resource::Node(_) => format!("Forbidden (user={user}, verb={})", verb.as_str()),
                 },
@@ -422,6 +418,7 @@ mod tests {
     use http::{Method, Version};
 
     use super::*;
+    use crate::authz::PodResource;
     use crate::kubelet_api::pod_scope::PodAction;
     use crate::review::ReviewError;
 
@@ -533,11 +530,11 @@ mod tests {
                 Refusal::PodForbidden {
                     user: "alice".into(),
                     verb: Verb::Create,
-                    resource: Resource::Pod {
+                    resource: Resource::Pod(Box::new(PodResource {
                         namespace: "team-a".into(),
                         name: "web-0".into(),
                         action: PodAction::Exec,
-                    },
+                    })),
                 },
                 StatusCode::FORBIDDEN,
                 Outcome::Forbidden,

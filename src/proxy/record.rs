@@ -17,7 +17,7 @@ use crate::audit::redact::redact_target;
 use crate::audit::sink::Priority;
 use crate::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
 use crate::authn::Identity;
-use crate::authz::{Decision, Resource, Verdict};
+use crate::authz::{Decision, PodResource, Resource, Verdict};
 use crate::forward::{Body, Relayed, StreamEnd};
 use crate::kubelet_api::{KubeletRequest, Subresource};
 use crate::metrics::Outcome;
@@ -247,15 +247,12 @@ fn event(
     if let Some(protocol) = trail.classified.as_ref().and_then(KubeletRequest::upgrade) {
         annotations.insert(audit::UPGRADE, protocol.as_str().to_owned());
     }
-    if let Some((
-        Resource::Pod {
+    if let Some((Resource::Pod(pod), decision)) = &trail.pod {
+        let PodResource {
             namespace,
             name,
             action,
-        },
-        decision,
-    )) = &trail.pod
-    {
+        } = &**pod;
         let outcome = if decision.is_allow() { "allow" } else { "deny" };
         let check = format!(
             "{} pods/{} {namespace}/{name}={outcome}",
