@@ -192,8 +192,11 @@ fn the_fixture_starts_a_guard() {
     );
 }
 
-/// The names of the running binary's threads that serve caller connections, once it serves.
-fn worker_threads(args: &[String]) -> Vec<String> {
+/// The names of the running binary's threads that serve caller connections once it serves,
+/// looked at until there are `expected` of them or 10 s have passed: a thread names itself
+/// (its `comm`, at most 15 bytes: "guard-worker-N") only once it runs, which may be after the
+/// binary logs that it serves.
+fn worker_threads(args: &[String], expected: usize) -> Vec<String> {
     let mut child = spawn(args, &[]);
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, lines) = mpsc::channel();
@@ -202,21 +205,36 @@ fn worker_threads(args: &[String]) -> Vec<String> {
             let _ = tx.send(line);
         }
     });
+    let mut logged = Vec::new();
     while let Ok(line) = lines.recv_timeout(DEADLINE) {
-        if line.contains("kubelet-guard serving") {
+        let serving = line.contains("kubelet-guard serving");
+        logged.push(line);
+        if serving {
             break;
         }
     }
-    // A thread's name is its `comm`, at most 15 bytes: "guard-worker-N".
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-        .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim_end().to_owned())
-        .filter(|name| name.starts_with("guard-worker-"))
-        .collect();
-    names.sort();
+    let started = std::time::Instant::now();
+    let names = loop {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .filter(|name| name.starts_with("guard-worker-"))
+            .collect();
+        if names.len() == expected || started.elapsed() > DEADLINE {
+            names.sort();
+            break names;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        logged
+            .last()
+            .is_some_and(|line| line.contains("kubelet-guard serving")),
+        "the binary did not serve: {logged:#?}"
+    );
     names
 }
 
@@ -226,11 +244,15 @@ fn worker_threads_sets_how_many_threads_serve_callers() {
     let mut args = fixture.args();
     args.push("--worker-threads=3".into());
     assert_eq!(
-        worker_threads(&args),
+        worker_threads(&args, 3),
         ["guard-worker-0", "guard-worker-1", "guard-worker-2"]
     );
     let cpus = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(worker_threads(&fixture.args()).len(), cpus, "one per CPU");
+    assert_eq!(
+        worker_threads(&fixture.args(), cpus).len(),
+        cpus,
+        "one per CPU"
+    );
 }
 
 #[test]
