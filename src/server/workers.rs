@@ -1,9 +1,10 @@
-//! The threads caller connections run on: one single-threaded runtime per core. A connection
-//! stays on its worker from accept to close, and so does everything it starts (its kubelet
-//! connection, an upgraded stream's relay), so a request never crosses threads: the kubelet's
-//! response wakes the caller's task on the thread it already runs on. On the shared multi-threaded
-//! runtime each such wake-up could land on the other core, and a cached 65-byte GET cost 30% more
-//! CPU (`benches/compare.sh` on two cores: 23.2–23.4 µs against 17.8–18.4).
+//! The threads caller connections run on (`--worker-threads`, by default one per core), each
+//! driving a single-threaded runtime of its own. A connection stays on its worker from accept to
+//! close, and so does everything it starts (its kubelet connection, an upgraded stream's relay),
+//! so a request never crosses threads: the kubelet's response wakes the caller's task on the
+//! thread it already runs on. On the shared multi-threaded runtime each such wake-up could land
+//! on the other core, and a cached 65-byte GET cost 30% more CPU (`benches/compare.sh` on two
+//! cores: 23.2–23.4 µs against 17.8–18.4).
 //!
 //! Accepting, the admin listener, API-server calls and the audit writers stay on the main runtime.
 
