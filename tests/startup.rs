@@ -144,6 +144,16 @@ fn serving_line(args: &[String], env: &[(&str, &str)]) -> Option<String> {
 /// Starts the binary with stderr on a pipe (not a terminal), returns its stderr lines up to and
 /// including the "serving" line (or all it wrote within 10 s) and kills it.
 fn lines_until_serving(args: &[String], env: &[(&str, &str)]) -> Vec<String> {
+    lines_until_serving_then(args, env, |_| ()).0
+}
+
+/// As [`lines_until_serving`], and what `look` finds in the binary once it has logged them,
+/// before it is killed.
+fn lines_until_serving_then<T>(
+    args: &[String],
+    env: &[(&str, &str)],
+    look: impl FnOnce(&Child) -> T,
+) -> (Vec<String>, T) {
     let mut child = spawn(args, env);
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, lines) = mpsc::channel();
@@ -160,9 +170,10 @@ fn lines_until_serving(args: &[String], env: &[(&str, &str)]) -> Vec<String> {
             break;
         }
     }
+    let found = look(&child);
     let _ = child.kill();
     let _ = child.wait();
-    seen
+    (seen, found)
 }
 
 /// Asserts exit status 64 and a stderr that contains every one of `names`.
@@ -197,38 +208,22 @@ fn the_fixture_starts_a_guard() {
 /// (its `comm`, at most 15 bytes: "guard-worker-N") only once it runs, which may be after the
 /// binary logs that it serves.
 fn worker_threads(args: &[String], expected: usize) -> Vec<String> {
-    let mut child = spawn(args, &[]);
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    let (logged, names) = lines_until_serving_then(args, &[], |child| {
+        let started = std::time::Instant::now();
+        loop {
+            let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim_end().to_owned())
+                .filter(|name| name.starts_with("guard-worker-"))
+                .collect();
+            if names.len() == expected || started.elapsed() > DEADLINE {
+                names.sort();
+                return names;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     });
-    let mut logged = Vec::new();
-    while let Ok(line) = lines.recv_timeout(DEADLINE) {
-        let serving = line.contains("kubelet-guard serving");
-        logged.push(line);
-        if serving {
-            break;
-        }
-    }
-    let started = std::time::Instant::now();
-    let names = loop {
-        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-            .unwrap()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim_end().to_owned())
-            .filter(|name| name.starts_with("guard-worker-"))
-            .collect();
-        if names.len() == expected || started.elapsed() > DEADLINE {
-            names.sort();
-            break names;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(
         logged
             .last()
