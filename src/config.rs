@@ -526,6 +526,8 @@ impl ServeArgs {
                 "--max-unauthenticated-connections-per-source",
                 self.max_unauthenticated_connections_per_source,
             ),
+            // Not given is the default (one per CPU), not zero.
+            ("--worker-threads", self.worker_threads.unwrap_or(1)),
         ] {
             if count == 0 {
                 return Err(ConfigError::Invalid {
@@ -534,13 +536,6 @@ impl ServeArgs {
                 });
             }
         }
-        let worker_threads = match self.worker_threads {
-            Some(count) => Some(NonZeroUsize::new(count).ok_or(ConfigError::Invalid {
-                flag: "--worker-threads",
-                message: "must be at least 1".into(),
-            })?),
-            None => None,
-        };
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_request_header_bytes) {
             return Err(ConfigError::Invalid {
                 flag: "--max-request-header-bytes",
@@ -593,7 +588,7 @@ impl ServeArgs {
                 http2_max_streams: self.http2_max_streams,
                 unauthenticated_per_source: self.max_unauthenticated_connections_per_source,
                 max_header_bytes: self.max_request_header_bytes,
-                worker_threads,
+                worker_threads: self.worker_threads.and_then(NonZeroUsize::new),
             },
             shutdown_grace: self.shutdown_grace_period,
             node_pki_dir: self.node_pki_dir,
