@@ -80,7 +80,7 @@ pub enum StartError {
     /// A token, policy or credential file is unusable.
     #[error(transparent)]
     File(#[from] reload::FileError),
-    /// A listener cannot be bound.
+    /// A listener cannot be bound, or the worker threads cannot start.
     #[error(transparent)]
     Bind(#[from] std::io::Error),
     /// An audit sink cannot be opened.

@@ -41,6 +41,12 @@ impl Workers {
             .map(Worker::start)
             .collect::<Result<_, _>>()
             .map(Self)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("--worker-threads: cannot start {count} worker threads: {e}"),
+                )
+            })
     }
 
     /// Runs `serve` for `tcp` on the worker with the fewest connections.
