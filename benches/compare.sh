@@ -18,6 +18,8 @@ export PATH=$PATH:/usr/sbin:/sbin LC_ALL=C
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 templates=$root/benches/compare
+# wrk and openssl s_client offer TLS suites in a Go client's order, as Prometheus and kubectl do.
+callers_conf=$templates/callers-openssl.cnf
 guard_bin=${KUBELET_GUARD:-$root/target/release/kubelet-guard}
 seconds=${BENCH_SECONDS:-10} rounds=${BENCH_ROUNDS:-1} warmup=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-32} threads=${BENCH_THREADS:-2} base=${BENCH_PORT_BASE:-18440}
@@ -142,7 +144,7 @@ done
 # fails here with the response in view instead of as a wrk error count.
 fetch() { # port path [authorization header line]
   printf 'GET %s HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n' "$2" "${3:-}" |
-    timeout 10 openssl s_client -quiet -verify_return_error -CAfile "$pki/ca.crt" \
+    OPENSSL_CONF=$callers_conf timeout 10 openssl s_client -quiet -verify_return_error -CAfile "$pki/ca.crt" \
       -connect "127.0.0.1:$1" -servername localhost 2>/dev/null | head -1 | tr -d '\r'
 }
 for peer in "${peers[@]}"; do
@@ -155,6 +157,17 @@ done
 # ...and the guard really decides: no token, no metrics.
 line=$(fetch "${port[kubelet-guard]}" /metrics)
 [[ $line == "HTTP/1.1 401"* ]] || die "kubelet-guard without a token answered '$line', expected 401"
+# What each peer negotiated with the caller, and (the upstream's answer to /metrics/probes) with
+# the upstream, so the report shows that every peer meets the same TLS on both legs.
+negotiated() { # port
+  printf 'GET /metrics/probes HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n' "$token" |
+    OPENSSL_CONF=$callers_conf timeout 10 openssl s_client -brief -ign_eof -verify_return_error \
+      -CAfile "$pki/ca.crt" -connect "127.0.0.1:$1" -servername localhost 2>&1 |
+    awk '/^Protocol version:/ { p = $3 } /^Ciphersuite:/ { c = $2 } /^TLSv/ { u = $1 " " $2 }
+         END { printf "%s %s in, %s out", p, c, (u == "" ? "?" : u) }'
+}
+tls=()
+for peer in "${peers[@]}"; do tls+=("$peer $(negotiated "${port[$peer]}")"); done
 
 # --- Measurement helpers.
 tck=$(getconf CLK_TCK)
@@ -215,10 +228,10 @@ measure() { # round body-index peer
   local round=$1 b=$2 peer=$3 label path size url cpu0 up0 all0 cpu1 up1 all1
   IFS=: read -r label path size <<<"${bodies[$b]}"
   url="https://127.0.0.1:${port[$peer]}$path"
-  wrk -t"$threads" -c"$conns" -d"${warmup}s" -H "Authorization: Bearer $token" "$url" >"$work/warmup.out"
+  OPENSSL_CONF=$callers_conf wrk -t"$threads" -c"$conns" -d"${warmup}s" -H "Authorization: Bearer $token" "$url" >"$work/warmup.out"
   cpu0=$(ticks "$peer") up0=$(ticks upstream) all0=$(busy)
   times >"$work/times0" # bash builtin: CPU of this shell's finished children, so wrk's own
-  wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url" >"$work/wrk.out"
+  OPENSSL_CONF=$callers_conf wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url" >"$work/wrk.out"
   times >"$work/times1"
   cpu1=$(ticks "$peer") up1=$(ticks upstream) all1=$(busy)
   cp "$work/wrk.out" "$work/wrk-$round-$b-$peer.out"
@@ -294,6 +307,7 @@ echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v | he
      "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(openssl version | cut -d' ' -f1-2); $("$guard_bin" --version) at $commit"
 echo "setup:    upstream nginx worker_processes 1; nginx worker_processes auto ($(nproc)); haproxy nbthread 2;" \
      "all peers TLS in, mutual TLS out over keep-alive pools; guard in embedded mode (static token, RBAC file)"
+echo "tls:      $(IFS=';'; echo "${tls[*]}" | sed 's/;/; /g')"
 echo "columns:  proxy/upstr/wrk/other = cores busy during the run (CPU time / duration) in the peer, the upstream," \
      "wrk, and everything else on the machine (noise); RSS sums the peer's processes after the run, PSS splits shared pages"
 for ((round = 1; round <= rounds; round++)); do
