@@ -190,6 +190,11 @@ pub struct ServeArgs {
     /// default one per CPU the process may use (its CPU limit, else the node's).
     #[arg(long, env = "KUBELET_GUARD_WORKER_THREADS", help_heading = LIMITS)]
     pub worker_threads: Option<usize>,
+    /// Pin worker thread N to the N-th CPU the process may run on (its affinity mask, such as a
+    /// container's cpuset). For a guard with CPUs of its own; on CPUs other pods share, leave the
+    /// kernel free to move a worker off a busy one.
+    #[arg(long, env = "KUBELET_GUARD_WORKER_CPU_AFFINITY", help_heading = LIMITS)]
+    pub worker_cpu_affinity: bool,
     /// Most connections one source address may hold before a request on them authenticated.
     #[arg(
         long,
@@ -333,6 +338,8 @@ pub struct Limits {
     pub unauthenticated_per_source: usize,
     /// `--worker-threads`; `None`: one per CPU.
     pub worker_threads: Option<NonZeroUsize>,
+    /// `--worker-cpu-affinity`.
+    pub worker_cpu_affinity: bool,
     /// `--max-request-header-bytes`.
     pub max_header_bytes: usize,
 }
@@ -589,6 +596,7 @@ impl ServeArgs {
                 unauthenticated_per_source: self.max_unauthenticated_connections_per_source,
                 max_header_bytes: self.max_request_header_bytes,
                 worker_threads: self.worker_threads.and_then(NonZeroUsize::new),
+                worker_cpu_affinity: self.worker_cpu_affinity,
             },
             shutdown_grace: self.shutdown_grace_period,
             node_pki_dir: self.node_pki_dir,
@@ -775,8 +783,10 @@ mod tests {
         assert_eq!(config.upstream.authority.as_str(), "127.0.0.1:10250");
         assert_eq!(config.upstream.host, "127.0.0.1:10250");
         assert_eq!(config.limits.worker_threads, None);
-        let config = args(&["--worker-threads=3"]).unwrap();
+        assert!(!config.limits.worker_cpu_affinity);
+        let config = args(&["--worker-threads=3", "--worker-cpu-affinity"]).unwrap();
         assert_eq!(config.limits.worker_threads, NonZeroUsize::new(3));
+        assert!(config.limits.worker_cpu_affinity);
     }
 
     #[test]

@@ -80,9 +80,13 @@ pub enum StartError {
     /// A token, policy or credential file is unusable.
     #[error(transparent)]
     File(#[from] reload::FileError),
-    /// A listener cannot be bound, or the worker threads cannot start.
+    /// A listener cannot be bound.
     #[error(transparent)]
     Bind(#[from] std::io::Error),
+    /// The worker threads cannot start, or cannot be pinned as asked (`InvalidInput`: more
+    /// workers than CPUs, which the flags can fix).
+    #[error(transparent)]
+    Workers(std::io::Error),
     /// An audit sink cannot be opened.
     #[error(transparent)]
     Audit(#[from] audit::sink::AuditError),
@@ -97,7 +101,11 @@ pub enum StartError {
 impl StartError {
     /// Whether the operator's configuration is at fault (exit 64) rather than the environment.
     pub fn is_configuration(&self) -> bool {
-        !matches!(self, Self::Bind(_) | Self::Metrics(_))
+        match self {
+            Self::Bind(_) | Self::Metrics(_) => false,
+            Self::Workers(e) => e.kind() == std::io::ErrorKind::InvalidInput,
+            _ => true,
+        }
     }
 }
 
@@ -206,7 +214,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         Listen::InUse(addr) => *addr,
     };
-    let workers = server::Workers::start(limits.worker_threads)?;
+    let workers = server::Workers::start(limits.worker_threads, limits.worker_cpu_affinity)
+        .map_err(StartError::Workers)?;
     let (drain_signal, drain_stop) = watch::channel(false);
     let proxy = tokio::spawn(server::serve_proxy(
         Proxy {

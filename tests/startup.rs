@@ -248,6 +248,11 @@ fn worker_threads_sets_how_many_threads_serve_callers() {
         cpus,
         "one per CPU"
     );
+    // One CPU each: no more workers than CPUs.
+    let mut pinned = fixture.args();
+    pinned.push(format!("--worker-threads={}", cpus + 1));
+    pinned.push("--worker-cpu-affinity".into());
+    assert_refused(&pinned, &[], &["--worker-cpu-affinity", "--worker-threads"]);
 }
 
 #[test]

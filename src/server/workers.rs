@@ -7,12 +7,20 @@
 //! cores: 23.2–23.4 µs against 17.8–18.4).
 //!
 //! Accepting, the admin listener, API-server calls and the audit writers stay on the main runtime.
+//!
+//! With `--worker-cpu-affinity` worker N runs on the N-th CPU of the process's affinity mask
+//! only. Unpinned, the kernel sometimes kept both workers on one of two cores while the other
+//! served the load generator and the upstream: a worker then waited out the other's time slice,
+//! and `benches/compare.sh` lost a sixth of its 65-byte throughput and doubled its p99 in those
+//! runs. Pinned, no run did. Off by default: where other pods share the CPUs, a worker pinned to
+//! a busy one cannot leave it.
 
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rustix::thread::CpuSet;
 use tokio::net::TcpStream;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
@@ -32,21 +40,22 @@ struct Worker {
 
 impl Workers {
     /// Starts `count` workers, by default one per core the process may use
-    /// (`available_parallelism`, which follows a container's CPU limit).
-    pub fn start(count: Option<NonZeroUsize>) -> std::io::Result<Self> {
+    /// (`available_parallelism`, which follows a container's CPU limit), each pinned to a CPU of
+    /// its own if `pin`.
+    pub fn start(count: Option<NonZeroUsize>, pin: bool) -> std::io::Result<Self> {
         let count = count
             .or_else(|| std::thread::available_parallelism().ok())
             .map_or(1, NonZeroUsize::get);
-        (0..count)
-            .map(Worker::start)
+        let cpus = if pin {
+            pinned_cpus(count)?.into_iter().map(Some).collect()
+        } else {
+            vec![None; count]
+        };
+        cpus.into_iter()
+            .enumerate()
+            .map(|(index, cpu)| Worker::start(index, cpu, count))
             .collect::<Result<_, _>>()
             .map(Self)
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("--worker-threads: cannot start {count} worker threads: {e}"),
-                )
-            })
     }
 
     /// Runs `serve` for `tcp` on the worker with the fewest connections.
@@ -81,18 +90,73 @@ impl Workers {
     }
 }
 
+/// The first `count` CPUs the process may run on, one per worker; an error naming the flag if
+/// there are fewer.
+fn pinned_cpus(count: usize) -> std::io::Result<Vec<usize>> {
+    let allowed = rustix::thread::sched_getaffinity(None)?;
+    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+        .filter(|&cpu| allowed.is_set(cpu))
+        .collect();
+    if cpus.len() < count {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "--worker-cpu-affinity: {count} worker threads, but the process may run on {} CPUs \
+                 ({cpus:?}): set --worker-threads to at most {}",
+                cpus.len(),
+                cpus.len()
+            ),
+        ));
+    }
+    Ok(cpus[..count].to_vec())
+}
+
 impl Worker {
-    fn start(index: usize) -> std::io::Result<Self> {
-        let runtime = Builder::new_current_thread().enable_all().build()?;
+    /// Worker `index` of `count`, on `cpu` only if given.
+    fn start(index: usize, cpu: Option<usize>, count: usize) -> std::io::Result<Self> {
+        let cannot = |e: std::io::Error| {
+            std::io::Error::new(
+                e.kind(),
+                format!("--worker-threads: cannot start {count} worker threads: {e}"),
+            )
+        };
+        let runtime = Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(cannot)?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (pinned, pinning) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name(format!("guard-worker-{index}"))
             .spawn(move || {
-                runtime.block_on(async {
-                    let _ = stopped.await;
+                let result = cpu.map_or(Ok(()), |cpu| {
+                    let mut only = CpuSet::new();
+                    only.set(cpu);
+                    rustix::thread::sched_setaffinity(None, &only)
                 });
-            })?;
+                let failed = result.is_err();
+                let _ = pinned.send(result);
+                if !failed {
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                }
+            })
+            .map_err(cannot)?;
+        if let Some(cpu) = cpu {
+            pinning
+                .recv()
+                .map_err(|_| std::io::Error::other("the worker thread ended"))?
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "--worker-cpu-affinity: cannot pin worker {index} to CPU {cpu}: {e}"
+                        ),
+                    )
+                })?;
+        }
         Ok(Self {
             handle,
             open: Arc::default(),
@@ -123,7 +187,16 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
-    type Reports = mpsc::UnboundedSender<(Option<String>, bool)>;
+    /// What a connection saw on its worker: the thread's name, whether its socket works there,
+    /// and the CPUs the thread may run on.
+    type Report = (Option<String>, bool, Vec<usize>);
+    type Reports = mpsc::UnboundedSender<Report>;
+
+    fn cpus(set: &CpuSet) -> Vec<usize> {
+        (0..CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .collect()
+    }
 
     /// Accepts one connection from a fresh listener.
     async fn accepted() -> TcpStream {
@@ -133,14 +206,17 @@ mod tests {
         accepted.unwrap().0
     }
 
-    /// Serves a connection on `workers` that reports its thread and whether its socket works
-    /// there, then holds until the returned sender is dropped.
+    /// Serves a connection on `workers` that reports what it sees there, then holds until the
+    /// returned sender is dropped.
     async fn hold(workers: &Workers, reports: &Reports) -> oneshot::Sender<()> {
         let (release, released) = oneshot::channel::<()>();
         let report = reports.clone();
         workers.spawn(accepted().await, move |tcp| async move {
             let thread = std::thread::current().name().map(str::to_owned);
-            report.send((thread, tcp.peer_addr().is_ok())).unwrap();
+            let affinity = cpus(&rustix::thread::sched_getaffinity(None).unwrap());
+            report
+                .send((thread, tcp.peer_addr().is_ok(), affinity))
+                .unwrap();
             let _ = released.await;
         });
         release
@@ -156,10 +232,10 @@ mod tests {
 
     #[tokio::test]
     async fn each_connection_goes_to_the_worker_with_the_fewest() {
-        let workers = Workers::start(NonZeroUsize::new(2)).unwrap();
+        let workers = Workers::start(NonZeroUsize::new(2), false).unwrap();
         let (reports, mut reported) = mpsc::unbounded_channel();
         let first = hold(&workers, &reports).await;
-        let (first_thread, usable) = reported.recv().await.unwrap();
+        let (first_thread, usable, _) = reported.recv().await.unwrap();
         assert!(usable, "the socket does not work on its worker");
         assert!(
             first_thread
@@ -168,7 +244,7 @@ mod tests {
                 .starts_with("guard-worker-")
         );
         let _second = hold(&workers, &reports).await;
-        let (second_thread, _) = reported.recv().await.unwrap();
+        let (second_thread, ..) = reported.recv().await.unwrap();
         assert_ne!(first_thread, second_thread, "both on one worker");
         assert_eq!(open(&workers), [1, 1]);
 
@@ -178,10 +254,50 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let _third = hold(&workers, &reports).await;
-        let (third_thread, _) = reported.recv().await.unwrap();
+        let (third_thread, ..) = reported.recv().await.unwrap();
         assert_eq!(
             third_thread, first_thread,
             "the third joined the busy worker"
+        );
+    }
+
+    #[tokio::test]
+    async fn pinned_workers_each_run_on_one_cpu_of_the_process() {
+        let allowed = cpus(&rustix::thread::sched_getaffinity(None).unwrap());
+        let count = allowed.len().min(2);
+        let workers = Workers::start(NonZeroUsize::new(count), true).unwrap();
+        let (reports, mut reported) = mpsc::unbounded_channel();
+        let mut held = Vec::new();
+        let mut seen = Vec::new();
+        for _ in 0..count {
+            held.push(hold(&workers, &reports).await);
+            let (thread, _, affinity) = reported.recv().await.unwrap();
+            let index: usize = thread.unwrap()["guard-worker-".len()..].parse().unwrap();
+            assert_eq!(affinity, [allowed[index]], "worker {index}");
+            seen.push(index);
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..count).collect::<Vec<_>>(),
+            "one connection per worker"
+        );
+
+        // Unpinned, a worker may run wherever the process may.
+        let workers = Workers::start(NonZeroUsize::new(1), false).unwrap();
+        let _unpinned = hold(&workers, &reports).await;
+        assert_eq!(reported.recv().await.unwrap().2, allowed);
+    }
+
+    #[test]
+    fn more_pinned_workers_than_cpus_are_refused_naming_both_flags() {
+        let allowed = rustix::thread::sched_getaffinity(None).unwrap().count() as usize;
+        let e = Workers::start(NonZeroUsize::new(allowed + 1), true).unwrap_err();
+        let message = e.to_string();
+        assert!(message.starts_with("--worker-cpu-affinity: "), "{message}");
+        assert!(
+            message.contains(&format!("set --worker-threads to at most {allowed}")),
+            "{message}"
         );
     }
 }
