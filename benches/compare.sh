@@ -6,7 +6,8 @@
 #   cargo build --release && benches/compare.sh
 #
 # Settings (environment): BENCH_SECONDS (10) per run, BENCH_ROUNDS (1) repetitions of the whole
-# comparison, BENCH_WARMUP (2) seconds, BENCH_CONNECTIONS (32), BENCH_THREADS (2),
+# comparison, BENCH_WARMUP (2) seconds, BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_AFFINITY
+# (1: each peer's workers pinned one per CPU; 0: the kernel places them),
 # BENCH_PORT_BASE (18440; five ports from it), KUBELET_GUARD (the binary; default
 # target/release/kubelet-guard), BENCH_KEEP=1 keeps the work directory (PKI, configs, logs, wrk
 # output), which is also kept when anything failed.
@@ -23,6 +24,7 @@ callers_conf=$templates/callers-openssl.cnf
 guard_bin=${KUBELET_GUARD:-$root/target/release/kubelet-guard}
 seconds=${BENCH_SECONDS:-10} rounds=${BENCH_ROUNDS:-1} warmup=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-32} threads=${BENCH_THREADS:-2} base=${BENCH_PORT_BASE:-18440}
+affinity=${BENCH_AFFINITY:-1}
 upstream_name=bench-upstream token=bench-token
 declare -A port=([upstream]=$base [kubelet-guard]=$((base + 1)) [guard-admin]=$((base + 2))
                  [nginx]=$((base + 3)) [haproxy]=$((base + 4)))
@@ -92,9 +94,18 @@ mkdir -m 755 "$work/www"
 head -c 64 /dev/zero | tr '\0' m >"$work/www/metrics-65" && echo >>"$work/www/metrics-65"
 head -c 65536 /dev/zero | tr '\0' c >"$work/www/metrics-64k"
 chmod 644 "$work"/www/*
+# Pinned workers: the kernel otherwise at times puts two of a peer's workers on one core while
+# the other runs wrk and the upstream, and that run loses throughput and tail latency to it.
+guard_affinity=() nginx_affinity="# unpinned" haproxy_affinity="# unpinned"
+if [ "$affinity" = 1 ]; then
+  allowed=$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)
+  guard_affinity=(--worker-cpu-affinity)
+  nginx_affinity="worker_cpu_affinity auto;" haproxy_affinity="cpu-map auto:1/1-2 $allowed"
+fi
 render() { # template destination
   sed -e "s|@DIR@|$work|g" -e "s|@UPSTREAM_PORT@|${port[upstream]}|g" -e "s|@UPSTREAM_NAME@|$upstream_name|g" \
-      -e "s|@NGINX_PORT@|${port[nginx]}|g" -e "s|@HAPROXY_PORT@|${port[haproxy]}|g" "$templates/$1" >"$2"
+      -e "s|@NGINX_PORT@|${port[nginx]}|g" -e "s|@HAPROXY_PORT@|${port[haproxy]}|g" \
+      -e "s|@NGINX_AFFINITY@|$nginx_affinity|g" -e "s|@HAPROXY_AFFINITY@|$haproxy_affinity|g" "$templates/$1" >"$2"
 }
 mkdir -p "$work"/{upstream/tmp,nginx/tmp,haproxy,guard}
 render upstream-nginx.conf "$work/upstream/nginx.conf"
@@ -127,7 +138,7 @@ start kubelet-guard env KUBELET_GUARD_LOG=warn "$guard_bin" serve \
   --upstream="https://127.0.0.1:${port[upstream]}" --upstream-ca-file="$pki/ca.crt" \
   --upstream-server-name="$upstream_name" \
   --upstream-client-cert-file="$pki/client.crt" --upstream-client-key-file="$pki/client.key" \
-  --node-name=bench-node --kubelet-lockdown=off --shutdown-grace-period=1s
+  --node-name=bench-node --kubelet-lockdown=off --shutdown-grace-period=1s "${guard_affinity[@]}"
 for name in upstream nginx haproxy kubelet-guard guard-admin; do
   wait_port "${name/guard-admin/kubelet-guard}" "${port[$name]}"
 done
@@ -305,7 +316,8 @@ commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "machine:  $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3);" \
      "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(openssl version | cut -d' ' -f1-2); $("$guard_bin" --version) at $commit"
-echo "setup:    upstream nginx worker_processes 1; nginx worker_processes auto ($(nproc)); haproxy nbthread 2;" \
+pinned="workers unpinned"; [ "$affinity" = 1 ] && pinned="workers pinned one per CPU (BENCH_AFFINITY=1)"
+echo "setup:    upstream nginx worker_processes 1; nginx worker_processes auto ($(nproc)); haproxy nbthread 2; $pinned;" \
      "all peers TLS in, mutual TLS out over keep-alive pools; guard in embedded mode (static token, RBAC file)"
 echo "tls:      $(IFS=';'; echo "${tls[*]}" | sed 's/;/; /g')"
 echo "columns:  proxy/upstr/wrk/other = cores busy during the run (CPU time / duration) in the peer, the upstream," \
@@ -328,5 +340,5 @@ echo
 build="cargo build --release && "
 [ -z "${KUBELET_GUARD:-}" ] || build="KUBELET_GUARD=$KUBELET_GUARD "
 echo "reproduce: cd $root && ${build}BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
-     "BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads benches/compare.sh"
+     "BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads BENCH_AFFINITY=$affinity benches/compare.sh"
 [ -z "${failed:-}" ] || die "a run failed: see the status column"
