@@ -248,9 +248,11 @@ fn worker_threads_sets_how_many_threads_serve_callers() {
         cpus,
         "one per CPU"
     );
-    // One CPU each: no more workers than CPUs.
+    // One CPU each: no more workers than the CPUs the process may run on (which a CPU quota,
+    // unlike `available_parallelism`, does not lower).
+    let allowed = rustix::thread::sched_getaffinity(None).unwrap().count();
     let mut pinned = fixture.args();
-    pinned.push(format!("--worker-threads={}", cpus + 1));
+    pinned.push(format!("--worker-threads={}", allowed + 1));
     pinned.push("--worker-cpu-affinity".into());
     assert_refused(&pinned, &[], &["--worker-cpu-affinity", "--worker-threads"]);
 }
