@@ -193,7 +193,7 @@ pub struct ServeArgs {
     /// Pin worker thread N to the N-th CPU the process may run on (its affinity mask, such as a
     /// container's cpuset). For a guard with CPUs of its own; on CPUs other pods share, leave the
     /// kernel free to move a worker off a busy one.
-    #[arg(long, env = "KUBELET_GUARD_WORKER_CPU_AFFINITY", help_heading = LIMITS)]
+    #[arg(long, env = "KUBELET_GUARD_WORKER_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = LIMITS)]
     pub worker_cpu_affinity: bool,
     /// Most connections one source address may hold before a request on them authenticated.
     #[arg(
@@ -787,6 +787,9 @@ mod tests {
         let config = args(&["--worker-threads=3", "--worker-cpu-affinity"]).unwrap();
         assert_eq!(config.limits.worker_threads, NonZeroUsize::new(3));
         assert!(config.limits.worker_cpu_affinity);
+        // As every switch: a value too, so the `--config` file and the env twin can say false.
+        let config = args(&["--worker-cpu-affinity=false"]).unwrap();
+        assert!(!config.limits.worker_cpu_affinity);
     }
 
     #[test]
