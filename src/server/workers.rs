@@ -90,13 +90,17 @@ impl Workers {
     }
 }
 
+/// The CPUs in `set`, in order.
+fn cpus(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .collect()
+}
+
 /// The first `count` CPUs the process may run on, one per worker; an error naming the flag if
 /// there are fewer.
 fn pinned_cpus(count: usize) -> std::io::Result<Vec<usize>> {
-    let allowed = rustix::thread::sched_getaffinity(None)?;
-    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
-        .filter(|&cpu| allowed.is_set(cpu))
-        .collect();
+    let cpus = cpus(&rustix::thread::sched_getaffinity(None)?);
     if cpus.len() < count {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -133,11 +137,11 @@ impl Worker {
                 let result = cpu.map_or(Ok(()), |cpu| {
                     let mut only = CpuSet::new();
                     only.set(cpu);
-                    rustix::thread::sched_setaffinity(None, &only)
+                    rustix::thread::sched_setaffinity(None, &only).map_err(std::io::Error::from)
                 });
-                let failed = result.is_err();
+                let serve = result.is_ok();
                 let _ = pinned.send(result);
-                if !failed {
+                if serve {
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
@@ -145,17 +149,16 @@ impl Worker {
             })
             .map_err(cannot)?;
         if let Some(cpu) = cpu {
-            pinning
+            // A thread that ended without an answer failed to pin itself just the same.
+            let pinned = pinning
                 .recv()
-                .map_err(|_| std::io::Error::other("the worker thread ended"))?
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "--worker-cpu-affinity: cannot pin worker {index} to CPU {cpu}: {e}"
-                        ),
-                    )
-                })?;
+                .unwrap_or_else(|_| Err(std::io::Error::other("the thread ended")));
+            pinned.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("--worker-cpu-affinity: cannot pin worker {index} to CPU {cpu}: {e}"),
+                )
+            })?;
         }
         Ok(Self {
             handle,
@@ -191,12 +194,6 @@ mod tests {
     /// and the CPUs the thread may run on.
     type Report = (Option<String>, bool, Vec<usize>);
     type Reports = mpsc::UnboundedSender<Report>;
-
-    fn cpus(set: &CpuSet) -> Vec<usize> {
-        (0..CpuSet::MAX_CPU)
-            .filter(|&cpu| set.is_set(cpu))
-            .collect()
-    }
 
     /// Accepts one connection from a fresh listener.
     async fn accepted() -> TcpStream {
