@@ -19,8 +19,6 @@ export PATH=$PATH:/usr/sbin:/sbin LC_ALL=C
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 templates=$root/benches/compare
-# wrk and openssl s_client offer TLS suites in a Go client's order, as Prometheus and kubectl do.
-callers_conf=$templates/callers-openssl.cnf
 guard_bin=${KUBELET_GUARD:-$root/target/release/kubelet-guard}
 seconds=${BENCH_SECONDS:-10} rounds=${BENCH_ROUNDS:-1} warmup=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-32} threads=${BENCH_THREADS:-2} base=${BENCH_PORT_BASE:-18440}
@@ -32,6 +30,7 @@ peers=(kubelet-guard nginx haproxy)
 bodies=("65 B:/metrics:65" "64 KiB:/metrics/cadvisor:65536")
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
+[[ $affinity == [01] ]] || die "BENCH_AFFINITY must be 1 (pinned) or 0 (unpinned), not '$affinity'"
 
 # --- Tools: Debian packages only, and apt-get update only when something is missing.
 missing=()
@@ -151,12 +150,21 @@ for i in {1..100}; do
   sleep 0.1
 done
 
-# One request through each peer with certificate verification, so a broken chain or a refusal
-# fails here with the response in view instead of as a wrk error count.
+# From here on every OpenSSL program is a caller (wrk, s_client): it offers TLS suites in a Go
+# client's order, as Prometheus and kubectl do. The peers started above read no such file.
+export OPENSSL_CONF=$templates/callers-openssl.cnf
+# One request to a peer as a caller, verifying its certificate; s_client's output.
+request() { # port path header-line s_client-option...
+  local to=$1 path=$2 header=$3
+  shift 3
+  printf 'GET %s HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n' "$path" "$header" |
+    timeout 10 openssl s_client -verify_return_error -CAfile "$pki/ca.crt" \
+      -connect "127.0.0.1:$to" -servername localhost "$@"
+}
+# One request through each peer, so a broken chain or a refusal fails here with the response in
+# view instead of as a wrk error count.
 fetch() { # port path [authorization header line]
-  printf 'GET %s HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n' "$2" "${3:-}" |
-    OPENSSL_CONF=$callers_conf timeout 10 openssl s_client -quiet -verify_return_error -CAfile "$pki/ca.crt" \
-      -connect "127.0.0.1:$1" -servername localhost 2>/dev/null | head -1 | tr -d '\r'
+  request "$1" "$2" "${3:-}" -quiet 2>/dev/null | head -1 | tr -d '\r'
 }
 for peer in "${peers[@]}"; do
   for body in "${bodies[@]}"; do
@@ -171,9 +179,7 @@ line=$(fetch "${port[kubelet-guard]}" /metrics)
 # What each peer negotiated with the caller, and (the upstream's answer to /metrics/probes) with
 # the upstream, so the report shows that every peer meets the same TLS on both legs.
 negotiated() { # port
-  printf 'GET /metrics/probes HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n' "$token" |
-    OPENSSL_CONF=$callers_conf timeout 10 openssl s_client -brief -ign_eof -verify_return_error \
-      -CAfile "$pki/ca.crt" -connect "127.0.0.1:$1" -servername localhost 2>&1 |
+  request "$1" /metrics/probes "Authorization: Bearer $token"$'\r\n' -brief -ign_eof 2>&1 |
     awk '/^Protocol version:/ { p = $3 } /^Ciphersuite:/ { c = $2 } /^TLSv/ { u = $1 " " $2 }
          END { printf "%s %s in, %s out", p, c, (u == "" ? "?" : u) }'
 }
@@ -239,10 +245,10 @@ measure() { # round body-index peer
   local round=$1 b=$2 peer=$3 label path size url cpu0 up0 all0 cpu1 up1 all1
   IFS=: read -r label path size <<<"${bodies[$b]}"
   url="https://127.0.0.1:${port[$peer]}$path"
-  OPENSSL_CONF=$callers_conf wrk -t"$threads" -c"$conns" -d"${warmup}s" -H "Authorization: Bearer $token" "$url" >"$work/warmup.out"
+  wrk -t"$threads" -c"$conns" -d"${warmup}s" -H "Authorization: Bearer $token" "$url" >"$work/warmup.out"
   cpu0=$(ticks "$peer") up0=$(ticks upstream) all0=$(busy)
   times >"$work/times0" # bash builtin: CPU of this shell's finished children, so wrk's own
-  OPENSSL_CONF=$callers_conf wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url" >"$work/wrk.out"
+  wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url" >"$work/wrk.out"
   times >"$work/times1"
   cpu1=$(ticks "$peer") up1=$(ticks upstream) all1=$(busy)
   cp "$work/wrk.out" "$work/wrk-$round-$b-$peer.out"
