@@ -201,12 +201,19 @@ family() { # pid: it and its direct children (nginx master and workers)
   return 0
 }
 for name in upstream "${peers[@]}"; do procs[$name]=$(family "${pid[$name]}" | tr '\n' ' '); done
-ticks() { # name: utime+stime of its processes (fields 14 and 15 of /proc/pid/stat)
-  local p rest sum=0
+ticks() { # name: "total kernel" CPU ticks of its processes, utime+stime and stime (fields 14, 15 of /proc/pid/stat)
+  local p rest sum=0 sys=0
   for p in ${procs[$1]}; do
     read -r rest <"/proc/$p/stat" 2>/dev/null || continue # gone: measure() reports the exit
     rest=${rest##*) }
-    set -- $rest; sum=$((sum + ${12} + ${13}))
+    set -- $rest; sum=$((sum + ${12} + ${13})) sys=$((sys + ${13}))
+  done
+  echo "$sum $sys"
+}
+switches() { # name: context switches so far of its processes' threads, voluntary or not
+  local p sum=0
+  for p in ${procs[$1]}; do
+    sum=$((sum + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ { s += $2 } END { print s + 0 }')))
   done
   echo "$sum"
 }
@@ -242,15 +249,19 @@ parse_wrk() {
 
 declare -A r # results: r[round,body,peer,field]
 measure() { # round body-index peer
-  local round=$1 b=$2 peer=$3 label path size url cpu0 up0 all0 cpu1 up1 all1
+  local round=$1 b=$2 peer=$3 label path size url cpu0 sys0 cs0 up0 all0 cpu1 sys1 cs1 up1 all1
   IFS=: read -r label path size <<<"${bodies[$b]}"
   url="https://127.0.0.1:${port[$peer]}$path"
   wrk -t"$threads" -c"$conns" -d"${warmup}s" -H "Authorization: Bearer $token" "$url" >"$work/warmup.out"
-  cpu0=$(ticks "$peer") up0=$(ticks upstream) all0=$(busy)
+  read -r cpu0 sys0 <<<"$(ticks "$peer")"
+  read -r up0 _ <<<"$(ticks upstream)"
+  cs0=$(switches "$peer") all0=$(busy)
   times >"$work/times0" # bash builtin: CPU of this shell's finished children, so wrk's own
   wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url" >"$work/wrk.out"
   times >"$work/times1"
-  cpu1=$(ticks "$peer") up1=$(ticks upstream) all1=$(busy)
+  read -r cpu1 sys1 <<<"$(ticks "$peer")"
+  read -r up1 _ <<<"$(ticks upstream)"
+  cs1=$(switches "$peer") all1=$(busy)
   cp "$work/wrk.out" "$work/wrk-$round-$b-$peer.out"
   read -r rps p50 p99 n bytes bad sock <<<"$(parse_wrk "$work/wrk.out")"
   read -r rss pss <<<"$(memory "$peer")"
@@ -259,6 +270,8 @@ measure() { # round body-index peer
   r[$k,cpu]=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tck" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
   r[$k,rss]=$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')
   r[$k,pss]=$(awk -v k="$pss" 'BEGIN { printf "%.1f", k / 1024 }')
+  r[$k,sys]=$(awk -v s=$((sys1 - sys0)) -v t=$((cpu1 - cpu0)) 'BEGIN { printf "%.0f", t ? 100 * s / t : 0 }')
+  r[$k,cs]=$(awk -v c=$((cs1 - cs0)) -v n="$n" 'BEGIN { printf "%.2f", n ? c / n : 0 }')
   r[$k,cores]=$(awk -v t=$((cpu1 - cpu0)) -v hz="$tck" -v s="$seconds" 'BEGIN { printf "%.2f", t / hz / s }')
   r[$k,up]=$(awk -v t=$((up1 - up0)) -v hz="$tck" -v s="$seconds" 'BEGIN { printf "%.2f", t / hz / s }')
   r[$k,wrk]=$(wrk_cores)
@@ -277,12 +290,12 @@ table() { # round body-index
   local k peer g other label path size
   IFS=: read -r label path size <<<"${bodies[$2]}"
   printf '\n%s body (GET %s), round %s of %s: wrk -t%s -c%s -d%ss\n' "$label" "$path" "$1" "$rounds" "$threads" "$conns" "$seconds"
-  printf '%-14s %9s %8s %8s %11s %8s %8s %6s %6s %6s %6s  %s\n' peer req/s "p50 ms" "p99 ms" "CPU µs/req" \
-    "RSS MiB" "PSS MiB" proxy upstr wrk other "socket errors / status"
+  printf '%-14s %9s %8s %8s %11s %5s %6s %8s %8s %6s %6s %6s %6s  %s\n' peer req/s "p50 ms" "p99 ms" "CPU µs/req" \
+    "sys %" cs/req "RSS MiB" "PSS MiB" proxy upstr wrk other "socket errors / status"
   for peer in "${peers[@]}"; do
     k="$1,$2,$peer"
-    printf '%-14s %9.0f %8.2f %8.2f %10s %8s %8s %6s %6s %6s %6s  %s %s\n' "$peer" "${r[$k,rps]}" \
-      "${r[$k,p50]}" "${r[$k,p99]}" "${r[$k,cpu]}" "${r[$k,rss]}" "${r[$k,pss]}" "${r[$k,cores]}" \
+    printf '%-14s %9.0f %8.2f %8.2f %10s %5s %6s %8s %8s %6s %6s %6s %6s  %s %s\n' "$peer" "${r[$k,rps]}" \
+      "${r[$k,p50]}" "${r[$k,p99]}" "${r[$k,cpu]}" "${r[$k,sys]}" "${r[$k,cs]}" "${r[$k,rss]}" "${r[$k,pss]}" "${r[$k,cores]}" \
       "${r[$k,up]}" "${r[$k,wrk]}" "${r[$k,other]}" "${r[$k,sock]}" "${r[$k,status]}"
   done
   g="$1,$2,kubelet-guard"
@@ -326,7 +339,9 @@ pinned="workers unpinned"; [ "$affinity" = 1 ] && pinned="workers pinned one per
 echo "setup:    upstream nginx worker_processes 1; nginx worker_processes auto ($(nproc)); haproxy nbthread 2; $pinned;" \
      "all peers TLS in, mutual TLS out over keep-alive pools; guard in embedded mode (static token, RBAC file)"
 echo "tls:      $(IFS=';'; echo "${tls[*]}" | sed 's/;/; /g')"
-echo "columns:  proxy/upstr/wrk/other = cores busy during the run (CPU time / duration) in the peer, the upstream," \
+echo "columns:  sys % = the peer's CPU time spent in the kernel (loopback TCP, wake-ups, task switches);" \
+     "cs/req = context switches of the peer's threads per request, voluntary or preempted;"
+echo "          proxy/upstr/wrk/other = cores busy during the run (CPU time / duration) in the peer, the upstream," \
      "wrk, and everything else on the machine (noise); RSS sums the peer's processes after the run, PSS splits shared pages"
 for ((round = 1; round <= rounds; round++)); do
   # Rotate the order each round so no peer always runs first (or after the same neighbour).
