@@ -199,7 +199,7 @@ async fn decide(
     if certified && exempt.iter().any(|user| *user == who.name) {
         return Ok(());
     }
-    let target = match pod_scope(request.uri().path()) {
+    let target = match pod_scope(request.uri().path(), request.uri().query()) {
         PodScope::None => return Ok(()),
         PodScope::Malformed => return Err(Refusal::PodUnnamed),
         PodScope::Pod(target) => target,

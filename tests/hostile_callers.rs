@@ -315,6 +315,24 @@ async fn container_log_files_need_the_pods_log_permission_under_pod_scope() {
         .await;
     assert_eq!(refused, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("db-0"), "{body}");
+    // The same files through the kubelet's links to them and through its node log query.
+    let (linked, _) = cluster
+        .get("/logs/containers/web-0_team-a_web-6f1c.log", TOKEN)
+        .await;
+    assert_eq!(linked, StatusCode::OK);
+    for target in [
+        "/logs/containers/db-0_team-b_db-7a2d.log",
+        "/logs/?query=pods/team-b_db-0_7a2d/db/0.log",
+    ] {
+        let (refused, body) = cluster.get(target, TOKEN).await;
+        assert_eq!(refused, StatusCode::FORBIDDEN, "{target}: {body}");
+        assert!(body.contains("db-0"), "{target}: {body}");
+    }
+    // A file query the guard cannot read as the kubelet would is refused, not guessed at.
+    let (escaped, _) = cluster
+        .get("/logs/?query=pods%2Fteam-b_db-0_7a2d%2Fdb%2F0.log", TOKEN)
+        .await;
+    assert_eq!(escaped, StatusCode::BAD_REQUEST);
     // Node log files name no pod and need only nodes/log.
     let (node_log, _) = cluster.get("/logs/syslog", TOKEN).await;
     assert_eq!(node_log, StatusCode::OK);

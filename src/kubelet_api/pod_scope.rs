@@ -4,12 +4,19 @@
 //! for the same action: what `--pod-scoped-authz` checks and what audit events name.
 //!
 //! Routes: `/exec|attach|run/{namespace}/{pod}[/{uid}]/{container}`,
-//! `/portForward/{namespace}/{pod}[/{uid}]`, `/containerLogs/{namespace}/{pod}/{container}`, and
-//! the kubelet's log directory `/logs/pods/{namespace}_{pod}_{uid}[/{container}/…]` (namespaces
-//! and pod names never hold `_`, so the directory name splits one way only). A path of another
-//! shape (or with an empty segment) names no pod the guard can check, so it is refused.
+//! `/portForward/{namespace}/{pod}[/{uid}]`, `/containerLogs/{namespace}/{pod}/{container}`.
+//! Container log files, which the kubelet serves from `/var/log` under `/logs/`, are reached two
+//! ways: its pod directories `/logs/pods/{namespace}_{pod}_{uid}[/{container}/…]` and its links
+//! to each container's current file, `/logs/containers/{pod}_{namespace}_{container}-{id}.log`
+//! (namespaces, pod and container names never hold `_`, so each name splits one way only). On a
+//! kubelet with `enableSystemLogQuery`, `/logs/?query=…` serves a file too: a `query` value
+//! holding `/` or `\` is a path under `/var/log`, read here as if it were the path. A path of
+//! another shape (or with an empty segment) names no pod the guard can check, so it is refused;
+//! so is a file query the guard cannot read exactly as the kubelet does (escaped, with dot or
+//! empty segments, several files, or beside a path).
 
 use super::Verb;
+use super::query::parse_query;
 
 /// The namespaced action a kubelet request performs on a pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,10 +77,10 @@ impl PodAction {
     }
 }
 
-/// Splits `path` (the request path, without query) into the pod it acts on.
-pub fn pod_scope(path: &str) -> PodScope<'_> {
-    if let Some(rest) = path.strip_prefix("/logs/pods/") {
-        return log_file(rest);
+/// Splits `path` (the request path) and `query` (after `?`) into the pod a request acts on.
+pub fn pod_scope<'a>(path: &'a str, query: Option<&'a str>) -> PodScope<'a> {
+    if let Some(file) = path.strip_prefix("/logs/") {
+        return log_request(file, query);
     }
     let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
     let (action, lengths): (PodAction, &[usize]) = match segments.next() {
@@ -107,8 +114,75 @@ pub fn pod_scope(path: &str) -> PodScope<'_> {
     }
 }
 
-/// `/logs/pods/{namespace}_{pod}_{uid}[/{container}/…]`, after `/logs/pods/`: the listing of all
-/// pods' directories (empty) names no pod.
+/// A request under `/logs/`, `file` being its path there: the file the kubelet serves is the
+/// path, or in query mode the one file its `query` values name.
+fn log_request<'a>(file: &'a str, query: Option<&'a str>) -> PodScope<'a> {
+    let pairs = query.map(parse_query).unwrap_or_default();
+    let mut files = pairs
+        .iter()
+        .filter(|pair| pair.key == "query" && pair.value.contains(['/', '\\']));
+    let Some(queried) = files.next() else {
+        return log_path(file);
+    };
+    // Only an unescaped value is the same bytes here and in the kubelet's decoded query.
+    let raw = queried.raw.split_once('=').map_or("", |(_, value)| value);
+    if files.next().is_some() || !file.is_empty() || raw != queried.value {
+        return PodScope::Malformed;
+    }
+    // The kubelet's file server cleans the path: leading slashes go, dot segments would move it.
+    let raw = raw.trim_start_matches('/');
+    if raw.contains('\\') || raw.split('/').any(|segment| matches!(segment, "." | "..")) {
+        return PodScope::Malformed;
+    }
+    log_path(raw)
+}
+
+/// The pod of a file path under `/var/log`; other files (the node's own logs) name none.
+fn log_path(file: &str) -> PodScope<'_> {
+    if let Some(rest) = file.strip_prefix("pods/") {
+        log_file(rest)
+    } else if let Some(rest) = file.strip_prefix("containers/") {
+        container_link(rest)
+    } else {
+        PodScope::None
+    }
+}
+
+/// `{pod}_{namespace}_{container}-{container id}.log`, after `/logs/containers/`: the kubelet's
+/// link to a container's current log file. The listing (empty) names no pod.
+fn container_link(rest: &str) -> PodScope<'_> {
+    if rest.is_empty() {
+        return PodScope::None;
+    }
+    let Some(name) = rest.strip_suffix(".log").filter(|name| !name.contains('/')) else {
+        return PodScope::Malformed;
+    };
+    let mut parts = name.split('_');
+    let (Some(pod), Some(namespace), Some(tail), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return PodScope::Malformed;
+    };
+    let Some((container, id)) = tail.rsplit_once('-') else {
+        return PodScope::Malformed;
+    };
+    if [pod, namespace, container, id]
+        .iter()
+        .any(|part| part.is_empty())
+    {
+        return PodScope::Malformed;
+    }
+    PodScope::Pod(PodTarget {
+        namespace,
+        pod,
+        uid: None,
+        container: Some(container),
+        action: PodAction::Log,
+    })
+}
+
+/// `{namespace}_{pod}_{uid}[/{container}/…]`, after `/logs/pods/`: the listing of all pods'
+/// directories (empty) names no pod.
 fn log_file(rest: &str) -> PodScope<'_> {
     if rest.is_empty() {
         return PodScope::None;
@@ -150,7 +224,11 @@ mod tests {
 
     /// Namespace, pod and action only: what `--pod-scoped-authz` checks.
     fn checked(path: &str) -> PodScope<'_> {
-        match pod_scope(path) {
+        checked_query(path, "")
+    }
+
+    fn checked_query<'a>(path: &'a str, query: &'a str) -> PodScope<'a> {
+        match pod_scope(path, Some(query).filter(|query| !query.is_empty())) {
             PodScope::Pod(target) => PodScope::Pod(PodTarget {
                 uid: None,
                 container: None,
@@ -162,15 +240,15 @@ mod tests {
 
     #[test]
     fn uid_and_container_are_read_where_the_route_has_them() {
-        let PodScope::Pod(exec) = pod_scope("/exec/ns/p/5f0c/app") else {
+        let PodScope::Pod(exec) = pod_scope("/exec/ns/p/5f0c/app", None) else {
             panic!()
         };
         assert_eq!((exec.uid, exec.container), (Some("5f0c"), Some("app")));
-        let PodScope::Pod(forward) = pod_scope("/portForward/ns/p/5f0c") else {
+        let PodScope::Pod(forward) = pod_scope("/portForward/ns/p/5f0c", None) else {
             panic!()
         };
         assert_eq!((forward.uid, forward.container), (Some("5f0c"), None));
-        let PodScope::Pod(logs) = pod_scope("/containerLogs/ns/p/c") else {
+        let PodScope::Pod(logs) = pod_scope("/containerLogs/ns/p/c", None) else {
             panic!()
         };
         assert_eq!((logs.uid, logs.container), (None, Some("c")));
@@ -178,7 +256,8 @@ mod tests {
 
     #[test]
     fn container_log_files_name_their_pod() {
-        let PodScope::Pod(file) = pod_scope("/logs/pods/team-a_web-0_6f1c-0001/app/0.log") else {
+        let PodScope::Pod(file) = pod_scope("/logs/pods/team-a_web-0_6f1c-0001/app/0.log", None)
+        else {
             panic!()
         };
         assert_eq!(
@@ -197,18 +276,91 @@ mod tests {
                 PodAction::Log
             )
         );
-        let PodScope::Pod(dir) = pod_scope("/logs/pods/ns_p_u/") else {
+        let PodScope::Pod(dir) = pod_scope("/logs/pods/ns_p_u/", None) else {
             panic!()
         };
         assert_eq!((dir.pod, dir.container), ("p", None));
-        assert_eq!(pod_scope("/logs/pods/"), PodScope::None);
+        assert_eq!(pod_scope("/logs/pods/", None), PodScope::None);
         for malformed in [
             "/logs/pods/ns_p",
             "/logs/pods/ns_p_u_x/c",
             "/logs/pods/_p_u/c",
         ] {
-            assert_eq!(pod_scope(malformed), PodScope::Malformed, "{malformed}");
+            assert_eq!(
+                pod_scope(malformed, None),
+                PodScope::Malformed,
+                "{malformed}"
+            );
         }
+    }
+
+    #[test]
+    fn container_log_links_name_their_pod() {
+        let PodScope::Pod(link) =
+            pod_scope("/logs/containers/web-0_team-a_app-server-4f9a01.log", None)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (link.namespace, link.pod, link.uid, link.container),
+            ("team-a", "web-0", None, Some("app-server"))
+        );
+        assert_eq!(pod_scope("/logs/containers/", None), PodScope::None);
+        for malformed in [
+            "/logs/containers/web-0_team-a_app-4f9a",
+            "/logs/containers/web-0_team-a.log",
+            "/logs/containers/web-0_team-a_app.log",
+            "/logs/containers/web-0_team-a_app-4f9a.log/x",
+            "/logs/containers/web-0_team-a_x_app-4f9a.log",
+            "/logs/containers/_team-a_app-4f9a.log",
+        ] {
+            assert_eq!(
+                pod_scope(malformed, None),
+                PodScope::Malformed,
+                "{malformed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_log_query_for_a_file_is_read_as_the_file_path() {
+        assert_eq!(
+            checked_query("/logs/", "query=pods/team-b_db-0_7a2d/db/0.log"),
+            pod("team-b", "db-0", PodAction::Log)
+        );
+        assert_eq!(
+            checked_query(
+                "/logs/",
+                "tailLines=5&query=/containers/db-0_team-b_db-7a.log"
+            ),
+            pod("team-b", "db-0", PodAction::Log)
+        );
+        // Services (the journal) and node files name no pod.
+        for query in [
+            "query=kubelet",
+            "query=kubelet&query=containerd",
+            "query=apt/history.log",
+        ] {
+            assert_eq!(pod_scope("/logs/", Some(query)), PodScope::None, "{query}");
+        }
+        for query in [
+            "query=pods%2Fteam-b_db-0_7a2d%2Fdb%2F0.log",
+            "query=x/../pods/team-b_db-0_7a2d/db/0.log",
+            "query=./pods/team-b_db-0_7a2d/db/0.log",
+            "query=pods\\team-b_db-0_7a2d\\db\\0.log",
+            "query=syslog/x&query=pods/team-b_db-0_7a2d/db/0.log",
+        ] {
+            assert_eq!(
+                pod_scope("/logs/", Some(query)),
+                PodScope::Malformed,
+                "{query}"
+            );
+        }
+        // A path beside a file query: served as the path by a kubelet without query mode.
+        assert_eq!(
+            pod_scope("/logs/syslog", Some("query=pods/team-b_db-0_7a2d/db/0.log")),
+            PodScope::Malformed
+        );
     }
 
     #[test]
@@ -250,7 +402,7 @@ mod tests {
             "/execx/ns/p/c",
             "/",
         ] {
-            assert_eq!(pod_scope(path), PodScope::None, "{path}");
+            assert_eq!(pod_scope(path, None), PodScope::None, "{path}");
         }
         for path in [
             "/exec",
@@ -261,7 +413,7 @@ mod tests {
             "/portForward/ns",
             "/containerLogs/ns/p/u/c",
         ] {
-            assert_eq!(pod_scope(path), PodScope::Malformed, "{path}");
+            assert_eq!(pod_scope(path, None), PodScope::Malformed, "{path}");
         }
     }
 

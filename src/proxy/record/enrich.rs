@@ -18,7 +18,7 @@ use crate::kubelet_api::query::{parse_query, stream_request};
 /// Adds the pod that `target` (a classified request-target) acts on and what it asks for.
 pub(super) fn target(annotations: &mut BTreeMap<&'static str, String>, target: &str) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let PodScope::Pod(pod) = pod_scope(path) else {
+    let PodScope::Pod(pod) = pod_scope(path, Some(query)) else {
         return;
     };
     annotations.insert(audit::POD_NAMESPACE, pod.namespace.to_owned());
