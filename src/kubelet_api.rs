@@ -26,7 +26,7 @@ pub mod query;
 
 use std::fmt;
 
-use http::header::{CONNECTION, UPGRADE};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Uri, Version};
 
@@ -130,6 +130,10 @@ pub enum Rejection {
     EmptySegment,
     /// The path contains a `.` or `..` segment.
     DotSegment,
+    /// A `POST`, `PUT` or `PATCH` to `exec`, `attach`, `portForward` or `run` with a form body:
+    /// the kubelet reads its parameters (`cmd`, `input`, `tty`, …) from such a body before the
+    /// query, so the query the guard records would not be what runs.
+    FormBody,
     /// The method is not exactly `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
     MethodNotAllowed {
         /// The method as received.
@@ -255,6 +259,7 @@ impl Rejection {
             Self::ForbiddenByte { .. } => "forbidden_byte",
             Self::EmptySegment => "empty_segment",
             Self::DotSegment => "dot_segment",
+            Self::FormBody => "form_body",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
@@ -281,6 +286,10 @@ impl fmt::Display for Rejection {
             },
             Self::EmptySegment => f.write_str("request path contains an empty segment ('//')"),
             Self::DotSegment => f.write_str("request path contains a '.' or '..' segment"),
+            Self::FormBody => f.write_str(
+                "a form body is refused on exec, attach, portForward and run: the kubelet would \
+                 read its parameters before the query's; send them in the query",
+            ),
             Self::MethodNotAllowed { method, version }
                 if *method == Method::CONNECT && *version == Version::HTTP_2 =>
             {
@@ -322,6 +331,9 @@ pub fn classify(
     };
     let upgrade = upgrade_of(headers);
     let streaming = is_streaming_path(path);
+    if streaming && has_form_body(method, headers) {
+        return Err(Rejection::FormBody);
+    }
     // The kubelet would take a GET upgrade as `get`; the spec requires `create` (section 2).
     let verb = if upgrade.is_some() || streaming {
         Verb::Create
@@ -445,6 +457,29 @@ fn verb_of(method: &Method) -> Option<Verb> {
     }
 }
 
+/// Whether Go's `Request.FormValue`, which the kubelet's streaming handlers read their parameters
+/// with, would read the body: a `POST`, `PUT` or `PATCH` whose `Content-Type` (any of them, case
+/// and parameters aside) is `application/x-www-form-urlencoded` or `multipart/form-data`. Go
+/// trims and lowercases the media type by Unicode rules, so a value that is not ASCII counts as a
+/// form too rather than be compared by other rules.
+fn has_form_body(method: &Method, headers: &HeaderMap) -> bool {
+    let form = |value: &HeaderValue| {
+        if !value.as_bytes().is_ascii() {
+            return true;
+        }
+        let media = value
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
+        let media = media.trim_ascii();
+        media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+            || media.eq_ignore_ascii_case(b"multipart/form-data")
+    };
+    [Method::POST, Method::PUT, Method::PATCH].contains(method)
+        && headers.get_all(CONTENT_TYPE).iter().any(form)
+}
+
 /// An upgrade is any `Upgrade` header, or a `Connection` header with the token `upgrade`.
 fn upgrade_of(headers: &HeaderMap) -> Option<UpgradeProtocol> {
     if let Some(upgrade) = headers.get(UPGRADE) {
@@ -540,7 +575,7 @@ mod tests {
         for &(name, value) in pairs {
             map.append(
                 HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
-                HeaderValue::from_str(value).expect("test header value"),
+                HeaderValue::from_bytes(value.as_bytes()).expect("test header value"),
             );
         }
         map
@@ -795,6 +830,53 @@ mod tests {
                 assert_eq!(request.upgrade(), None);
                 assert_eq!(request.checks(), [Proxy], "{target}");
             }
+        }
+    }
+
+    #[test]
+    fn a_form_body_on_a_streaming_endpoint_is_refused() {
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            "multipart/form-data; boundary=x",
+            "app\u{130}cation/x-www-form-urlencoded",
+        ] {
+            for (name, target) in [
+                ("POST", "/run/ns/pod/ctr"),
+                ("POST", "/exec/ns/pod/ctr?command=ls"),
+                ("PUT", "/attach/ns/pod/ctr"),
+                ("PATCH", "/portForward/ns/pod"),
+            ] {
+                let refused = with_headers(name, target, &[("content-type", content_type)]);
+                assert_eq!(rejection(refused), Rejection::FormBody, "{name} {target}");
+            }
+        }
+        // Go reads no form body from a GET or DELETE, nor one of another type; nor do other paths.
+        for (name, target, content_type) in [
+            (
+                "GET",
+                "/exec/ns/pod/ctr",
+                "application/x-www-form-urlencoded",
+            ),
+            (
+                "DELETE",
+                "/run/ns/pod/ctr",
+                "application/x-www-form-urlencoded",
+            ),
+            ("POST", "/run/ns/pod/ctr?cmd=ls", "application/octet-stream"),
+            (
+                "POST",
+                "/run/ns/pod/ctr?cmd=ls",
+                "multipart/mixed; boundary=x",
+            ),
+            (
+                "POST",
+                "/checkpoint/ns/pod/ctr",
+                "application/x-www-form-urlencoded",
+            ),
+        ] {
+            let accepted = with_headers(name, target, &[("content-type", content_type)]);
+            assert!(accepted.is_ok(), "{name} {target} {content_type}");
         }
     }
 
@@ -1265,6 +1347,7 @@ mod tests {
             forbidden(TargetPart::Query, 0xff),
             Rejection::EmptySegment,
             Rejection::DotSegment,
+            Rejection::FormBody,
             Rejection::MethodNotAllowed {
                 method: Method::HEAD,
                 version: Version::HTTP_11,
@@ -1288,7 +1371,7 @@ mod tests {
         assert!(all[9].to_string().contains("non-ASCII byte 0xff"));
         let mut labels: Vec<_> = all.iter().map(Rejection::label).collect();
         labels.dedup();
-        assert_eq!(labels.len(), 9);
+        assert_eq!(labels.len(), 10);
     }
 
     // ---- properties ----

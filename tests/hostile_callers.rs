@@ -11,7 +11,9 @@ use crate::support;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use support::guard::{Cluster, admin_get};
 use support::with_deadline;
@@ -218,6 +220,27 @@ async fn of_two_common_names_the_last_is_the_user() {
         !users.is_empty() && users.iter().all(|u| u == "bob"),
         "{users:?}"
     );
+}
+
+#[tokio::test]
+async fn parameters_in_a_form_body_on_a_streaming_endpoint_are_refused_unforwarded() {
+    let cluster = cluster(&[]).await;
+    cluster.api.allow(USER, "create", "proxy");
+    // The kubelet would run the body's `cmd`, not the query's that the audit would record.
+    let mut request =
+        support::client::request("POST", "/run/default/web-0/web?cmd=id", Some(TOKEN));
+    *request.body_mut() = Full::new(Bytes::from_static(b"cmd=cat+/etc/shadow"));
+    request.headers_mut().insert(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
+    let response = cluster.client().send(cluster.addr(), request).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(cluster.kubelet.requests().is_empty(), "forwarded");
+    // The same command in the query alone goes through.
+    let request = support::client::request("POST", "/run/default/web-0/web?cmd=id", Some(TOKEN));
+    let response = cluster.client().send(cluster.addr(), request).await;
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@
 //! test: the verb table, the upgrade rule, the streaming first segments, the "path → checks"
 //! table keyed on the first path segment, and the request-target refusal table. Where the spec
 //! does not fix an order between two refusal rules that both apply, any of them is accepted.
-//! Then metamorphic checks: the query, headers other than `Upgrade` and `Connection`, and the
-//! HTTP version of an origin-form target never change the answer.
+//! Then metamorphic checks: the query, headers other than `Upgrade`, `Connection` and
+//! `Content-Type`, and the HTTP version of an origin-form target never change the answer.
 
 #![no_main]
 
@@ -121,6 +121,13 @@ fn compare(
             }
             invariants(request, &accept.path, uri, version);
         }
+        (Err(Rejection::FormBody), spec::Expected::FormBody) => {
+            let message = got.as_ref().map_err(ToString::to_string).unwrap_err();
+            assert!(
+                message.starts_with(spec::message_prefix(&Rejection::FormBody)),
+                "{message:?}"
+            );
+        }
         (got, expected) => panic!("classify: {got:?}, spec: {expected:?}"),
     }
 }
@@ -177,9 +184,14 @@ fn metamorphic(
     headers: &HeaderMap,
     options: Options,
 ) {
-    // Only Upgrade and Connection count (Sec-WebSocket-*, X-Stream-Protocol-Version never do).
+    // Only Upgrade, Connection and Content-Type count (Sec-WebSocket-*, X-Stream-Protocol-Version
+    // never do).
     let mut named = HeaderMap::new();
-    for name in [http::header::UPGRADE, http::header::CONNECTION] {
+    for name in [
+        http::header::UPGRADE,
+        http::header::CONNECTION,
+        http::header::CONTENT_TYPE,
+    ] {
         for value in headers.get_all(&name) {
             named.append(name.clone(), value.clone());
         }
@@ -187,7 +199,7 @@ fn metamorphic(
     let without_others = classify(method, uri, version, &named, options);
     assert_eq!(
         got, &without_others,
-        "a header other than Upgrade/Connection mattered"
+        "a header other than Upgrade/Connection/Content-Type mattered"
     );
 
     // The query never changes the verb, the checks or the upgrade of an accepted request.
@@ -279,6 +291,8 @@ mod spec {
         Target(Violations),
         /// 405: the target is fine, the method is not one of the five (section 2).
         Method,
+        /// 400: a form body on a streaming endpoint (section 4), after the target and method.
+        FormBody,
         /// Authorized with these checks.
         Accept(Accept),
     }
@@ -338,7 +352,7 @@ mod spec {
                 } => self.query_bytes.contains(byte),
                 Rejection::EmptySegment => self.empty_segment,
                 Rejection::DotSegment => self.dot_segment,
-                Rejection::MethodNotAllowed { .. } => false,
+                Rejection::FormBody | Rejection::MethodNotAllowed { .. } => false,
             }
         }
     }
@@ -361,6 +375,7 @@ mod spec {
             } => "request query contains ",
             Rejection::EmptySegment => "request path contains an empty segment",
             Rejection::DotSegment => "request path contains a '.' or '..' segment",
+            Rejection::FormBody => "a form body is refused on exec, attach, portForward and run",
             Rejection::MethodNotAllowed { .. } => "method ",
         }
     }
@@ -397,6 +412,19 @@ mod spec {
             });
         // Section 2: these first segments, case-sensitive.
         let streaming = matches!(first_segment, "exec" | "attach" | "portForward" | "run");
+        // Section 4: a POST, PUT or PATCH there whose Content-Type is a form, case and
+        // parameters aside, or is not ASCII.
+        let form = headers.get_all("content-type").iter().any(|value| {
+            let Ok(value) = value.to_str() else {
+                return true;
+            };
+            let media = value.split(';').next().unwrap_or_default();
+            let media = media.trim_matches([' ', '\t']).to_ascii_lowercase();
+            media == "application/x-www-form-urlencoded" || media == "multipart/form-data"
+        });
+        if streaming && matches!(method.as_str(), "POST" | "PUT" | "PATCH") && form {
+            return Expected::FormBody;
+        }
         let verb = if upgrade || streaming {
             Verb::Create
         } else {
