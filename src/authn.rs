@@ -20,6 +20,9 @@ use token::{TokenAuthenticator, TokenOutcome};
 /// The group Kubernetes adds to every authenticated user.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
+/// The group of callers without credentials.
+const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
+
 /// An authenticated caller, as sent in SubjectAccessReviews.
 ///
 /// Equal identities are equal in every field; the hash covers the name and UID only, which tell
@@ -109,7 +112,7 @@ impl Identity {
         Self {
             name: "system:anonymous".into(),
             uid: String::new(),
-            groups: Arc::new(["system:unauthenticated".to_owned()]),
+            groups: Arc::new([UNAUTHENTICATED_GROUP.to_owned()]),
             extra: BTreeMap::new(),
         }
     }
@@ -119,24 +122,34 @@ impl Identity {
         self.name == "system:anonymous"
     }
 
-    /// [`authenticated`](Self::authenticated) for a shared identity: one that already has the
-    /// group (the token file's own) stays shared, not copied.
+    /// [`authenticated`](Self::authenticated) for a shared identity: one that gets no group (the
+    /// token file's own, which add it when loaded) stays shared, not copied.
     pub fn shared_authenticated(identity: Arc<Self>) -> Arc<Self> {
-        if identity.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
-            identity
-        } else {
+        if identity.gets_authenticated_group() {
             Arc::new(Arc::unwrap_or_clone(identity).authenticated())
+        } else {
+            identity
         }
     }
 
-    /// Adds `system:authenticated` unless it is already there.
+    /// Adds `system:authenticated` as the kubelet's authenticator chain does (Kubernetes'
+    /// `AuthenticatedGroupAdder`): not to `system:anonymous`, and not when the groups already
+    /// hold `system:authenticated` or `system:unauthenticated`.
     pub fn authenticated(mut self) -> Self {
-        if !self.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+        if self.gets_authenticated_group() {
             let mut groups = self.groups.to_vec();
             groups.push(AUTHENTICATED_GROUP.into());
             self.groups = groups.into();
         }
         self
+    }
+
+    fn gets_authenticated_group(&self) -> bool {
+        !self.is_anonymous()
+            && !self
+                .groups
+                .iter()
+                .any(|g| g == AUTHENTICATED_GROUP || g == UNAUTHENTICATED_GROUP)
     }
 }
 
@@ -237,6 +250,17 @@ mod tests {
         };
         let identity = identity.authenticated().authenticated();
         assert_eq!(identity.groups[..], ["g", AUTHENTICATED_GROUP]);
+        // As Kubernetes' AuthenticatedGroupAdder: never to system:anonymous or to a caller that
+        // already claims system:unauthenticated (a certificate's O, a token file's group).
+        for (name, group) in [("system:anonymous", "g"), ("a", UNAUTHENTICATED_GROUP)] {
+            let identity = Identity {
+                name: name.into(),
+                uid: String::new(),
+                groups: Arc::new([group.to_owned()]),
+                extra: BTreeMap::new(),
+            };
+            assert_eq!(identity.authenticated().groups[..], [group], "{name}");
+        }
         assert!(
             !Identity::anonymous()
                 .groups
