@@ -67,6 +67,20 @@ pub enum PeerCertificate {
     Unusable(String),
 }
 
+impl PeerCertificate {
+    /// When a verified certificate stops being valid, on the runtime's clock: a second after its
+    /// `notAfter`, through which it is valid. `None` without one.
+    pub fn expires(&self) -> Option<tokio::time::Instant> {
+        let Self::Identity { not_after, .. } = self else {
+            return None;
+        };
+        let left = not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Some(tokio::time::Instant::now() + left + std::time::Duration::from_secs(1))
+    }
+}
+
 /// Who issued a client certificate and under which serial number: with the issuer, the serial
 /// names one certificate, so an audit reader can find (and revoke) exactly the one that was used.
 #[derive(Clone, Debug, PartialEq, Eq)]

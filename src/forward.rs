@@ -100,17 +100,21 @@ pub enum StreamEnd {
     KubeletClosed,
     /// The guard closed it at the end of the shutdown grace period.
     Shutdown,
+    /// The guard closed it when the caller's client certificate expired.
+    CertificateExpired,
     /// A connection failed otherwise, or the upgrade never completed after the 101.
     Error,
 }
 
 impl StreamEnd {
-    /// The audit annotation value: `caller-closed`, `kubelet-closed`, `shutdown` or `error`.
+    /// The audit annotation value: `caller-closed`, `kubelet-closed`, `shutdown`,
+    /// `certificate-expired` or `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CallerClosed => "caller-closed",
             Self::KubeletClosed => "kubelet-closed",
             Self::Shutdown => "shutdown",
+            Self::CertificateExpired => "certificate-expired",
             Self::Error => "error",
         }
     }
@@ -249,6 +253,7 @@ impl Upstream {
         upgrade: bool,
         credential: Credential,
         lane: Option<&Lane>,
+        expires: Option<tokio::time::Instant>,
     ) -> Result<Forwarded, ForwardError> {
         let inbound_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -327,6 +332,7 @@ impl Upstream {
                 inbound,
                 hyper::upgrade::on(&mut response),
                 self.streams.track(),
+                expires,
             ))),
             _ => None,
         };
@@ -585,6 +591,7 @@ async fn splice(
     inbound: hyper::upgrade::OnUpgrade,
     outbound: hyper::upgrade::OnUpgrade,
     mut open: Tracked,
+    expires: Option<tokio::time::Instant>,
 ) -> (Relayed, Tracked) {
     let started = std::time::Instant::now();
     let (to_kubelet, to_caller, end) = match tokio::try_join!(inbound, outbound) {
@@ -604,6 +611,10 @@ async fn splice(
                     tracing::info!("upgraded stream closed at the end of the shutdown grace period");
                     StreamEnd::Shutdown
                 }
+                () = until(expires) => {
+                    tracing::info!("upgraded stream closed: the caller's client certificate expired");
+                    StreamEnd::CertificateExpired
+                }
             };
             (inbound.read, outbound.read, end)
         }
@@ -619,6 +630,14 @@ async fn splice(
         end,
     };
     (relayed, open)
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One of the two connections of an upgraded stream.

@@ -146,6 +146,7 @@ async fn guard(
             classified.upgrade().is_some(),
             credential,
             peer.lane.as_ref(),
+            peer.certificate.expires(),
         )
         .await
         .map_err(Refusal::Upstream)

@@ -152,6 +152,36 @@ async fn the_admin_listener_answers_health_probes_through_a_silent_flood() {
 }
 
 #[tokio::test]
+async fn an_exec_stream_ends_when_its_client_certificate_expires() {
+    use futures_util::StreamExt;
+    let cluster = cluster(&[]).await;
+    cluster.api.allow("short-lived", "create", "proxy");
+    let cert = cluster
+        .ca
+        .client_cert_with(&["short-lived"], Some(Duration::from_secs(3)));
+    let client = support::client::TlsClient::new(cluster.ca.cert_path(), Some(&cert));
+    let target = "/exec/team-a/web-0/app?command=sh&input=1&output=1";
+    let (response, mut socket) = client
+        .websocket(cluster.addr(), target, None, &["v5.channel.k8s.io"])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let started = Instant::now();
+    socket.next().await.unwrap().unwrap();
+    // The shell would go on for ever: the guard cuts it about a second after notAfter.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its certificate");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_expired_client_certificate_is_refused_on_a_kept_alive_and_a_resumed_connection() {
     let cluster = cluster(&[]).await;
     cluster.api.allow("short-lived", "get", "metrics");

@@ -66,7 +66,7 @@ pub(super) enum Limit {
     HeaderSize,
     /// `--max-unauthenticated-connections-per-source`: a connection over it was closed at once.
     UnauthenticatedPerSource,
-    /// The client certificate expired: the connection was shut down.
+    /// The client certificate expired: the connection was closed, a response in flight with it.
     CertificateExpired,
     /// `--idle-timeout`: an idle connection was shut down.
     IdleTimeout,
@@ -246,11 +246,11 @@ async fn serve_http(
 ) {
     let addr = peer.addr;
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let expires = match &peer.certificate {
-        PeerCertificate::Identity { not_after, .. } => Some(*not_after),
-        _ => None,
-    };
-    let activity = Arc::new(Activity::new(&context.limits, !http2, expires));
+    let activity = Arc::new(Activity::new(
+        &context.limits,
+        !http2,
+        peer.certificate.expires(),
+    ));
     activity.read(first.len());
     let io = TokioIo::new(Admitted {
         io: tls,
@@ -324,9 +324,12 @@ async fn drive<C>(
     if let Some(limit) = limit {
         metrics.limit_hit(limit.as_str());
         tracing::debug!(peer = %addr, limit = limit.as_str(), "connection limit hit");
-        if limit == Limit::HeaderReadTimeout {
+        match limit {
             // Closed without an answer, as Go's server does: the caller is not reading one.
-            return;
+            Limit::HeaderReadTimeout => return,
+            // Closed at once: a response still streaming (a followed log) ends with it.
+            Limit::CertificateExpired => return,
+            _ => {}
         }
     }
     graceful(connection.as_mut());
@@ -389,7 +392,7 @@ async fn handshake(
 
 impl Activity {
     /// A fresh connection: an HTTP/1.1 one is reading its first head, an HTTP/2 one idles.
-    fn new(limits: &Limits, http1: bool, expires: Option<std::time::SystemTime>) -> Self {
+    fn new(limits: &Limits, http1: bool, expires: Option<Instant>) -> Self {
         let phase = if http1 {
             Phase::ReadingHead
         } else {
@@ -408,13 +411,7 @@ impl Activity {
             stream_limit: limits.http2_max_streams as usize,
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
-            expires: expires.map(|at| {
-                let left = at
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                // A second later: the certificate is valid through its notAfter second.
-                Instant::now() + left + Duration::from_secs(1)
-            }),
+            expires,
         }
     }
 
