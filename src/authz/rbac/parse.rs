@@ -53,6 +53,12 @@ pub fn documents(yaml: &str) -> Result<Vec<Document>, PolicyError> {
 /// The API group and version of every RBAC kind this module reads.
 const RBAC_V1: &str = "rbac.authorization.k8s.io/v1";
 
+/// Drops a cluster-scoped object's namespace, as the API server does: `b` and `monitoring/b` are
+/// one ClusterRoleBinding there, so here a second of them is a duplicate, not another binding.
+fn cluster_scoped(metadata: &mut ObjectMeta) {
+    metadata.namespace = None;
+}
+
 /// The namespace of a namespaced object that names none (`kubectl apply`'s default context).
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -110,7 +116,8 @@ impl Objects {
         match (kind.as_str(), api_version.as_str()) {
             ("List", "v1") if origin.item.is_none() => self.load_list(value, origin)?,
             ("ClusterRole", RBAC_V1) => {
-                let role: ClusterRole = typed(value, &what, origin)?;
+                let mut role: ClusterRole = typed(value, &what, origin)?;
+                cluster_scoped(&mut role.metadata);
                 check_cluster_role(&role).map_err(invalid)?;
                 self.cluster_roles.push(Located {
                     location,
@@ -119,6 +126,7 @@ impl Objects {
             }
             ("ClusterRoleBinding", RBAC_V1) => {
                 let mut binding: ClusterRoleBinding = typed(value, &what, origin)?;
+                cluster_scoped(&mut binding.metadata);
                 default_binding(&mut binding.role_ref, binding.subjects.as_mut(), None);
                 check_binding(
                     &binding.metadata,

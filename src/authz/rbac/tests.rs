@@ -32,6 +32,49 @@ fn binding_grants_its_role_to_its_subject() {
 }
 
 #[test]
+fn resource_names_may_cover_several_resources() {
+    // Kubernetes' validation accepts resourceNames with more than one resource.
+    let rules = "rules:\n- apiGroups: [\"\"]\n  resources: [nodes/proxy, nodes/log]\n  \
+                 resourceNames: [node-a]\n  verbs: [get]";
+    let yaml = cluster_role("r", "{}", rules) + &bind_user("b", "r", "alice");
+    let (policy, _) = parse(&yaml);
+    assert!(alice_may(&policy, &node("proxy", "get")));
+    assert!(alice_may(&policy, &node("log", "get")));
+    let elsewhere = ResourceRequest {
+        name: "node-b",
+        ..node("proxy", "get")
+    };
+    assert!(!alice_may(&policy, &elsewhere));
+}
+
+#[test]
+fn a_cluster_scoped_objects_namespace_is_ignored_as_the_api_server_ignores_it() {
+    // `b` in `monitoring` and `b` are one ClusterRoleBinding: the second is a duplicate, and with
+    // duplicates allowed the later one wins, so mallory's subject list is replaced.
+    let namespaced = bind_user("b", "proxy", "mallory").replace(
+        "metadata:\n  name: b\n",
+        "metadata:\n  name: b\n  namespace: monitoring\n",
+    );
+    let yaml = cluster_role("proxy", "{}", &grants("[nodes/proxy]"))
+        + &namespaced
+        + &bind_user("b", "proxy", "alice");
+    let error = parse_error(&yaml);
+    assert!(
+        error
+            .message
+            .contains("ClusterRoleBinding \"b\" is defined twice"),
+        "{error}"
+    );
+    let (policy, warnings) = Policy::parse_lenient(&yaml).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(alice_may(&policy, &node("proxy", "get")));
+    assert_eq!(
+        policy.authorize(&who("mallory", &[]), &node("proxy", "get")),
+        None
+    );
+}
+
+#[test]
 fn first_granting_binding_in_file_order_is_reported() {
     let yaml = cluster_role("logs", "{}", &grants("[nodes/log]"))
         + &cluster_role("all", "{}", &grants("[\"*\"]"))

@@ -138,10 +138,6 @@ fn check_rule(rule: &PolicyRule, namespaced: bool) -> Result<(), String> {
     ensure(
         resources > 0,
         "resources: Required value: at least one resource",
-    )?;
-    ensure(
-        names == 0 || resources == 1,
-        "resourceNames: cannot apply to multiple resources",
     )
 }
 
@@ -207,10 +203,6 @@ mod tests {
             (
                 "{nonResourceURLs: [/x], resources: [nodes], verbs: [get]}",
                 "both regular resources",
-            ),
-            (
-                "{apiGroups: [''], resources: [nodes, pods], resourceNames: [a], verbs: [get]}",
-                "cannot apply to multiple resources",
             ),
         ];
         for (rule, expected) in cases {
