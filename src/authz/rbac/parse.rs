@@ -13,6 +13,7 @@ use k8s_openapi::api::rbac::v1::{
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter, Spanned};
@@ -229,13 +230,16 @@ impl Objects {
     }
 }
 
-/// Converts a document to its Kubernetes type, strictly as the API server's JSON decoding would.
-fn typed<T: DeserializeOwned>(
+/// Converts a document to its Kubernetes type, strictly as `kubectl apply`'s field validation
+/// would: a field the type does not have is an error. The `k8s-openapi` types skip such fields,
+/// and a misspelled `resourceNames` would otherwise leave its rule open to every name; so what
+/// the typed object writes back must hold every field given (a `null` aside).
+fn typed<T: DeserializeOwned + Serialize>(
     value: Value,
     what: &str,
     origin: &Origin<'_>,
 ) -> Result<T, PolicyError> {
-    serde_json::from_value(value).map_err(|error| {
+    let object: T = serde_json::from_value(value.clone()).map_err(|error| {
         let error = error.to_string();
         // Like kubectl's YAML 1.1 reader, serde-saphyr reads a bare `y` or `no` as a boolean.
         let hint = match error.contains("invalid type: boolean") {
@@ -243,7 +247,46 @@ fn typed<T: DeserializeOwned>(
             false => "",
         };
         origin.error(format!("{what}: {error}{hint}"))
-    })
+    })?;
+    let known =
+        serde_json::to_value(&object).map_err(|error| origin.error(format!("{what}: {error}")))?;
+    match unknown_field(&value, &known) {
+        Some(path) => Err(origin.error(format!("{what}: unknown field \"{path}\""))),
+        None => Ok(object),
+    }
+}
+
+/// The first field of `given` that `known` (the same document as its type writes it) lacks, as a
+/// path such as `rules[0].resourceName`.
+fn unknown_field(given: &Value, known: &Value) -> Option<String> {
+    match (given, known) {
+        (Value::Object(given), Value::Object(known)) => {
+            given.iter().find_map(|(key, value)| match known.get(key) {
+                Some(known) => unknown_field(value, known).map(|path| {
+                    if path.starts_with('[') {
+                        format!("{key}{path}")
+                    } else {
+                        format!("{key}.{path}")
+                    }
+                }),
+                None if value.is_null() => None,
+                None => Some(key.clone()),
+            })
+        }
+        (Value::Array(given), Value::Array(known)) => {
+            given
+                .iter()
+                .zip(known)
+                .enumerate()
+                .find_map(|(at, (given, known))| {
+                    unknown_field(given, known).map(|path| match path.starts_with('[') {
+                        true => format!("[{at}]{path}"),
+                        false => format!("[{at}].{path}"),
+                    })
+                })
+        }
+        _ => None,
+    }
 }
 
 /// `metadata.name` of a not-yet-typed object, for messages.

@@ -267,6 +267,35 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_field_is_an_error_and_a_null_one_is_not() {
+        let misspelled = cluster_role(
+            "r",
+            "{}",
+            "rules:\n- apiGroups: [\"\"]\n  resources: [nodes/proxy]\n  resourceName: [node-a]\n  \
+             verbs: [get]",
+        );
+        let error = parse_error(&misspelled);
+        assert!(
+            error
+                .message
+                .contains("unknown field \"rules[0].resourceName\""),
+            "{error}"
+        );
+        let binding = bind_user("b", "r", "u").replace("subjects:", "subject:");
+        let error = parse_error(&(cluster_role("r", "{}", "rules: []") + &binding));
+        assert!(
+            error.message.contains("unknown field \"subject\""),
+            "{error}"
+        );
+        // kubectl's output holds nulls such as this; and every field the type has is fine.
+        let listed = cluster_role("r", "{}", "rules: []").replace(
+            "metadata:\n",
+            "metadata:\n  creationTimestamp: null\n  resourceVersion: \"7\"\n  uid: u-1\n",
+        );
+        Policy::parse(&listed).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn names_are_required_and_unique() {
         let unnamed = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nrules: []\n";
         assert!(
