@@ -51,6 +51,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client certificate's identity, read once per connection.
     pub certificate: PeerCertificate,
+    /// When the client certificate expires ([`PeerCertificate::expires`]): the connection and
+    /// its upgraded streams end then.
+    pub expires: Option<tokio::time::Instant>,
     /// The connection's count against its source's unauthenticated connections, proven by the
     /// first request that authenticates.
     pub admission: Ticket,
@@ -146,7 +149,7 @@ async fn guard(
             classified.upgrade().is_some(),
             credential,
             peer.lane.as_ref(),
-            peer.certificate.expires(),
+            peer.expires,
         )
         .await
         .map_err(Refusal::Upstream)

@@ -246,11 +246,7 @@ async fn serve_http(
 ) {
     let addr = peer.addr;
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let activity = Arc::new(Activity::new(
-        &context.limits,
-        !http2,
-        peer.certificate.expires(),
-    ));
+    let activity = Arc::new(Activity::new(&context.limits, !http2, peer.expires));
     activity.read(first.len());
     let io = TokioIo::new(Admitted {
         io: tls,
@@ -373,6 +369,7 @@ async fn handshake(
                 Box::new(tls),
                 Arc::new(Peer {
                     addr,
+                    expires: certificate.expires(),
                     certificate,
                     admission,
                     lane: http1.then(forward::Lane::default),
