@@ -157,21 +157,15 @@ fn container_link(rest: &str) -> PodScope<'_> {
     let Some(name) = rest.strip_suffix(".log").filter(|name| !name.contains('/')) else {
         return PodScope::Malformed;
     };
-    let mut parts = name.split('_');
-    let (Some(pod), Some(namespace), Some(tail), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let Some([pod, namespace, tail]) = underscored(name) else {
+        return PodScope::Malformed;
+    };
+    let Some((container, _)) = tail
+        .rsplit_once('-')
+        .filter(|(container, id)| !container.is_empty() && !id.is_empty())
     else {
         return PodScope::Malformed;
     };
-    let Some((container, id)) = tail.rsplit_once('-') else {
-        return PodScope::Malformed;
-    };
-    if [pod, namespace, container, id]
-        .iter()
-        .any(|part| part.is_empty())
-    {
-        return PodScope::Malformed;
-    }
     PodScope::Pod(PodTarget {
         namespace,
         pod,
@@ -189,15 +183,9 @@ fn log_file(rest: &str) -> PodScope<'_> {
     }
     let mut segments = rest.split('/');
     let directory = segments.next().unwrap_or_default();
-    let mut parts = directory.split('_');
-    let (Some(namespace), Some(pod), Some(uid), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some([namespace, pod, uid]) = underscored(directory) else {
         return PodScope::Malformed;
     };
-    if [namespace, pod, uid].iter().any(|part| part.is_empty()) {
-        return PodScope::Malformed;
-    }
     let container = segments.next().filter(|container| !container.is_empty());
     PodScope::Pod(PodTarget {
         namespace,
@@ -206,6 +194,12 @@ fn log_file(rest: &str) -> PodScope<'_> {
         container,
         action: PodAction::Log,
     })
+}
+
+/// The three non-empty parts of a log file or directory name joined by `_`.
+fn underscored(name: &str) -> Option<[&str; 3]> {
+    let parts: [&str; 3] = name.split('_').collect::<Vec<_>>().try_into().ok()?;
+    parts.iter().all(|part| !part.is_empty()).then_some(parts)
 }
 
 #[cfg(test)]
