@@ -54,12 +54,6 @@ pub fn documents(yaml: &str) -> Result<Vec<Document>, PolicyError> {
 /// The API group and version of every RBAC kind this module reads.
 const RBAC_V1: &str = "rbac.authorization.k8s.io/v1";
 
-/// Drops a cluster-scoped object's namespace, as the API server does: `b` and `monitoring/b` are
-/// one ClusterRoleBinding there, so here a second of them is a duplicate, not another binding.
-fn cluster_scoped(metadata: &mut ObjectMeta) {
-    metadata.namespace = None;
-}
-
 /// The namespace of a namespaced object that names none (`kubectl apply`'s default context).
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -230,6 +224,12 @@ impl Objects {
     }
 }
 
+/// Drops a cluster-scoped object's namespace, as the API server does: `b` and `monitoring/b` are
+/// one ClusterRoleBinding there, so here a second of them is a duplicate, not another binding.
+fn cluster_scoped(metadata: &mut ObjectMeta) {
+    metadata.namespace = None;
+}
+
 /// Converts a document to its Kubernetes type, strictly as `kubectl apply`'s field validation
 /// would: a field the type does not have is an error. The `k8s-openapi` types skip such fields,
 /// and a misspelled `resourceNames` would otherwise leave its rule open to every name; so what
@@ -262,13 +262,7 @@ fn unknown_field(given: &Value, known: &Value) -> Option<String> {
     match (given, known) {
         (Value::Object(given), Value::Object(known)) => {
             given.iter().find_map(|(key, value)| match known.get(key) {
-                Some(known) => unknown_field(value, known).map(|path| {
-                    if path.starts_with('[') {
-                        format!("{key}{path}")
-                    } else {
-                        format!("{key}.{path}")
-                    }
-                }),
+                Some(known) => unknown_field(value, known).map(|path| nested(key, &path)),
                 None if value.is_null() => None,
                 None => Some(key.clone()),
             })
@@ -279,13 +273,18 @@ fn unknown_field(given: &Value, known: &Value) -> Option<String> {
                 .zip(known)
                 .enumerate()
                 .find_map(|(at, (given, known))| {
-                    unknown_field(given, known).map(|path| match path.starts_with('[') {
-                        true => format!("[{at}]{path}"),
-                        false => format!("[{at}].{path}"),
-                    })
+                    unknown_field(given, known).map(|path| nested(&format!("[{at}]"), &path))
                 })
         }
         _ => None,
+    }
+}
+
+/// `outer` then `inner` as one field path: `rules` and `[0]`, `[0]` and `resourceName`.
+fn nested(outer: &str, inner: &str) -> String {
+    match inner.starts_with('[') {
+        true => format!("{outer}{inner}"),
+        false => format!("{outer}.{inner}"),
     }
 }
 
