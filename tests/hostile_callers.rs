@@ -151,15 +151,25 @@ async fn the_admin_listener_answers_health_probes_through_a_silent_flood() {
     assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
 }
 
+/// A client with a certificate for user `short-lived`, valid 3 s more, allowed `verb` on the
+/// node's `subresource`.
+fn short_lived_client(
+    cluster: &Cluster,
+    verb: &str,
+    subresource: &str,
+) -> support::client::TlsClient {
+    cluster.api.allow("short-lived", verb, subresource);
+    let cert = cluster
+        .ca
+        .client_cert_with(&["short-lived"], Some(Duration::from_secs(3)));
+    support::client::TlsClient::new(cluster.ca.cert_path(), Some(&cert))
+}
+
 #[tokio::test]
 async fn an_exec_stream_ends_when_its_client_certificate_expires() {
     use futures_util::StreamExt;
     let cluster = cluster(&[]).await;
-    cluster.api.allow("short-lived", "create", "proxy");
-    let cert = cluster
-        .ca
-        .client_cert_with(&["short-lived"], Some(Duration::from_secs(3)));
-    let client = support::client::TlsClient::new(cluster.ca.cert_path(), Some(&cert));
+    let client = short_lived_client(&cluster, "create", "proxy");
     let target = "/exec/team-a/web-0/app?command=sh&input=1&output=1";
     let (response, mut socket) = client
         .websocket(cluster.addr(), target, None, &["v5.channel.k8s.io"])
@@ -184,11 +194,7 @@ async fn an_exec_stream_ends_when_its_client_certificate_expires() {
 #[tokio::test]
 async fn an_expired_client_certificate_is_refused_on_a_kept_alive_and_a_resumed_connection() {
     let cluster = cluster(&[]).await;
-    cluster.api.allow("short-lived", "get", "metrics");
-    let cert = cluster
-        .ca
-        .client_cert_with(&["short-lived"], Some(Duration::from_secs(3)));
-    let client = support::client::TlsClient::new(cluster.ca.cert_path(), Some(&cert));
+    let client = short_lived_client(&cluster, "get", "metrics");
 
     // A kept-alive connection: served while the certificate is valid, closed at its expiry.
     let tls = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
