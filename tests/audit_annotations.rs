@@ -74,6 +74,31 @@ async fn the_target_pod_is_the_one_the_pod_check_reads() {
 }
 
 #[tokio::test]
+async fn a_refusal_by_the_pod_check_is_a_forbid_with_its_reason() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &["--pod-scoped-authz"]).await;
+    // Allowed every node subresource, but no pod's log in team-b.
+    let logs = "/containerLogs/team-b/web-0/app";
+    assert_eq!(cluster.get(logs, TOKEN).await.0, StatusCode::FORBIDDEN);
+
+    let refused = event(&log, logs, "ResponseComplete").await;
+    let annotations = &refused["annotations"];
+    assert_eq!(annotations["kubelet-guard.io/checks"], "proxy=allow");
+    assert_eq!(
+        annotations["kubelet-guard.io/pod-check"],
+        "get pods/log team-b/web-0=deny"
+    );
+    assert_eq!(
+        annotations["authorization.k8s.io/decision"], "forbid",
+        "a SIEM reading the decision must see the refusal"
+    );
+    assert_eq!(
+        annotations["authorization.k8s.io/reason"],
+        "no rule of the double matched"
+    );
+}
+
+#[tokio::test]
 async fn a_path_without_a_pod_uid_names_no_uid() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &[]).await;

@@ -213,14 +213,22 @@ fn event(
 ) -> Event {
     let mut annotations = BTreeMap::new();
     if let Some(verdict) = &trail.verdict {
-        let allowed = verdict.allowed_by().is_some();
+        // A pod check that denied forbids the request, whatever the node-level checks said.
+        let pod_denied = trail
+            .pod
+            .as_ref()
+            .map(|(_, decision)| decision)
+            .filter(|decision| !decision.is_allow());
+        let allowed = verdict.allowed_by().is_some() && pod_denied.is_none();
         annotations.insert(
             audit::DECISION,
             if allowed { "allow" } else { "forbid" }.to_owned(),
         );
-        let reason = verdict.checks.last().map(|(_, decision)| match decision {
-            Decision::Allow { reason } | Decision::Deny { reason } => reason.to_string(),
-        });
+        let reason = pod_denied
+            .or_else(|| verdict.checks.last().map(|(_, decision)| decision))
+            .map(|decision| match decision {
+                Decision::Allow { reason } | Decision::Deny { reason } => reason.to_string(),
+            });
         if let Some(reason) = reason
             .filter(|r| !r.is_empty())
             .or_else(|| trail.message.clone())
