@@ -7,16 +7,21 @@
 //! characters other than ASCII whitespace) of the arguments, in order, so a credential is found
 //! whether it is an argument of its own or part of a `sh -c` script:
 //!
-//! 1. the word after `Bearer`, `Basic` or `Token` (any case; quotes around the scheme ignored);
+//! 1. the word after `Bearer`, `Basic` or `Token` (any case; quotes around the scheme ignored),
+//!    also when the scheme ends a `Name:` or `--flag=` word (`Authorization:Bearer …`,
+//!    `--header=Authorization:"Bearer …"`);
 //! 2. the value of `name=value` when the name holds a secret word (`--token=…`, `PASSWORD=…`,
 //!    `…?access_token=…`);
 //! 3. the value of `Name:value` when the name holds a secret word (`X-Auth-Token: …`);
-//! 4. the word after a flag (`-…`, no `=`) whose name holds a secret word (`--password …`).
+//! 4. the word after a flag (`-…`, no `=`) whose name holds a secret word (`--password …`);
+//! 5. the password of a URL's user information (`https://user:…@host`).
 //!
 //! Secret words, in any case: `token`, `password`, `passwd`, `secret`, `credential`, `apikey`,
-//! `api-key`, `api_key`. A redacted word keeps the quotes around it and becomes [`MARK`]. In a
-//! `requestURI`, the values of each query key go through the same rule, and every value of a key
-//! that holds a secret word is redacted whole; the rest of the URI stays as sent.
+//! `api-key`, `api_key`, `authorization`. A redacted word keeps the quotes around it and becomes
+//! [`MARK`]. In a `requestURI`, the values of each query key go through the same rule, every
+//! value of a key that holds a secret word is redacted whole, and a pair the kubelet does not
+//! read (one holding `;` or a bad `%` escape, which Go's `url.ParseQuery` drops) becomes
+//! [`MARK`] whole, since it cannot be read word by word; the rest of the URI stays as sent.
 //!
 //! The rule errs towards redacting too much. It cannot know every program's options: `mysql
 //! -psecret` or a credential on stdin is not recognised (stdin is never recorded at all).
@@ -29,7 +34,7 @@ use crate::kubelet_api::query::{parse_query, query_escape};
 pub const MARK: &str = "<redacted>";
 
 /// Parts of a name that say its value is a credential.
-const SECRET_WORDS: [&str; 8] = [
+const SECRET_WORDS: [&str; 9] = [
     "token",
     "password",
     "passwd",
@@ -38,6 +43,7 @@ const SECRET_WORDS: [&str; 8] = [
     "apikey",
     "api-key",
     "api_key",
+    "authorization",
 ];
 
 /// Authorization schemes whose next word is the credential.
@@ -100,17 +106,23 @@ pub fn redact_target(target: &str) -> Cow<'_, str> {
             }
         }
     }
-    if replaced.is_empty() {
+    let segments = query.split('&').filter(|segment| !segment.is_empty());
+    if replaced.is_empty() && segments.count() == pairs.len() {
         return Cow::Borrowed(target);
     }
     // Segments are told apart by where they sit in `query`, not by their text.
+    let sits = |raw: &str, segment: &str| std::ptr::eq(raw.as_ptr(), segment.as_ptr());
+    let dropped = query_escape(MARK);
     let query: Vec<&str> = query
         .split('&')
         .map(|segment| {
-            replaced
-                .iter()
-                .find(|(raw, _)| std::ptr::eq(raw.as_ptr(), segment.as_ptr()))
-                .map_or(segment, |(_, new)| new.as_str())
+            if let Some((_, new)) = replaced.iter().find(|(raw, _)| sits(raw, segment)) {
+                new.as_str()
+            } else if segment.is_empty() || pairs.iter().any(|pair| sits(pair.raw, segment)) {
+                segment
+            } else {
+                &dropped
+            }
         })
         .collect();
     Cow::Owned(format!("{path}?{}", query.join("&")))
@@ -132,7 +144,9 @@ fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
 
 /// One word, redacted if it is a credential, and whether the word after it is one.
 fn redact_word(word: &str, is_credential: bool) -> (Cow<'_, str>, bool) {
-    let bare = word.trim_matches(['\'', '"']);
+    // The scheme may end a `Name:` or `--flag=` word: `Authorization:Bearer`.
+    let last = word.rsplit([':', '=']).next().unwrap_or(word);
+    let bare = last.trim_matches(['\'', '"']);
     if SCHEMES
         .iter()
         .any(|scheme| bare.eq_ignore_ascii_case(scheme))
@@ -156,8 +170,26 @@ fn redact_word(word: &str, is_credential: bool) -> (Cow<'_, str>, bool) {
             );
         }
     }
+    if let Some(masked) = url_password(word) {
+        return (Cow::Owned(masked), false);
+    }
     let flag = word.starts_with('-') && !word.contains('=');
     (Cow::Borrowed(word), flag && is_secret(word))
+}
+
+/// `word` with the password of its URL's user information masked, if it has one.
+fn url_password(word: &str) -> Option<String> {
+    let (scheme, rest) = word.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    if password.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{scheme}://{user}:{MARK}{}",
+        &rest[userinfo.len()..]
+    ))
 }
 
 /// `word` as [`MARK`], keeping the quotes around it.
@@ -222,6 +254,53 @@ mod tests {
     }
 
     #[test]
+    fn a_scheme_closing_a_name_in_one_word_still_marks_the_credential() {
+        assert_eq!(
+            redacted(&[
+                "curl",
+                "-H",
+                "Authorization:Bearer",
+                "xyz",
+                "--header=Authorization:\"Bearer",
+                "abc\"",
+                "-H",
+                "authorization:tok",
+            ]),
+            [
+                "curl",
+                "-H",
+                "Authorization:Bearer",
+                "<redacted>",
+                "--header=Authorization:\"Bearer",
+                "<redacted>\"",
+                "-H",
+                "authorization:<redacted>",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_password_of_a_url_is_redacted() {
+        assert_eq!(
+            redacted(&[
+                "git",
+                "clone",
+                "https://bob:ghp_x1@github.com/o/r.git",
+                "https://bob@h/p",
+                "https://h/p?q=a:b@c",
+            ]),
+            [
+                "git",
+                "clone",
+                "https://bob:<redacted>@github.com/o/r.git",
+                "https://bob@h/p",
+                "https://h/p?q=a:b@c",
+            ],
+            "only a password inside the authority"
+        );
+    }
+
+    #[test]
     fn values_of_secret_names_are_redacted() {
         assert_eq!(
             redacted(&[
@@ -276,6 +355,11 @@ mod tests {
             redact_target("/exec/ns/p/c?command=--token&command=x&command=--token&command=x"),
             "/exec/ns/p/c?command=--token&command=%3Credacted%3E&command=--token&command=%3Credacted%3E",
             "equal segments are each judged where they sit"
+        );
+        assert_eq!(
+            redact_target("/exec/ns/p/c?command=ls&access_token=abc;x&&command=100%&tty=1"),
+            "/exec/ns/p/c?command=ls&%3Credacted%3E&&%3Credacted%3E&tty=1",
+            "pairs the kubelet drops are redacted whole"
         );
     }
 }
