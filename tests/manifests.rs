@@ -1097,20 +1097,36 @@ fn the_node_identities_are_bound_by_their_group_to_kubelet_api_admin() {
 }
 
 #[test]
-fn observe_writes_audit_events_to_standard_output_and_logs_stay_json() {
-    let base_args = str_list(&base_pod()["containers"][0]["args"]).join(" ");
-    assert!(
-        base_args.contains("--log-format=json"),
-        "logs are JSON lines on standard error: {base_args}"
-    );
+fn every_overlay_writes_audit_events_to_standard_output_and_logs_stay_json() {
+    let pod = base_pod();
+    let base_args = str_list(&pod["containers"][0]["args"]);
+    for arg in ["--log-format=json", "--audit-log-path=-"] {
+        assert!(
+            base_args.contains(&arg),
+            "the base (so every overlay) has {arg}: {base_args:?}"
+        );
+    }
+    for overlay in OVERLAYS {
+        let audit_ops: Vec<Value> = overlay_patch_ops(overlay)
+            .into_iter()
+            .filter(|op| {
+                op["value"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("--audit"))
+            })
+            .collect();
+        assert_eq!(
+            audit_ops,
+            Vec::<Value>::new(),
+            "{overlay} keeps the base's audit sink"
+        );
+    }
     let added: Vec<Value> = overlay_patch_ops("observe")
         .into_iter()
         .filter(|op| op["op"] == json!("add"))
         .map(|op| op["value"].clone())
         .collect();
-    for arg in ["--mode=observe", "--audit-log-path=-"] {
-        assert!(added.contains(&json!(arg)), "observe adds {arg}: {added:?}");
-    }
+    assert!(added.contains(&json!("--mode=observe")), "{added:?}");
 }
 
 #[test]
@@ -1533,6 +1549,11 @@ fn every_overlay_renders_with_kubectl_kustomize_and_keeps_the_invariants() {
                 _ => unreachable!(),
             };
         assert_eq!(modes, want_modes, "{label}: --mode");
+        assert_eq!(
+            flag_value(&args, "--audit-log-path"),
+            Some("-"),
+            "{label}: every rollout phase writes an audit trail"
+        );
         assert_eq!(fallback, want_fallback, "{label}: --proxy-fallback");
         assert_eq!(lockdown, want_lockdown, "{label}: --kubelet-lockdown");
         assert_eq!(
