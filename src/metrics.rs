@@ -25,7 +25,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     /// `kubelet_guard_request_duration_seconds` by decision, in `Outcome::ALL`'s order: looked
     /// up once, not hashed per request.
-    duration: Arc<[Histogram; 5]>,
+    duration: Arc<[Histogram; Outcome::ALL.len()]>,
     /// `kubelet_guard_authorization_cache_requests_total`: token then SAR, each miss then hit.
     cache: Arc<[[IntCounter; 2]; 2]>,
     apiserver: HistogramVec,
@@ -57,6 +57,8 @@ pub enum Outcome {
     Rejected,
     /// No decision could be made (a review failed).
     Error,
+    /// The connection closed before the guard decided (the kubelet was never called).
+    Abandoned,
 }
 
 /// Which decision cache a lookup went to.
@@ -311,12 +313,13 @@ impl Drop for ConnectionGuard {
 
 impl Outcome {
     /// Every outcome, in declaration order (`outcome as usize` indexes it).
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Self::Allowed,
         Self::Forbidden,
         Self::Unauthenticated,
         Self::Rejected,
         Self::Error,
+        Self::Abandoned,
     ];
 
     /// The label value.
@@ -327,6 +330,7 @@ impl Outcome {
             Self::Unauthenticated => "unauthenticated",
             Self::Rejected => "reject",
             Self::Error => "error",
+            Self::Abandoned => "abandoned",
         }
     }
 }

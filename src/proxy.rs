@@ -20,7 +20,7 @@ use crate::forward::{self, Body, Credential, ForwardError, Forwarded, Upstream};
 use crate::kubelet_api::pod_scope::{PodScope, pod_scope};
 use crate::kubelet_api::{self, KubeletRequest, Rejection, Subresource, Verb};
 use crate::metrics::{Metrics, Outcome};
-use record::{Arrival, Trail};
+use record::{Arrival, Pending, Trail};
 
 /// Everything a request needs, built once in `run()`.
 pub struct State {
@@ -91,8 +91,10 @@ enum Refusal {
 /// Runs the pipeline for one request and always produces a response.
 pub async fn handle(state: &State, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
     let arrival = Arrival::of(&request, state.audit.is_enabled());
-    let mut trail = Trail::default();
-    let (mut response, outcome, stream) = match guard(state, peer, request, &mut trail).await {
+    // Recorded when answered, or when dropped unanswered.
+    let mut pending = Pending::new(state, peer, arrival);
+    let trail = &mut pending.trail;
+    let (mut response, outcome, stream) = match guard(state, peer, request, trail).await {
         Ok(Forwarded { response, stream }) => (response, Outcome::Allowed, stream),
         Err(refusal) => {
             let (response, outcome, message) = refuse(&refusal, &state.metrics);
@@ -101,7 +103,7 @@ pub async fn handle(state: &State, peer: &Peer, request: Request<Incoming>) -> R
         }
     };
     // Record: metrics, audit and the Audit-ID header, never a credential.
-    record::finish(state, peer, arrival, trail, outcome, &mut response, stream);
+    pending.answered(outcome, &mut response, stream);
     response
 }
 
@@ -142,6 +144,7 @@ async fn guard(
         };
 
     // Forward; in enforce mode as the guard's own identity, the caller's credentials stay here.
+    trail.forwarded = true;
     state
         .upstream
         .forward(

@@ -281,3 +281,75 @@ async fn no_token_reaches_an_event_or_a_log_line() {
         );
     }
 }
+
+/// Sends `head` on a new connection, waits until `arrived` says the request got where the test
+/// wants it, then closes the connection without reading an answer.
+async fn leave_unanswered(cluster: &Cluster, head: String, arrived: impl Fn() -> bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut tls = cluster
+        .client()
+        .connect(cluster.addr(), b"http/1.1")
+        .await
+        .unwrap();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    support::with_deadline("the request to arrive", async {
+        while !arrived() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(tls);
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_before_the_answer_still_leaves_an_event() {
+    let (cluster, log) = audited(&[]).await;
+    cluster.api.allow("ops", "*", "*");
+
+    // The kubelet has the command and is running it: the caller leaves without its output.
+    cluster.kubelet.hold_answers();
+    let run = "/run/team-a/web-0/app?cmd=id";
+    let head = format!(
+        "POST {run} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+    );
+    leave_unanswered(&cluster, head, || cluster.kubelet.count() == 1).await;
+    let event = log
+        .find("the event of the run", |e| e["requestURI"] == run)
+        .await;
+    assert_eq!(event["responseStatus"]["code"], 499, "{event}");
+    assert_eq!(event["user"]["username"], USER);
+    assert_eq!(
+        event["annotations"]["authorization.k8s.io/decision"],
+        "allow"
+    );
+    assert_eq!(
+        event["responseStatus"]["message"],
+        "the connection closed before the guard answered"
+    );
+    cluster.kubelet.release_answer();
+
+    // The guard is still asking the API server who the caller is: the kubelet never hears of it.
+    cluster.api.set_delay(std::time::Duration::from_secs(3));
+    let reviews = cluster.api.requests().len();
+    let head =
+        format!("GET /pods HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}-other\r\n\r\n");
+    leave_unanswered(&cluster, head, || cluster.api.requests().len() > reviews).await;
+    let event = log
+        .find("the event of /pods", |e| e["requestURI"] == "/pods")
+        .await;
+    assert_eq!(event["responseStatus"]["code"], 499, "{event}");
+    assert_eq!(
+        event["annotations"].get("authorization.k8s.io/decision"),
+        None
+    );
+    assert_eq!(cluster.kubelet.count(), 1);
+
+    let metrics = cluster.metrics().await;
+    for line in [
+        r#"kubelet_guard_requests_total{code="499",decision="allow",subresource="proxy",verb="create"} 1"#,
+        r#"kubelet_guard_requests_total{code="499",decision="abandoned",subresource="proxy",verb="get"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}

@@ -38,6 +38,76 @@ pub(super) struct Trail {
     pub(super) pod: Option<(Resource, Decision)>,
     /// In observe mode, what enforcing would have answered instead of forwarding.
     pub(super) observed: Option<Outcome>,
+    /// Whether the request went to the kubelet.
+    pub(super) forwarded: bool,
+}
+
+/// A request being handled; recorded when it is answered, or, if hyper drops the handler first
+/// (the caller left, its certificate expired, shutdown's grace ended), when it is dropped: the
+/// kubelet may already be running what was asked, and the trail must say so.
+pub(super) struct Pending<'a> {
+    state: &'a State,
+    peer: &'a Peer,
+    arrival: Option<Arrival>,
+    /// What the pipeline learns.
+    pub(super) trail: Trail,
+}
+
+/// The status an abandoned request is recorded with: nginx's "client closed request", as no
+/// response was sent.
+const ABANDONED: u16 = 499;
+
+impl<'a> Pending<'a> {
+    /// A request that arrived as `arrival` says.
+    pub(super) fn new(state: &'a State, peer: &'a Peer, arrival: Arrival) -> Self {
+        Self {
+            state,
+            peer,
+            arrival: Some(arrival),
+            trail: Trail::default(),
+        }
+    }
+
+    /// Records the answered request: see [`finish`].
+    pub(super) fn answered(
+        mut self,
+        outcome: Outcome,
+        response: &mut Response<Body>,
+        stream: Option<JoinHandle<(Relayed, Tracked)>>,
+    ) {
+        if let Some(arrival) = self.arrival.take() {
+            let trail = std::mem::take(&mut self.trail);
+            finish(
+                self.state, self.peer, arrival, trail, outcome, response, stream,
+            );
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let Some(arrival) = self.arrival.take() else {
+            return;
+        };
+        let mut trail = std::mem::take(&mut self.trail);
+        trail.message = Some("the connection closed before the guard answered".to_owned());
+        let outcome = if trail.forwarded {
+            Outcome::Allowed
+        } else {
+            Outcome::Abandoned
+        };
+        let mut response = Response::new(Body::default());
+        *response.status_mut() = StatusCode::from_u16(ABANDONED).unwrap_or(StatusCode::BAD_REQUEST);
+        finish(
+            self.state,
+            self.peer,
+            arrival,
+            trail,
+            outcome,
+            &mut response,
+            None,
+        );
+    }
 }
 
 /// What is known when a request arrives, before the pipeline consumes it.

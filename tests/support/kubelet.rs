@@ -104,6 +104,9 @@ struct Shared {
     requests: Mutex<Vec<Recorded>>,
     log_lines: Arc<Semaphore>,
     upgrades: AtomicUsize,
+    /// While set, each request is recorded and then waits for a permit of `answers`.
+    holding: std::sync::atomic::AtomicBool,
+    answers: Semaphore,
 }
 
 impl KubeletDouble {
@@ -162,6 +165,8 @@ impl KubeletDouble {
             requests: Mutex::new(Vec::new()),
             log_lines: Arc::new(Semaphore::new(0)),
             upgrades: AtomicUsize::new(0),
+            holding: std::sync::atomic::AtomicBool::new(false),
+            answers: Semaphore::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
         KubeletDouble { addr, shared, task }
@@ -200,6 +205,17 @@ impl KubeletDouble {
     /// How many upgraded connections (WebSocket or SPDY) got past the `101` to their streams.
     pub fn upgrades_completed(&self) -> usize {
         self.shared.upgrades.load(Ordering::SeqCst)
+    }
+
+    /// From now on, records each request and then holds its answer until [`Self::release_answer`],
+    /// as a kubelet running a long command does.
+    pub fn hold_answers(&self) {
+        self.shared.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets one held request be answered.
+    pub fn release_answer(&self) {
+        self.shared.answers.add_permits(1);
     }
 
     /// Lets followed log streams send one more line (shared by all open streams).
@@ -292,6 +308,9 @@ async fn route(
         version: req.version(),
         body: body.clone(),
     });
+    if shared.holding.load(Ordering::SeqCst) {
+        shared.answers.acquire().await.expect("answers").forget();
+    }
     if refused {
         return text(StatusCode::UNAUTHORIZED, "text/plain", "Unauthorized");
     }
