@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A future returned by a reviewer.
@@ -32,4 +33,23 @@ pub enum ReviewError {
     /// The answer contradicts itself (for example both allowed and denied).
     #[error("the API server's answer is inconsistent: {0}")]
     Inconsistent(String),
+}
+
+/// How many times what answers reviews has been reloaded. A cache stamps each answer with the
+/// generation read before the review began and serves only answers of the current one: a review
+/// that read the old policy or token file but reached the cache after the reload cleared it
+/// would otherwise be served until its entry expired.
+#[derive(Debug, Default)]
+pub struct Generation(AtomicU64);
+
+impl Generation {
+    /// The current generation; read it before a review starts.
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Starts a new generation: call it after the new content is in place.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }

@@ -1,6 +1,7 @@
 //! Bearer tokens: one review per token through a cache keyed by the token's SHA-256, so the raw
 //! token is never stored. Concurrent misses for one token share a single review; review errors are
-//! not cached. The reviewer is the API server's TokenReview or the static token file.
+//! not cached; an answer reviewed before the token file was reloaded is never served after it
+//! ([`Generation`]). The reviewer is the API server's TokenReview or the static token file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use moka::future::Cache;
 
 use super::Identity;
 use crate::metrics::{CacheKind, Metrics};
-use crate::review::{ReviewError, ReviewFuture};
+use crate::review::{Generation, ReviewError, ReviewFuture};
 
 /// The result of reviewing one token.
 #[derive(Clone, Debug)]
@@ -33,7 +34,9 @@ pub struct TokenDigest([u8; 32]);
 /// Cached, coalescing token authentication.
 pub struct TokenAuthenticator {
     reviewer: Arc<dyn TokenReviewer>,
-    cache: Cache<TokenDigest, TokenOutcome>,
+    /// Each answer with the generation read before its review.
+    cache: Cache<TokenDigest, (TokenOutcome, u64)>,
+    generation: Generation,
     metrics: Metrics,
 }
 
@@ -51,6 +54,7 @@ impl TokenAuthenticator {
     /// Forgets every cached answer: the token file changed, and a removed token must stop
     /// working now, not when its entry expires.
     pub fn forget(&self) {
+        self.generation.advance();
         self.cache.invalidate_all();
     }
 
@@ -64,28 +68,42 @@ impl TokenAuthenticator {
         Self {
             reviewer,
             cache,
+            generation: Generation::default(),
             metrics,
         }
     }
 
     /// Reviews a token, from the cache when possible.
     pub async fn review(&self, token: &str) -> Result<TokenOutcome, ReviewError> {
-        let reviewer = &self.reviewer;
+        let digest = TokenDigest::of(token);
+        let generation = self.generation.current();
         let entry = self
             .cache
-            .entry(TokenDigest::of(token))
+            .entry(digest)
             .or_try_insert_with(async move {
-                reviewer.review(token).await.map(|outcome| match outcome {
-                    TokenOutcome::Authenticated(identity) => {
-                        TokenOutcome::Authenticated(Identity::shared_authenticated(identity))
-                    }
-                    TokenOutcome::Rejected => TokenOutcome::Rejected,
-                })
+                let outcome = self.reviewed(token).await?;
+                Ok::<_, ReviewError>((outcome, generation))
             })
             .await
             .map_err(|e| (*e).clone())?;
         self.metrics.cache(CacheKind::Token, !entry.is_fresh());
-        Ok(entry.into_value())
+        let (outcome, of) = entry.into_value();
+        if of == generation {
+            return Ok(outcome);
+        }
+        // Cached before a reload: ask the current file, and let the next request cache it.
+        self.cache.invalidate(&digest).await;
+        self.reviewed(token).await
+    }
+
+    /// One uncached review.
+    async fn reviewed(&self, token: &str) -> Result<TokenOutcome, ReviewError> {
+        Ok(match self.reviewer.review(token).await? {
+            TokenOutcome::Authenticated(identity) => {
+                TokenOutcome::Authenticated(Identity::shared_authenticated(identity))
+            }
+            TokenOutcome::Rejected => TokenOutcome::Rejected,
+        })
     }
 }
 
@@ -98,5 +116,68 @@ mod tests {
         let digest = TokenDigest::of("abc");
         assert_eq!(digest.0[..4], [0xba, 0x78, 0x16, 0xbf]);
         assert_ne!(TokenDigest::of("abc"), TokenDigest::of("abd"));
+    }
+
+    /// Knows `bob`'s token until `removed`, read when a review starts (as the token file is);
+    /// answers once `gate` gives a permit.
+    struct Gated {
+        removed: std::sync::atomic::AtomicBool,
+        started: tokio::sync::Notify,
+        gate: tokio::sync::Semaphore,
+    }
+
+    impl TokenReviewer for Gated {
+        fn review<'a>(&'a self, _: &'a str) -> ReviewFuture<'a, TokenOutcome> {
+            let outcome = if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+                TokenOutcome::Rejected
+            } else {
+                let mut bob = Identity::anonymous();
+                bob.name = "bob".into();
+                TokenOutcome::Authenticated(Arc::new(bob))
+            };
+            self.started.notify_one();
+            Box::pin(async move {
+                self.gate.acquire().await.expect("gate").forget();
+                Ok(outcome)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_reviewed_across_a_reload_is_not_served_after_it() {
+        let reviewer = Arc::new(Gated {
+            removed: false.into(),
+            started: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let reviewing: Arc<dyn TokenReviewer> = reviewer.clone();
+        let tokens = Arc::new(TokenAuthenticator::new(
+            reviewing,
+            Duration::from_secs(120),
+            metrics,
+        ));
+        let first = tokio::spawn({
+            let tokens = Arc::clone(&tokens);
+            async move { tokens.review("t").await }
+        });
+        reviewer.started.notified().await;
+        reviewer
+            .removed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tokens.forget();
+        reviewer.gate.add_permits(10);
+        let first = first.await.unwrap().unwrap();
+        assert!(
+            matches!(first, TokenOutcome::Authenticated(_)),
+            "begun before"
+        );
+        for _ in 0..2 {
+            let after = tokens.review("t").await.unwrap();
+            assert!(
+                matches!(after, TokenOutcome::Rejected),
+                "removed: {after:?}"
+            );
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! Keyed by (identity, verb, resource): the node name is fixed for the process. Allowed and
 //! denied answers live for their own TTLs (the kubelet's `--authorization-webhook-cache-*-ttl`
 //! defaults, 5m and 30s); concurrent misses for one key share one review; errors are never
-//! cached; a hit builds no review.
+//! cached; a hit builds no review. A decision reviewed before the policy was reloaded is never
+//! served after it ([`Generation`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use super::{Decision, Resource};
 use crate::authn::Identity;
 use crate::kubelet_api::Verb;
 use crate::metrics::{CacheKind, Metrics};
-use crate::review::{ReviewError, ReviewFuture};
+use crate::review::{Generation, ReviewError, ReviewFuture};
 
 /// Something that answers one access review for the guard's node.
 pub trait AccessReviewer: Send + Sync {
@@ -33,7 +34,9 @@ pub trait AccessReviewer: Send + Sync {
 /// Cached, coalescing access reviews.
 pub struct DecisionCache {
     reviewer: Arc<dyn AccessReviewer>,
-    cache: Cache<Key, Decision>,
+    /// Each decision with the generation read before its review.
+    cache: Cache<Key, (Decision, u64)>,
+    generation: Generation,
     metrics: Metrics,
 }
 
@@ -52,6 +55,7 @@ impl DecisionCache {
     /// Forgets every cached decision: the policy file changed, and a removed grant must stop
     /// working now, not when its entry expires.
     pub fn forget(&self) {
+        self.generation.advance();
         self.cache.invalidate_all();
     }
 
@@ -69,6 +73,7 @@ impl DecisionCache {
         Self {
             reviewer,
             cache,
+            generation: Generation::default(),
             metrics,
         }
     }
@@ -81,27 +86,40 @@ impl DecisionCache {
         resource: &Resource,
     ) -> Result<Decision, ReviewError> {
         let key = (Arc::clone(who), verb, resource.clone());
+        let generation = self.generation.current();
         // A hit costs a lookup only: the review future is not even built.
-        if let Some(decision) = self.cache.get(&key).await {
-            self.metrics.cache(CacheKind::Sar, true);
-            return Ok(decision);
+        match self.cache.get(&key).await {
+            Some((decision, of)) if of == generation => {
+                self.metrics.cache(CacheKind::Sar, true);
+                return Ok(decision);
+            }
+            Some(_) => self.cache.invalidate(&key).await,
+            None => {}
         }
+        let review = self.reviewer.review(who, verb, resource);
         let entry = self
             .cache
-            .entry(key)
-            .or_try_insert_with(self.reviewer.review(who, verb, resource))
+            .entry(key.clone())
+            .or_try_insert_with(async move { review.await.map(|decision| (decision, generation)) })
             .await
             .map_err(|e| (*e).clone())?;
         self.metrics.cache(CacheKind::Sar, !entry.is_fresh());
-        Ok(entry.into_value())
+        let (decision, of) = entry.into_value();
+        if of == generation {
+            return Ok(decision);
+        }
+        // Joined a review begun before a reload: ask the current policy, and let the next
+        // request cache its answer.
+        self.cache.invalidate(&key).await;
+        self.reviewer.review(who, verb, resource).await
     }
 }
 
-impl Expiry<Key, Decision> for Ttls {
+impl Expiry<Key, (Decision, u64)> for Ttls {
     fn expire_after_create(
         &self,
         _key: &Key,
-        decision: &Decision,
+        (decision, _): &(Decision, u64),
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(if decision.is_allow() {
@@ -109,5 +127,99 @@ impl Expiry<Key, Decision> for Ttls {
         } else {
             self.denied
         })
+    }
+
+    /// A decision replacing another lives its own lifetime, not what was left of the other's.
+    fn expire_after_update(
+        &self,
+        key: &Key,
+        value: &(Decision, u64),
+        updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::kubelet_api::Subresource;
+
+    /// Reads its policy (`allow`) when a review is built, as the embedded policy does, and
+    /// answers once `gate` gives a permit.
+    struct Gated {
+        allow: AtomicBool,
+        built: AtomicUsize,
+        gate: Semaphore,
+    }
+
+    impl AccessReviewer for Gated {
+        fn review<'a>(
+            &'a self,
+            _: &'a Identity,
+            _: Verb,
+            _: &'a Resource,
+        ) -> ReviewFuture<'a, Decision> {
+            self.built.fetch_add(1, Ordering::SeqCst);
+            let decision = if self.allow.load(Ordering::SeqCst) {
+                Decision::Allow { reason: "".into() }
+            } else {
+                Decision::Deny { reason: "".into() }
+            };
+            Box::pin(async move {
+                self.gate.acquire().await.expect("gate").forget();
+                Ok(decision)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decision_reviewed_across_a_reload_is_not_served_after_it() {
+        let reviewer = Arc::new(Gated {
+            allow: AtomicBool::new(true),
+            built: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+        });
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let reviewing: Arc<dyn AccessReviewer> = reviewer.clone();
+        let cache = Arc::new(DecisionCache::new(
+            reviewing,
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            metrics,
+        ));
+        let who = Arc::new(Identity::anonymous());
+        let proxy = Resource::Node(Subresource::Proxy);
+
+        // A review reads the old policy, the policy is reloaded, then the review's answer lands.
+        let first = tokio::spawn({
+            let (cache, who, proxy) = (Arc::clone(&cache), Arc::clone(&who), proxy.clone());
+            async move { cache.decide(&who, Verb::Get, &proxy).await }
+        });
+        while reviewer.built.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        reviewer.allow.store(false, Ordering::SeqCst);
+        cache.forget();
+        reviewer.gate.add_permits(10);
+        assert!(
+            first.await.unwrap().unwrap().is_allow(),
+            "begun before the reload"
+        );
+
+        let after = cache.decide(&who, Verb::Get, &proxy).await.unwrap();
+        assert!(!after.is_allow(), "the removed grant no longer works");
+        assert!(
+            !cache
+                .decide(&who, Verb::Get, &proxy)
+                .await
+                .unwrap()
+                .is_allow()
+        );
     }
 }
