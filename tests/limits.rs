@@ -330,3 +330,44 @@ async fn http2_streams_over_the_limit_are_refused() {
     assert_eq!(answered, [1, 3]);
     assert_eq!(cluster.limit_hits("http2-max-streams").await, 1);
 }
+
+/// `SETTINGS_INITIAL_WINDOW_SIZE`.
+const INITIAL_WINDOW_SIZE: u16 = 0x4;
+
+/// Opens an HTTP/2 connection as a caller that sends `settings` and then acknowledges, answers
+/// and opens nothing: no SETTINGS ack, no PING ack, no WINDOW_UPDATE.
+async fn silent_h2(cluster: &Cluster, settings: &[u8]) -> TlsStream<tokio::net::TcpStream> {
+    let mut tls = cluster
+        .client()
+        .connect(cluster.addr(), b"h2")
+        .await
+        .unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, settings));
+    tls.write_all(&hello).await.unwrap();
+    tls
+}
+
+#[tokio::test]
+async fn a_response_the_caller_never_lets_through_closes_its_connection() {
+    let cluster = cluster(&["--idle-timeout=300ms"]).await;
+    // A window of zero: the guard may send headers but no byte of a body.
+    let mut window = INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    window.extend(0u32.to_be_bytes());
+    let mut tls = silent_h2(&cluster, &window).await;
+    tls.write_all(&frame(HEADERS, 0x5, 1, &get("/healthz")))
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut tls).await;
+    assert!(!answer.is_empty(), "the guard answered the head at least");
+    assert_eq!(cluster.limit_hits("response-unread").await, 1);
+}
+
+#[tokio::test]
+async fn an_idle_caller_that_ignores_the_shutdown_is_closed_anyway() {
+    let cluster = cluster(&["--idle-timeout=300ms", "--header-read-timeout=300ms"]).await;
+    // HTTP/2's graceful shutdown waits for the caller to acknowledge a PING; this one never does.
+    let mut tls = silent_h2(&cluster, &[]).await;
+    read_to_close(&mut tls).await;
+    assert_eq!(cluster.limit_hits("idle-timeout").await, 1);
+}

@@ -5,9 +5,14 @@
 //! - A connection moves between three phases. *Reading a head* (HTTP/1.1 only): from the
 //!   handshake, or from the first byte after an idle spell, until the request head is complete;
 //!   longer than `--header-read-timeout` and the connection is closed (Go's `ReadHeaderTimeout`).
-//!   *Busy*: at least one request is in flight (its response body not yet sent); no timeout.
-//!   *Idle*: nothing in flight; longer than `--idle-timeout` and the connection is shut down
-//!   gracefully (Go's `IdleTimeout`).
+//!   *Busy*: at least one request is in flight (its response body not yet sent); no timeout while
+//!   the response moves or waits on the kubelet (a followed log may be quiet for hours), but a
+//!   response hyper has been handed and has not taken further for `--idle-timeout` to
+//!   `2 × --idle-timeout` (the caller reads nothing, or its HTTP/2 window stays shut) closes the
+//!   connection at once. *Idle*: nothing in flight; longer than `--idle-timeout` and the
+//!   connection is shut down gracefully (Go's `IdleTimeout`), and closed if that shutdown has not
+//!   finished within `--header-read-timeout` (a caller that does not acknowledge HTTP/2's
+//!   shutdown PING, or reads nothing).
 //! - Request heads are limited to 1 MiB as the kubelet's (hyper answers 431 beyond that) and HTTP/2
 //!   streams to `--http2-max-streams` per connection (counted when a connection reaches it: the
 //!   peer must wait, or its extra streams are refused).
@@ -22,7 +27,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -70,6 +75,8 @@ pub(super) enum Limit {
     CertificateExpired,
     /// `--idle-timeout`: an idle connection was shut down.
     IdleTimeout,
+    /// `--idle-timeout`: a response stayed unread that long, and its connection was closed.
+    ResponseUnread,
     /// `--http2-max-streams`: a connection reached its concurrent-stream limit.
     Http2MaxStreams,
 }
@@ -104,6 +111,10 @@ struct Activity {
     idle_timeout: Duration,
     /// When the caller's client certificate expires: the connection is shut down then.
     expires: Option<Instant>,
+    /// Response bodies that handed hyper a frame (or were just made) and wait for it to ask again.
+    owed: AtomicUsize,
+    /// Counts every poll of a response body: that it moved tells a slow reader from none.
+    progress: AtomicU64,
 }
 
 struct ActivityState {
@@ -113,15 +124,19 @@ struct ActivityState {
     /// When the timer wakes next; `None` while it waits for the connection to leave *busy*. A
     /// phase whose deadline comes earlier wakes it.
     wake_by: Option<Instant>,
+    /// While busy: the response bodies' progress when the timer last looked, and when.
+    watched: Option<(u64, Instant)>,
 }
 
 /// One request in flight, until its response body is sent or dropped.
 struct InFlight(Arc<Activity>);
 
-/// A response body that keeps its request in flight.
+/// A response body that keeps its request in flight, and tells its connection's timer whether
+/// hyper owes it a poll.
 struct InFlightBody<B> {
     body: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    owed: bool,
 }
 
 /// The caller's socket, with what must live exactly as long as it: its `--max-connections` slot
@@ -145,6 +160,7 @@ impl Limit {
             Self::UnauthenticatedPerSource => "unauthenticated-per-source",
             Self::CertificateExpired => "certificate-expired",
             Self::IdleTimeout => "idle-timeout",
+            Self::ResponseUnread => "response-unread",
             Self::Http2MaxStreams => "http2-max-streams",
         }
     }
@@ -265,10 +281,7 @@ async fn serve_http(
         let (state, peer) = (Arc::clone(&state), Arc::clone(&peer));
         async move {
             let response = proxy::handle(&state, &peer, request).await;
-            Ok::<_, Infallible>(response.map(|body| InFlightBody {
-                body,
-                _in_flight: busy,
-            }))
+            Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, busy)))
         }
     });
     let metrics = &context.state.metrics;
@@ -322,17 +335,28 @@ async fn drive<C>(
         tracing::debug!(peer = %addr, limit = limit.as_str(), "connection limit hit");
         match limit {
             // Closed without an answer, as Go's server does: the caller is not reading one.
-            Limit::HeaderReadTimeout => return,
+            Limit::HeaderReadTimeout | Limit::ResponseUnread => return,
             // Closed at once: a response still streaming (a followed log) ends with it.
             Limit::CertificateExpired => return,
             _ => {}
         }
     }
     graceful(connection.as_mut());
+    // Shutdown lets requests in flight finish within its grace period; an idle connection's
+    // caller gets a head's time to let the connection close.
+    let bound = async {
+        match limit {
+            Some(_) => tokio::time::sleep(activity.header_read_timeout).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         ended = connection.as_mut() => ended_with(ended, metrics, addr),
         () = open.closing() => {
             tracing::debug!(peer = %addr, "closed at the end of the shutdown grace period");
+        }
+        () = bound => {
+            tracing::debug!(peer = %addr, "closed: the graceful shutdown did not finish");
         }
     }
 }
@@ -401,6 +425,7 @@ impl Activity {
                 phase,
                 since: Instant::now(),
                 wake_by: None,
+                watched: None,
             }),
             awaiting_head: AtomicBool::new(false),
             changed: Notify::new(),
@@ -409,6 +434,8 @@ impl Activity {
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
             expires,
+            owed: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
         }
     }
 
@@ -469,6 +496,25 @@ impl Activity {
         }
     }
 
+    /// While busy: when to look again at whether the responses moved, or, if one has waited
+    /// for hyper since the last look, a deadline already passed. Looks are `--idle-timeout`
+    /// apart, so an unread response is cut after one to two of them.
+    fn watch(&self, state: &mut ActivityState, now: Instant) -> Option<(Limit, Instant)> {
+        let progress = self.progress.load(Ordering::Acquire);
+        let owed = self.owed.load(Ordering::Acquire) > 0;
+        match state.watched {
+            Some((seen, at)) if seen == progress && owed => {
+                if at + self.idle_timeout <= now {
+                    return Some((Limit::ResponseUnread, now));
+                }
+            }
+            _ => state.watched = Some((progress, now)),
+        }
+        state
+            .watched
+            .map(|(_, at)| (Limit::ResponseUnread, at + self.idle_timeout))
+    }
+
     /// Resolves with the limit the connection ran into: its certificate expired, or a phase ran
     /// over its timeout (the phase found when the timer wakes, past the deadline that phase has
     /// from the moment it began). One sleep serves both.
@@ -485,7 +531,13 @@ impl Activity {
                 if self.expires.is_some_and(|at| at <= now) {
                     return Limit::CertificateExpired;
                 }
-                let deadline = self.deadline(state.phase, state.since);
+                let deadline = match state.phase {
+                    Phase::Busy => self.watch(&mut state, now),
+                    _ => {
+                        state.watched = None;
+                        self.deadline(state.phase, state.since)
+                    }
+                };
                 if let Some((limit, deadline)) = deadline
                     && deadline <= now
                 {
@@ -529,6 +581,26 @@ impl Drop for InFlight {
     }
 }
 
+impl<B> InFlightBody<B> {
+    /// A response body just handed to hyper, which owes it a first poll.
+    fn new(body: B, in_flight: InFlight) -> Self {
+        in_flight.0.owed.fetch_add(1, Ordering::AcqRel);
+        Self {
+            body,
+            in_flight,
+            owed: true,
+        }
+    }
+}
+
+impl<B> Drop for InFlightBody<B> {
+    fn drop(&mut self) {
+        if self.owed {
+            self.in_flight.0.owed.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl<B: Body + Unpin> Body for InFlightBody<B> {
     type Data = B::Data;
     type Error = B::Error;
@@ -537,7 +609,22 @@ impl<B: Body + Unpin> Body for InFlightBody<B> {
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let activity = &this.in_flight.0;
+        activity.progress.fetch_add(1, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // A frame handed over waits for hyper to write it and ask again; a pending body waits
+        // on the kubelet, and an ended one on nothing.
+        let owed = matches!(polled, Poll::Ready(Some(Ok(_))));
+        if owed != this.owed {
+            this.owed = owed;
+            if owed {
+                activity.owed.fetch_add(1, Ordering::AcqRel);
+            } else {
+                activity.owed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
