@@ -203,6 +203,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         node: node_name.clone(),
     });
 
+    // Threads before any port: a --worker-threads the machine cannot pin fails start-up unbound.
+    let workers = server::Workers::start(limits.worker_threads, limits.worker_cpu_affinity)
+        .map_err(StartError::Workers)?;
     // The admin listener first: probes get an answer (503) while the guarded address is held.
     let admin = server::bind_now(metrics_listen, "--metrics-listen").await?;
     let admin_addr = admin.local_addr()?;
@@ -214,8 +217,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         Listen::InUse(addr) => *addr,
     };
-    let workers = server::Workers::start(limits.worker_threads, limits.worker_cpu_affinity)
-        .map_err(StartError::Workers)?;
     let (drain_signal, drain_stop) = watch::channel(false);
     let proxy = tokio::spawn(server::serve_proxy(
         Proxy {

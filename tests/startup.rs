@@ -255,6 +255,19 @@ fn worker_threads_sets_how_many_threads_serve_callers() {
     pinned.push(format!("--worker-threads={}", allowed + 1));
     pinned.push("--worker-cpu-affinity".into());
     assert_refused(&pinned, &[], &["--worker-cpu-affinity", "--worker-threads"]);
+    // Before any port is bound: with the admin port taken, the threads are still what it names.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    for arg in &mut pinned {
+        if arg.starts_with("--metrics-listen=") {
+            *arg = format!("--metrics-listen={}", taken.local_addr().unwrap());
+        }
+    }
+    let (code, _, stderr) = run(&pinned, &[]);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(
+        stderr.contains("--worker-cpu-affinity") && !stderr.contains("--metrics-listen"),
+        "refused before binding: {stderr}"
+    );
 }
 
 #[test]
