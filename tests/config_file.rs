@@ -85,6 +85,23 @@ fn the_file_sets_what_flags_do_not() {
 }
 
 #[test]
+fn an_empty_list_is_the_empty_flag_not_the_default() {
+    let args = parse(&file("pod-scope-exempt-users: []\n"), &[]).unwrap();
+    let flag = Cli::parse_args(["kubelet-guard", "serve", "--pod-scope-exempt-users="]).unwrap();
+    let Command::Serve(flag) = flag.command else {
+        panic!("not serve")
+    };
+    assert_eq!(args.pod_scope_exempt_users, flag.pod_scope_exempt_users);
+    assert_ne!(
+        args.pod_scope_exempt_users,
+        parse(&file("# nothing\n"), &[])
+            .unwrap()
+            .pod_scope_exempt_users,
+        "[] exempts no one, the default exempts the API server"
+    );
+}
+
+#[test]
 fn flags_win_over_the_file() {
     let args = parse(
         &file(COMPLETE),

@@ -101,6 +101,8 @@ impl Cli {
                         format!("{flag} takes one value, not a list"),
                     ));
                 }
+                // `[]` is the command line's `--flag=`: an empty list, not the default.
+                Value::Many(scalars) if scalars.is_empty() => vec![String::new()],
                 Value::Many(scalars) => scalars.into_iter().map(Scalar::into_text).collect(),
             };
             // The flag's own parser: the file accepts exactly what the command line does.
