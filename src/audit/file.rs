@@ -11,7 +11,11 @@
 //! fresh file. New files are created mode 0600: events name users and carry exec command lines.
 //!
 //! Writes are blocking file I/O, so each batch of queued events is written on tokio's blocking
-//! pool and flushed once at the end of the batch. This module never logs event contents.
+//! pool and flushed once at the end of the batch. A write that fails (a full disk) loses the
+//! events it carried and those still buffered, counted in
+//! `kubelet_guard_audit_events_dropped_total{reason="write-error"}`; the next line reopens the
+//! file (recreating it if it was deleted or moved away) and starts on a line of its own, so a
+//! torn line never swallows the next event. This module never logs event contents.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -19,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 
 use super::Event;
@@ -44,7 +49,10 @@ struct RotatingFile {
     path: PathBuf,
     names: BackupNames,
     rotation: Option<Rotation>,
-    out: BufWriter<File>,
+    /// `None` after a failed write, until the next line reopens the file.
+    out: Option<BufWriter<File>>,
+    /// Lines `out` holds that no flush has written yet: lost if the file fails.
+    unflushed: usize,
     /// Bytes in the current file, including what `out` still buffers.
     size: u64,
     /// Time in the newest backup name this process made, so the next one is later.
@@ -66,6 +74,13 @@ const TIMESTAMP_LEN: usize = 23;
 
 const FLAG: &str = "--audit-log-path";
 
+/// Events a batch could not write, and the last error.
+#[derive(Debug)]
+pub(crate) struct Lost {
+    pub(crate) events: usize,
+    pub(crate) error: io::Error,
+}
+
 impl LogSink {
     /// Opens the configured destination: the file is created (0600) or appended to.
     pub(crate) fn open(settings: &LogSettings) -> Result<Self, AuditError> {
@@ -86,26 +101,41 @@ impl LogSink {
         }
     }
 
-    /// Writes one line per event, rotating as needed, then flushes.
-    pub(crate) fn write_batch(&mut self, events: &[Arc<Event>]) -> io::Result<()> {
+    /// Writes one line per event, rotating as needed, then flushes; a failed line does not stop
+    /// the lines after it.
+    pub(crate) fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), Lost> {
+        let lost = |events, error| Err(Lost { events, error });
         match &mut self.output {
             Output::Stream(out) => {
                 self.line.clear();
                 for event in events {
-                    serde_json::to_writer(&mut self.line, &**event)?;
+                    if let Err(e) = serde_json::to_writer(&mut self.line, &**event) {
+                        return lost(events.len(), e.into());
+                    }
                     self.line.push(b'\n');
                 }
-                out.write_all(&self.line)?;
-                out.flush()
+                match out.write_all(&self.line).and_then(|()| out.flush()) {
+                    Ok(()) => Ok(()),
+                    Err(e) => lost(events.len(), e),
+                }
             }
             Output::File(file) => {
+                let (mut count, mut failed) = (0, None);
                 for event in events {
                     self.line.clear();
-                    serde_json::to_writer(&mut self.line, &**event)?;
+                    if let Err(e) = serde_json::to_writer(&mut self.line, &**event) {
+                        (count, failed) = (count + 1, Some(e.into()));
+                        continue;
+                    }
                     self.line.push(b'\n');
-                    file.write_line(&self.line)?;
+                    if let Err(e) = file.write_line(&self.line) {
+                        (count, failed) = (count + 1 + file.fail(), Some(e));
+                    }
                 }
-                file.out.flush()
+                if let Err(e) = file.flush() {
+                    (count, failed) = (count + file.fail(), Some(e));
+                }
+                failed.map_or(Ok(()), |error| lost(count, error))
             }
         }
     }
@@ -116,6 +146,7 @@ pub(crate) async fn run(
     mut sink: LogSink,
     mut queue: mpsc::Receiver<Arc<Event>>,
     mut shutdown: watch::Receiver<bool>,
+    lost: IntCounter,
 ) {
     let report = Throttle::new(Duration::from_secs(1));
     loop {
@@ -134,7 +165,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        match write(sink, batch, &report).await {
+        match write(sink, batch, &report, &lost).await {
             Some(open) => sink = open,
             None => return,
         }
@@ -152,7 +183,7 @@ pub(crate) async fn run(
         if batch.is_empty() {
             return;
         }
-        match write(sink, batch, &report).await {
+        match write(sink, batch, &report, &lost).await {
             Some(open) => sink = open,
             None => return,
         }
@@ -160,7 +191,12 @@ pub(crate) async fn run(
 }
 
 /// Writes one batch on the blocking pool; `None` when the sink is lost (the write panicked).
-async fn write(mut sink: LogSink, batch: Vec<Arc<Event>>, report: &Throttle) -> Option<LogSink> {
+async fn write(
+    mut sink: LogSink,
+    batch: Vec<Arc<Event>>,
+    report: &Throttle,
+    lost: &IntCounter,
+) -> Option<LogSink> {
     let written = tokio::task::spawn_blocking(move || {
         let result = sink.write_batch(&batch);
         (sink, result, batch.len())
@@ -168,9 +204,10 @@ async fn write(mut sink: LogSink, batch: Vec<Arc<Event>>, report: &Throttle) -> 
     .await;
     match written {
         Ok((sink, Ok(()), _)) => Some(sink),
-        Ok((sink, Err(error), events)) => {
+        Ok((sink, Err(Lost { events, error }), batch)) => {
+            lost.inc_by(u64::try_from(events).unwrap_or(u64::MAX));
             if let Some(held) = report.allow(std::time::Instant::now()) {
-                tracing::error!(%error, events, failed_batches_not_reported = held, "audit log write failed");
+                tracing::error!(%error, events, batch, failed_batches_not_reported = held, "audit log write failed: events lost");
             }
             Some(sink)
         }
@@ -190,16 +227,48 @@ impl RotatingFile {
         };
         let names =
             BackupNames::of(path).ok_or_else(|| fail("does not name a UTF-8 file".into()))?;
-        let file = open_append(path).map_err(|e| fail(e.to_string()))?;
-        let size = file.metadata().map_err(|e| fail(e.to_string()))?.len();
-        Ok(Self {
+        let mut file = Self {
             path: path.to_owned(),
             names,
             rotation,
-            out: BufWriter::new(file),
-            size,
+            out: None,
+            unflushed: 0,
+            size: 0,
             last_backup: None,
-        })
+        };
+        file.reopen().map_err(|e| fail(e.to_string()))?;
+        Ok(file)
+    }
+
+    /// Opens the file for appending (creating it if it is gone), ending a torn last line first.
+    fn reopen(&mut self) -> io::Result<&mut BufWriter<File>> {
+        let mut file = open_append(&self.path)?;
+        self.size = file.metadata()?.len();
+        if self.size > 0 && !ends_a_line(&self.path)? {
+            file.write_all(b"\n")?;
+            self.size += 1;
+        }
+        self.unflushed = 0;
+        Ok(self.out.insert(BufWriter::new(file)))
+    }
+
+    /// Gives up the open file after a failed write, with what it still buffered; how many lines
+    /// that lost. The next line reopens it.
+    fn fail(&mut self) -> usize {
+        if let Some(out) = self.out.take() {
+            // Not dropped as it is: a `BufWriter` flushes on drop, and these lines count as lost.
+            let _ = out.into_parts();
+        }
+        std::mem::take(&mut self.unflushed)
+    }
+
+    /// Writes what is buffered.
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(out) = &mut self.out {
+            out.flush()?;
+        }
+        self.unflushed = 0;
+        Ok(())
     }
 
     /// Appends `line`, first rotating if it would take a non-empty file past the limit.
@@ -211,14 +280,20 @@ impl RotatingFile {
         {
             self.rotate(rotation)?;
         }
-        self.out.write_all(line)?;
+        let out = match &mut self.out {
+            Some(out) => out,
+            None => self.reopen()?,
+        };
+        out.write_all(line)?;
+        self.unflushed += 1;
         self.size = self.size.saturating_add(len);
         Ok(())
     }
 
-    /// Renames the file to a backup, opens a fresh one, and deletes backups beyond the limit.
+    /// Renames the file to a backup, opens a fresh one, and deletes backups beyond the limit. A
+    /// file someone else moved or deleted is not renamed: the fresh one replaces it.
     fn rotate(&mut self, rotation: Rotation) -> io::Result<()> {
-        self.out.flush()?;
+        self.flush()?;
         let mut at = clamp(SystemTime::now());
         if let Some(last) = self.last_backup {
             at = at.max(last + Duration::from_millis(1));
@@ -228,10 +303,13 @@ impl RotatingFile {
             at += Duration::from_millis(1);
             backup = self.names.backup(at);
         }
-        std::fs::rename(&self.path, &backup)?;
-        self.last_backup = Some(at);
-        self.out = BufWriter::new(open_append(&self.path)?);
-        self.size = 0;
+        match std::fs::rename(&self.path, &backup) {
+            Ok(()) => self.last_backup = Some(at),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.out = None;
+        self.reopen()?;
         if let Some(keep) = rotation.max_backups {
             for old in self.names.oldest_beyond(keep.get())? {
                 if let Err(error) = std::fs::remove_file(&old) {
@@ -322,6 +400,16 @@ fn clamp(at: SystemTime) -> SystemTime {
     at.max(UNIX_EPOCH)
 }
 
+/// Whether the file at `path` ends with a newline.
+fn ends_a_line(path: &Path) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
@@ -374,6 +462,61 @@ mod tests {
         assert_eq!(lines[3]["auditID"], lines[0]["auditID"]);
     }
 
+    /// A fresh directory for one test.
+    fn scratch(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("kubelet-guard-audit-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn file_sink(path: &Path, rotation: Option<Rotation>) -> LogSink {
+        LogSink {
+            output: Output::File(RotatingFile::open(path, rotation).unwrap()),
+            line: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn events_that_cannot_be_written_are_counted_as_lost() {
+        // Every write to /dev/full fails with ENOSPC.
+        let mut sink = file_sink(Path::new("/dev/full"), None);
+        let events: Vec<_> = (0..3).map(|n| Arc::new(event(n))).collect();
+        let lost = sink.write_batch(&events).unwrap_err();
+        assert_eq!(lost.events, 3, "{lost:?}");
+        assert_eq!(sink.write_batch(&events[..1]).unwrap_err().events, 1);
+    }
+
+    #[test]
+    fn a_log_deleted_under_the_guard_is_recreated_and_a_torn_line_ended() {
+        let dir = scratch("deleted");
+        let path = dir.join("audit.log");
+        // A line a full disk cut short, from before this process.
+        std::fs::write(&path, b"{\"kind\":\"Ev").unwrap();
+        let line_len = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
+        let rotation = Rotation {
+            max_bytes: std::num::NonZeroU64::new(line_len * 3).unwrap(),
+            max_backups: None,
+        };
+        let mut sink = file_sink(&path, Some(rotation));
+        let one = |n| vec![Arc::new(event(n))];
+        sink.write_batch(&one(1)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(serde_json::from_str::<serde_json::Value>(lines[1]).is_ok());
+
+        // Someone deletes the live file; the next rotation finds nothing to rename.
+        std::fs::remove_file(&path).unwrap();
+        for n in 2..6 {
+            sink.write_batch(&one(n)).unwrap();
+        }
+        let live = std::fs::read_to_string(&path).unwrap();
+        assert!(live.contains("000000000005"), "{live}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn backups_are_named_like_lumberjack_in_utc() {
         let names = BackupNames::of(Path::new("/var/log/audit.log")).unwrap();
@@ -409,10 +552,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_newest_backups_and_never_overwrites_one() {
-        let dir =
-            std::env::temp_dir().join(format!("kubelet-guard-audit-file-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("rotation");
         let path = dir.join("audit.log");
         let line_len = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
         let rotation = Rotation {
@@ -426,7 +566,7 @@ mod tests {
             line.push(b'\n');
             file.write_line(&line).unwrap();
         }
-        file.out.flush().unwrap();
+        file.flush().unwrap();
 
         let names = BackupNames::of(&path).unwrap();
         let mut backups: Vec<_> = std::fs::read_dir(&dir)

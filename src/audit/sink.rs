@@ -111,7 +111,7 @@ pub enum Priority {
 }
 
 /// The `reason` labels of `kubelet_guard_audit_events_dropped_total`.
-pub const DROP_REASONS: [&str; 2] = ["queue-full", "reserved-for-authenticated"];
+pub const DROP_REASONS: [&str; 3] = ["queue-full", "reserved-for-authenticated", "write-error"];
 
 /// The sending side of every sink's queue, and what recording a dropped event needs.
 struct Queues {
@@ -174,7 +174,13 @@ impl Auditor {
         if let Some(log) = log {
             let (tx, rx) = mpsc::channel(capacity);
             sinks.push(tx);
-            tasks.push(tokio::spawn(super::file::run(log, rx, shutdown.clone())));
+            let lost = dropped.with_label_values(&["write-error"]);
+            tasks.push(tokio::spawn(super::file::run(
+                log,
+                rx,
+                shutdown.clone(),
+                lost,
+            )));
         }
         if let Some(webhook) = webhook {
             let (tx, rx) = mpsc::channel(capacity);
