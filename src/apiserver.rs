@@ -5,6 +5,11 @@
 //! One call is one HTTP request: kube's automatic retries are off and every call has the
 //! `--apiserver-timeout` deadline, so a failing API server turns into a prompt `ReviewError`
 //! (which callers answer with 500 and never cache) instead of a hung request.
+//!
+//! At most [`MAX_IN_FLIGHT`] calls run at once; more wait their turn within the same deadline.
+//! Each distinct bad token costs a TokenReview, and kube's client opens an HTTP/1.1 connection
+//! per concurrent call: without a bound, callers spraying random tokens over many HTTP/2 streams
+//! would open thousands of connections to the API server and use up the node's ports.
 
 use std::future::Future;
 use std::path::Path;
@@ -53,6 +58,10 @@ pub enum OwnToken {
     File(std::path::PathBuf),
 }
 
+/// The most API calls one guard runs at once. Caching and coalescing leave a node's steady
+/// state at a few reviews a minute; 32 calls of a few milliseconds each carry thousands a second.
+pub const MAX_IN_FLIGHT: usize = 32;
+
 /// A client for the two review APIs, bound to one node name.
 #[derive(Clone)]
 pub struct ApiServer {
@@ -60,6 +69,8 @@ pub struct ApiServer {
     audiences: Vec<String>,
     node: NodeName,
     timeout: Duration,
+    /// Permits for calls in flight.
+    in_flight: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
 }
 
@@ -91,18 +102,24 @@ impl ApiServer {
             audiences: settings.audiences.clone(),
             node,
             timeout: settings.timeout,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             metrics,
         })
     }
 
-    /// Runs one API call under the deadline, timing it as `api`.
+    /// Runs one API call under the deadline (its wait for a turn included), timing it as `api`.
     async fn call<T>(
         &self,
         api: &str,
         call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, ReviewError> {
         let started = Instant::now();
-        let (code, result) = match tokio::time::timeout(self.timeout, call).await {
+        let turn = async {
+            // The semaphore is never closed.
+            let _permit = self.in_flight.acquire().await;
+            call.await
+        };
+        let (code, result) = match tokio::time::timeout(self.timeout, turn).await {
             Err(_) => (
                 "timeout".to_owned(),
                 Err(ReviewError::Timeout(self.timeout)),
@@ -285,6 +302,7 @@ mod tests {
             audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             node: NodeName::parse("node-a", "--node-name").unwrap(),
             timeout: Duration::from_secs(5),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             metrics,
         };
         (api, handle)

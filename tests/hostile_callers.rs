@@ -518,3 +518,35 @@ async fn an_exec_keeps_its_audit_events_through_a_flood_of_unauthenticated_reque
     assert_eq!(stages, ["ResponseStarted", "ResponseComplete"]);
     assert!(metrics.contains("kubelet_guard_audit_events_dropped_total{reason=\"queue-full\"} 0"));
 }
+
+#[tokio::test]
+async fn a_spray_of_random_tokens_gets_a_bounded_number_of_token_reviews_at_once() {
+    let cluster = cluster(&[]).await;
+    cluster.api.set_delay(Duration::from_millis(1500));
+    let before = cluster.api.requests().len();
+    let client = cluster.client().with_source(attacker());
+    let sprayed = 48;
+    let answers: Vec<_> = (0..sprayed)
+        .map(|n| {
+            let (client, addr) = (client.clone(), cluster.addr());
+            tokio::spawn(async move {
+                let token = format!("random-{n}");
+                let request = support::client::request("GET", "/metrics", Some(&token));
+                client.send(addr, request).await.status()
+            })
+        })
+        .collect();
+    // Every request has had time to arrive; the API server has only the first turn of them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        cluster.api.requests().len() - before,
+        kubelet_guard::apiserver::MAX_IN_FLIGHT,
+        "TokenReviews in flight at once"
+    );
+    // The rest wait their turn within --apiserver-timeout and are reviewed, not refused.
+    for answer in answers {
+        let status = with_deadline("an answer", answer).await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(cluster.api.requests().len() - before, sprayed);
+}
