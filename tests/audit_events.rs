@@ -353,3 +353,50 @@ async fn a_caller_that_leaves_before_the_answer_still_leaves_an_event() {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_refused_requests_long_text_is_cut_and_a_forwarded_one_is_kept_whole() {
+    let (cluster, log) = audited(&[]).await;
+    cluster.api.allow("ops", "*", "*");
+    let padding = "a".repeat(10_000);
+    let refused = format!("/exec/team-a/web-0/app?command=sh&command={padding}&output=1");
+    let mut request = support::client::request("GET", &refused, None);
+    let agent = "b".repeat(2_000);
+    request
+        .headers_mut()
+        .insert("user-agent", agent.parse().unwrap());
+    let response = cluster.client().send(cluster.addr(), request).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let event = log
+        .find("the refused exec", |e| e["responseStatus"]["code"] == 401)
+        .await;
+    let uri = event["requestURI"].as_str().unwrap();
+    assert_eq!(uri.len(), 4096 + "...TRUNCATED".len());
+    assert!(refused.starts_with(uri.trim_end_matches("...TRUNCATED")));
+    let command = event["annotations"]["kubelet-guard.io/command"]
+        .as_str()
+        .unwrap();
+    assert!(
+        command.ends_with("...TRUNCATED") && command.len() < 4200,
+        "{command:.80}"
+    );
+    let recorded_agent = event["userAgent"].as_str().unwrap();
+    assert_eq!(recorded_agent, format!("{}...TRUNCATED", &agent[..1024]));
+
+    // Forwarded: the padding may hide what runs after it, so all of it is kept.
+    let forwarded = format!("/exec/team-a/web-0/app?command=sh&command={padding}%3Bid&output=1");
+    let _socket = cluster.exec_websocket(&forwarded, TOKEN).await;
+    let event = log
+        .find("the forwarded exec", |e| {
+            e["requestURI"] == forwarded.as_str()
+        })
+        .await;
+    let command = event["annotations"]["kubelet-guard.io/command"]
+        .as_str()
+        .unwrap();
+    assert!(
+        command.ends_with(";id'"),
+        "{}",
+        &command[command.len() - 20..]
+    );
+}

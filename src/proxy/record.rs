@@ -4,6 +4,7 @@
 
 mod enrich;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +142,7 @@ impl Arrival {
                 .get(http::header::USER_AGENT)
                 .filter(|_| detailed)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+                .map(|agent| truncated(agent, USER_AGENT_MAX).into_owned()),
         }
     }
 }
@@ -350,13 +351,26 @@ fn event(
         enrich::authentication(&mut annotations, &peer.certificate, who);
     }
     let failed = status.is_client_error() || status.is_server_error();
+    // What the kubelet never saw has nothing to hide: a refused request's caller-chosen text is
+    // cut, so a flood of large refused requests cannot fill the audit queues' memory. What was
+    // forwarded is recorded whole, or a long padding could hide what ran.
+    let max = if trail.forwarded {
+        usize::MAX
+    } else {
+        REFUSED_TEXT_MAX
+    };
+    for value in annotations.values_mut() {
+        if let Cow::Owned(cut) = truncated(value, max) {
+            *value = cut;
+        }
+    }
     Event {
         kind: audit::EVENT_KIND,
         api_version: audit::API_VERSION,
         level: "Metadata",
         audit_id,
         stage: Stage::ResponseComplete,
-        request_uri: redact_target(&arrival.target).into_owned(),
+        request_uri: truncated(&redact_target(&arrival.target), max).into_owned(),
         verb: trail
             .classified
             .as_ref()
@@ -391,6 +405,25 @@ fn user_info(who: &Identity) -> UserInfo {
         groups: who.groups.to_vec(),
         extra: who.extra.clone(),
     }
+}
+
+/// The longest `userAgent` recorded, as kube-apiserver's audit (`maxUserAgentLength`).
+const USER_AGENT_MAX: usize = 1024;
+
+/// The longest `requestURI` or annotation recorded for a request the kubelet never saw.
+const REFUSED_TEXT_MAX: usize = 4096;
+
+/// `text` cut to at most `max` bytes at a character boundary and marked as kube-apiserver marks
+/// a long user agent.
+fn truncated(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}...TRUNCATED", &text[..end]))
 }
 
 /// The `metav1.StatusReason` kube-apiserver would give.
