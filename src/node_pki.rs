@@ -102,6 +102,9 @@ pub struct Outcome {
 /// The shortest validity accepted (tests shorten it; a real node keeps the default).
 pub const MIN_VALIDITY: Duration = Duration::from_secs(10);
 
+/// `node-pki --validity`'s default, also what the guard issues when its certificate is gone.
+const DEFAULT_VALIDITY: Duration = Duration::from_secs(168 * 3600);
+
 /// How long the CA is valid: it outlives every client certificate it will sign on this node.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -240,7 +243,8 @@ pub async fn renew(
             () = tokio::time::sleep(wait) => {}
             () = crate::shutdown::stopped(&mut stop) => return,
         }
-        let Some(validity) = validity else { continue };
+        // A certificate that is gone is issued anew, for the init container's default validity.
+        let validity = validity.unwrap_or(DEFAULT_VALIDITY);
         match ensure(&paths, &node, validity, SystemTime::now()) {
             Ok(outcome) => tracing::info!(%outcome, "node PKI"),
             Err(e) => {
@@ -260,8 +264,9 @@ pub async fn renew(
     }
 }
 
-/// Refuses to start on a directory that `node-pki` has not prepared: names the missing file and
-/// the command that makes it.
+/// Refuses to start on a directory that `node-pki` has not prepared (names the missing file and
+/// the command that makes it), or that the guard could not renew its certificate from: the CA's
+/// key must load and the directory take writes, or the certificate would expire days later.
 pub fn check_issued(paths: &Paths) -> Result<(), PkiError> {
     for file in [&paths.ca_cert, &paths.client_cert, &paths.client_key] {
         if !file.exists() {
@@ -275,7 +280,18 @@ pub fn check_issued(paths: &Paths) -> Result<(), PkiError> {
             ));
         }
     }
-    Ok(())
+    load_ca(paths)?;
+    let probe = paths.dir.join(".write-probe");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            file_error(
+                &paths.dir,
+                format!(
+                    "the guard renews its client certificate here, and cannot write: {e}                      (mount --node-pki-dir read-write)"
+                ),
+            )
+        })
 }
 
 /// Refuses a caller CA bundle that holds the node-local CA: it signs the guard's own credential

@@ -247,3 +247,13 @@ async fn a_node_pki_directory_not_yet_prepared_says_to_run_node_pki() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn a_node_pki_directory_without_the_ca_key_is_refused_at_start() {
+    // The guard could serve, but never renew: its certificate would expire days later.
+    let dir = support::temp_dir("node-pki-no-key").join("pki");
+    support::guard::make_node_pki(&dir, "node-1", "168h");
+    std::fs::remove_file(dir.join("ca.key")).unwrap();
+    let refused = refused_start(&dir, None).await;
+    assert!(refused.contains("missing beside ca.crt"), "{refused}");
+}
