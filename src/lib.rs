@@ -148,15 +148,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         lockdown: (lockdown_mode, lockdown_interval),
     } = config;
     let metrics = Metrics::new(prometheus::Registry::new())?;
+    let node_pki = node_pki_dir.as_deref().map(node_pki::Paths::new);
+    let never_trusted = match &node_pki {
+        Some(paths) => {
+            node_pki::check_issued(paths)?;
+            node_pki::node_ca(paths)?
+        }
+        None => Vec::new(),
+    };
     let serving = Arc::new(tls::reload::serving(
         &serving_files,
         &tls_policy,
         metrics.certificate_expiry("serving"),
+        never_trusted,
     )?);
-    let node_pki = node_pki_dir.as_deref().map(node_pki::Paths::new);
-    if let Some(paths) = &node_pki {
-        node_pki::check_issued(paths)?;
-    }
     let drain = Drain::new();
     let upstream = Upstream::new(
         &upstream_settings,
@@ -164,9 +169,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         drain.clone(),
         metrics.certificate_expiry("upstream"),
     )?;
-    if let (Some(paths), Some(client_ca)) = (&node_pki, &serving_files.client_ca) {
-        node_pki::check_not_trusted_for_callers(paths, client_ca)?;
-    }
     let upstream_files = upstream.client_files();
     let mut watched: Vec<Arc<dyn Poll>> = vec![serving.clone()];
     watched.extend(upstream.watched());

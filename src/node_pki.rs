@@ -294,22 +294,10 @@ pub fn check_issued(paths: &Paths) -> Result<(), PkiError> {
         })
 }
 
-/// Refuses a caller CA bundle that holds the node-local CA: it signs the guard's own credential
-/// towards the kubelet and must never admit a caller.
-pub fn check_not_trusted_for_callers(paths: &Paths, client_ca: &Path) -> Result<(), PkiError> {
-    let node_ca = read_pem_certs(&paths.ca_cert)?;
-    let callers = read_pem_certs(client_ca)?;
-    if node_ca.iter().any(|cert| callers.contains(cert)) {
-        return Err(file_error(
-            client_ca,
-            format!(
-                "holds the node-local CA of --node-pki-dir ({}); that CA must never be trusted \
-                 for callers",
-                paths.ca_cert.display()
-            ),
-        ));
-    }
-    Ok(())
+/// The node-local CA's certificates, which sign the guard's own credential towards the kubelet
+/// and must never admit a caller (`tls::reload::serving` refuses a caller CA bundle holding one).
+pub fn node_ca(paths: &Paths) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    read_pem_certs(&paths.ca_cert)
 }
 
 /// The CA as read from its files.
@@ -770,16 +758,5 @@ mod tests {
             outcome.not_after.duration_since(renew_at).unwrap(),
             Duration::from_secs(10)
         );
-    }
-
-    #[test]
-    fn the_node_ca_is_refused_as_a_caller_ca() {
-        let paths = Paths::new(&temp("callers"));
-        ensure(&paths, &node("node-a"), WEEK, SystemTime::now()).unwrap();
-        let err = check_not_trusted_for_callers(&paths, &paths.ca_cert).unwrap_err();
-        assert!(err.to_string().contains("never be trusted"), "{err}");
-        let other = Paths::new(&temp("callers-other"));
-        ensure(&other, &node("node-a"), WEEK, SystemTime::now()).unwrap();
-        check_not_trusted_for_callers(&paths, &other.ca_cert).unwrap();
     }
 }

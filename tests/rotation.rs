@@ -402,3 +402,37 @@ async fn a_rotated_upstream_ca_is_used_for_new_kubelet_connections() {
     assert_eq!(status, StatusCode::OK);
     guard.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_ca_reloaded_with_the_node_ca_in_it_keeps_the_last_good_one() {
+    let cluster = Cluster::start(&[]).await;
+    let pki = support::temp_dir("rotation-node-pki").join("pki");
+    support::guard::make_node_pki(&pki, "node-1", "168h");
+    let volume = Volume::new("client-ca-node-pki");
+    volume.publish(&[("ca.crt", &cluster.ca.cert_pem())]);
+    let argv: Vec<String> = flags(
+        &cluster.ca,
+        &cluster.kubelet_ca,
+        &cluster.api,
+        &cluster.kubelet,
+        &["--tls-reload-interval=20ms"],
+    )
+    .into_iter()
+    .filter(|flag| !flag.starts_with("--upstream-client-"))
+    .chain([format!("--node-pki-dir={}", pki.display())])
+    .collect();
+    let guard = start_with_flags(&with_flag(argv, "--client-ca-file", &volume.path("ca.crt")))
+        .await
+        .unwrap();
+    // The node-local CA signs the guard's own credential: it must never admit a caller, not even
+    // when an edit of the bundle brings it in after start-up.
+    let node_ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    volume.publish(&[("ca.crt", &format!("{}{node_ca}", cluster.ca.cert_pem()))]);
+    wait_for_sample(
+        &guard,
+        r#"kubelet_guard_file_reloads_total{flag="--client-ca-file",result="error"}"#,
+        1,
+    )
+    .await;
+    guard.stop().await;
+}

@@ -10,6 +10,8 @@
 
 use prometheus::IntGauge;
 use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use std::path::Path;
 
@@ -17,11 +19,14 @@ use super::{ServingFiles, TlsPolicy, UpstreamCredential, UpstreamTls};
 use crate::reload::{FileError, Source, Watched};
 
 /// The serving configuration, from `--tls-cert-file`, `--tls-private-key-file` and
-/// `--client-ca-file`, under `policy`; `expiry` follows the certificate in use.
+/// `--client-ca-file`, under `policy`; `expiry` follows the certificate in use. A caller CA
+/// bundle holding any of `never_trusted` (the node-local CA) is refused, at start and at every
+/// reload.
 pub fn serving(
     files: &ServingFiles,
     policy: &TlsPolicy,
     expiry: IntGauge,
+    never_trusted: Vec<CertificateDer<'static>>,
 ) -> Result<Watched<ServerConfig>, FileError> {
     let mut sources = vec![
         Source::new("--tls-cert-file", &files.cert),
@@ -32,6 +37,19 @@ pub fn serving(
     }
     let (files, policy) = (files.clone(), policy.clone());
     Watched::load_with(sources, move |contents| {
+        if let (Some(ca), Some(pem)) = (&files.client_ca, contents.get(2))
+            && CertificateDer::pem_slice_iter(pem)
+                .filter_map(Result::ok)
+                .any(|cert| never_trusted.contains(&cert))
+        {
+            return Err(FileError {
+                flag: "--client-ca-file",
+                path: ca.clone(),
+                message: "holds the node-local CA of --node-pki-dir; that CA must never be \
+                          trusted for callers"
+                    .into(),
+            });
+        }
         let config = super::server_config_from(&files, &policy, contents)?;
         set_expiry(&expiry, contents.first());
         Ok(config)
