@@ -113,15 +113,17 @@ impl<T: Send + Sync + 'static> Watched<T> {
 
 impl<T: Send + Sync + 'static> Poll for Watched<T> {
     fn poll(&self) -> Reload {
+        // Held from the read to the store: two pollers of the same files (the reload task and
+        // the node PKI's renewal) must not install what one read before the other's newer pair.
+        let mut seen = self
+            .digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let contents = match read_all(&self.sources) {
             Ok(contents) => contents,
             Err(e) => return Reload::Kept(e),
         };
         let new_digests: Vec<[u8; 32]> = contents.iter().map(|bytes| digest(bytes)).collect();
-        let mut seen = self
-            .digests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(changed) = self
             .sources
             .iter()
