@@ -333,6 +333,26 @@ async fn http2_streams_over_the_limit_are_refused() {
 
 /// `SETTINGS_INITIAL_WINDOW_SIZE`.
 const INITIAL_WINDOW_SIZE: u16 = 0x4;
+const DATA: u8 = 0x0;
+const WINDOW_UPDATE: u8 = 0x8;
+
+/// SETTINGS that give every stream a window of zero: the guard may send headers but no byte of
+/// a body until the caller opens the stream's window.
+fn shut_windows() -> Vec<u8> {
+    let mut window = INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    window.extend(0u32.to_be_bytes());
+    window
+}
+
+/// Reads frames until a DATA frame on `stream`; its payload.
+async fn data_on(tls: &mut TlsStream<tokio::net::TcpStream>, stream: u32) -> Vec<u8> {
+    loop {
+        let (kind, _, on, payload) = read_frame(tls).await;
+        if kind == DATA && on == stream {
+            return payload;
+        }
+    }
+}
 
 /// Opens an HTTP/2 connection as a caller that sends `settings` and then acknowledges, answers
 /// and opens nothing: no SETTINGS ack, no PING ack, no WINDOW_UPDATE.
@@ -350,11 +370,8 @@ async fn silent_h2(cluster: &Cluster, settings: &[u8]) -> TlsStream<tokio::net::
 
 #[tokio::test]
 async fn a_response_the_caller_never_lets_through_closes_its_connection() {
-    let cluster = cluster(&["--idle-timeout=300ms"]).await;
-    // A window of zero: the guard may send headers but no byte of a body.
-    let mut window = INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
-    window.extend(0u32.to_be_bytes());
-    let mut tls = silent_h2(&cluster, &window).await;
+    let cluster = cluster(&["--idle-timeout=1s"]).await;
+    let mut tls = silent_h2(&cluster, &shut_windows()).await;
     tls.write_all(&frame(HEADERS, 0x5, 1, &get("/healthz")))
         .await
         .unwrap();
@@ -370,4 +387,26 @@ async fn an_idle_caller_that_ignores_the_shutdown_is_closed_anyway() {
     let mut tls = silent_h2(&cluster, &[]).await;
     read_to_close(&mut tls).await;
     assert_eq!(cluster.limit_hits("idle-timeout").await, 1);
+}
+
+#[tokio::test]
+async fn a_stalled_stream_beside_a_quiet_followed_log_is_not_cut() {
+    let cluster = cluster(&["--idle-timeout=200ms"]).await;
+    let mut tls = silent_h2(&cluster, &shut_windows()).await;
+    // Stream 1's window stays shut; stream 3, a followed log, is read.
+    tls.write_all(&frame(HEADERS, 0x5, 1, &get("/healthz")))
+        .await
+        .unwrap();
+    tls.write_all(&frame(HEADERS, 0x5, 3, &get(FOLLOW)))
+        .await
+        .unwrap();
+    tls.write_all(&frame(WINDOW_UPDATE, 0, 3, &1_000_000u32.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(data_on(&mut tls, 3).await, b"line 1\n");
+    // The log is quiet for five idle timeouts: the connection is still in use.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.kubelet.release_log_line();
+    assert_eq!(data_on(&mut tls, 3).await, b"line 2\n");
+    assert_eq!(cluster.limit_hits("response-unread").await, 0);
 }

@@ -6,10 +6,10 @@
 //!   handshake, or from the first byte after an idle spell, until the request head is complete;
 //!   longer than `--header-read-timeout` and the connection is closed (Go's `ReadHeaderTimeout`).
 //!   *Busy*: at least one request is in flight (its response body not yet sent); no timeout while
-//!   the response moves or waits on the kubelet (a followed log may be quiet for hours), but a
-//!   response hyper has been handed and has not taken further for `--idle-timeout` to
-//!   `2 × --idle-timeout` (the caller reads nothing, or its HTTP/2 window stays shut) closes the
-//!   connection at once. *Idle*: nothing in flight; longer than `--idle-timeout` and the
+//!   a response moves or waits on the kubelet (a followed log may be quiet for hours), but when
+//!   every response in flight waits for hyper to take more and none was taken for
+//!   `--idle-timeout` to `2 × --idle-timeout` (the caller reads nothing, or its HTTP/2 window
+//!   stays shut), the connection is closed at once. *Idle*: nothing in flight; longer than `--idle-timeout` and the
 //!   connection is shut down gracefully (Go's `IdleTimeout`), and closed if that shutdown has not
 //!   finished within `--header-read-timeout` (a caller that does not acknowledge HTTP/2's
 //!   shutdown PING, or reads nothing).
@@ -496,12 +496,14 @@ impl Activity {
         }
     }
 
-    /// While busy: when to look again at whether the responses moved, or, if one has waited
-    /// for hyper since the last look, a deadline already passed. Looks are `--idle-timeout`
-    /// apart, so an unread response is cut after one to two of them.
+    /// While busy: when to look again at whether the responses moved, or, if every request in
+    /// flight has a response waiting for hyper and none moved since the last look, a deadline
+    /// already passed. Looks are `--idle-timeout` apart, so an unread connection is cut after one
+    /// to two of them. One stalled HTTP/2 stream beside a quiet followed log, or beside streams
+    /// that move, is not cut: the connection is still in use.
     fn watch(&self, state: &mut ActivityState, now: Instant) -> Option<(Limit, Instant)> {
         let progress = self.progress.load(Ordering::Acquire);
-        let owed = self.owed.load(Ordering::Acquire) > 0;
+        let owed = self.owed.load(Ordering::Acquire) >= state.in_flight.max(1);
         match state.watched {
             Some((seen, at)) if seen == progress && owed => {
                 if at + self.idle_timeout <= now {
