@@ -6,10 +6,12 @@
 //! `--apiserver-timeout` deadline, so a failing API server turns into a prompt `ReviewError`
 //! (which callers answer with 500 and never cache) instead of a hung request.
 //!
-//! At most [`MAX_IN_FLIGHT`] calls run at once; more wait their turn within the same deadline.
-//! Each distinct bad token costs a TokenReview, and kube's client opens an HTTP/1.1 connection
-//! per concurrent call: without a bound, callers spraying random tokens over many HTTP/2 streams
-//! would open thousands of connections to the API server and use up the node's ports.
+//! At most [`MAX_IN_FLIGHT`] TokenReviews and as many SubjectAccessReviews run at once; more wait
+//! their turn within the same deadline (timed as code `queued` if it passes first). Each distinct
+//! bad token costs a TokenReview, and kube's client opens an HTTP/1.1 connection per concurrent
+//! call: without a bound, callers spraying random tokens over many HTTP/2 streams would open
+//! thousands of connections to the API server and use up the node's ports. Apart, so such a
+//! spray does not hold back the authorization of callers already authenticated.
 
 use std::future::Future;
 use std::path::Path;
@@ -22,6 +24,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::Semaphore;
 
 use crate::authn::Identity;
 use crate::authn::token::{TokenOutcome, TokenReviewer};
@@ -58,8 +61,9 @@ pub enum OwnToken {
     File(std::path::PathBuf),
 }
 
-/// The most API calls one guard runs at once. Caching and coalescing leave a node's steady
-/// state at a few reviews a minute; 32 calls of a few milliseconds each carry thousands a second.
+/// The most calls of one API one guard runs at once. Caching and coalescing leave a node's
+/// steady state at a few reviews a minute; 32 calls of a few milliseconds each carry thousands a
+/// second.
 pub const MAX_IN_FLIGHT: usize = 32;
 
 /// A client for the two review APIs, bound to one node name.
@@ -69,8 +73,10 @@ pub struct ApiServer {
     audiences: Vec<String>,
     node: NodeName,
     timeout: Duration,
-    /// Permits for calls in flight.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Turns for TokenReviews in flight.
+    token_reviews: Arc<Semaphore>,
+    /// Turns for SubjectAccessReviews in flight.
+    access_reviews: Arc<Semaphore>,
     metrics: Metrics,
 }
 
@@ -102,24 +108,27 @@ impl ApiServer {
             audiences: settings.audiences.clone(),
             node,
             timeout: settings.timeout,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            token_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            access_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             metrics,
         })
     }
 
-    /// Runs one API call under the deadline (its wait for a turn included), timing it as `api`.
+    /// Runs one API call when `turns` gives it one, all under the deadline, timing it as `api`.
     async fn call<T>(
         &self,
         api: &str,
+        turns: &Semaphore,
         call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, ReviewError> {
         let started = Instant::now();
-        let turn = async {
-            // The semaphore is never closed.
-            let _permit = self.in_flight.acquire().await;
-            call.await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // The semaphore is never closed.
+        let Ok(_turn) = tokio::time::timeout_at(deadline, turns.acquire()).await else {
+            self.metrics.apiserver(api, "queued", started.elapsed());
+            return Err(ReviewError::Queued(self.timeout));
         };
-        let (code, result) = match tokio::time::timeout(self.timeout, turn).await {
+        let (code, result) = match tokio::time::timeout_at(deadline, call).await {
             Err(_) => (
                 "timeout".to_owned(),
                 Err(ReviewError::Timeout(self.timeout)),
@@ -151,7 +160,11 @@ impl TokenReviewer for ApiServer {
             };
             let api = Api::<TokenReview>::all(self.client.clone());
             let answer = self
-                .call("tokenreview", api.create(&PostParams::default(), &request))
+                .call(
+                    "tokenreview",
+                    &self.token_reviews,
+                    api.create(&PostParams::default(), &request),
+                )
                 .await?;
             let Some(status) = answer.status else {
                 return Err(ReviewError::Inconsistent(
@@ -223,6 +236,7 @@ impl AccessReviewer for ApiServer {
             let answer = self
                 .call(
                     "subjectaccessreview",
+                    &self.access_reviews,
                     api.create(&PostParams::default(), &request),
                 )
                 .await?;
@@ -302,7 +316,8 @@ mod tests {
             audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             node: NodeName::parse("node-a", "--node-name").unwrap(),
             timeout: Duration::from_secs(5),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            token_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            access_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             metrics,
         };
         (api, handle)

@@ -244,7 +244,8 @@ impl Metrics {
         self.cache[kind as usize][usize::from(hit)].inc();
     }
 
-    /// Times one API call; `code` is the HTTP status, or `error`/`timeout`.
+    /// Times one API call; `code` is the HTTP status, or `error`/`timeout`, or `queued` (no turn
+    /// within the deadline: the guard's own limit on calls in flight was full).
     pub fn apiserver(&self, api: &str, code: &str, took: Duration) {
         self.apiserver
             .with_label_values(&[api, code])

@@ -30,6 +30,9 @@ pub enum ReviewError {
     /// waited for it).
     #[error("the API server could not be reached")]
     Transport(#[source] Arc<kube::Error>),
+    /// The guard's own limit on calls in flight left no turn within `--apiserver-timeout`.
+    #[error("no turn for an API-server call within {0:?}: the guard's limit was full")]
+    Queued(Duration),
     /// The answer contradicts itself (for example both allowed and denied).
     #[error("the API server's answer is inconsistent: {0}")]
     Inconsistent(String),
