@@ -285,7 +285,13 @@ impl RotatingFile {
             None => self.reopen()?,
         };
         out.write_all(line)?;
-        self.unflushed += 1;
+        // `BufWriter` writes its buffer out by itself when a line does not fit: what it holds now
+        // is all that is unflushed.
+        self.unflushed = match out.buffer().len() {
+            0 => 0,
+            held if held == line.len() => 1,
+            _ => self.unflushed + 1,
+        };
         self.size = self.size.saturating_add(len);
         Ok(())
     }
