@@ -151,6 +151,17 @@ fn redact_word(word: &str, is_credential: bool) -> (Cow<'_, str>, bool) {
         .iter()
         .any(|scheme| bare.eq_ignore_ascii_case(scheme))
     {
+        let name = &word[..word.len() - last.len()];
+        let header = name
+            .trim_end_matches([':', '='])
+            .rsplit([':', '='])
+            .next()
+            .unwrap_or_default();
+        // `PASSWORD=token`: a secret name's value is masked even when it reads as a scheme,
+        // and the word after it too, in case it was one.
+        if is_secret(name) && !header.eq_ignore_ascii_case("authorization") {
+            return (Cow::Owned(format!("{name}{}", mask(last))), true);
+        }
         return (Cow::Borrowed(word), true);
     }
     if is_credential {
@@ -276,6 +287,16 @@ mod tests {
                 "-H",
                 "authorization:<redacted>",
             ]
+        );
+        assert_eq!(
+            redacted(&["env", "PASSWORD=token", "--api-key=basic", "x"]),
+            [
+                "env",
+                "PASSWORD=<redacted>",
+                "--api-key=<redacted>",
+                "<redacted>"
+            ],
+            "a secret whose value reads as a scheme is still masked"
         );
     }
 
