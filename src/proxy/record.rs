@@ -390,7 +390,11 @@ fn event(
             code: status.as_u16(),
             status: failed.then_some("Failure"),
             reason: failed.then(|| reason(status)).flatten(),
-            message: if failed { trail.message.clone() } else { None },
+            message: trail
+                .message
+                .as_deref()
+                .filter(|_| failed)
+                .map(|message| truncated(message, max).into_owned()),
         },
         request_received_timestamp: timestamp(arrival.received),
         stage_timestamp: timestamp(SystemTime::now()),
