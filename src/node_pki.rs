@@ -243,7 +243,13 @@ pub async fn renew(
             () = tokio::time::sleep(wait) => {}
             () = crate::shutdown::stopped(&mut stop) => return,
         }
-        // A certificate that is gone is issued anew, for the init container's default validity.
+        // A certificate that is gone is issued anew, for the init container's default validity;
+        // a CA that is gone is not made anew at run time: the guard read the one it must never
+        // trust for callers at start.
+        if validity.is_none() && !paths.ca_key.exists() {
+            tracing::error!(dir = %paths.dir.display(), "the node PKI's CA is gone: run node-pki");
+            continue;
+        }
         let validity = validity.unwrap_or(DEFAULT_VALIDITY);
         match ensure(&paths, &node, validity, SystemTime::now()) {
             Ok(outcome) => tracing::info!(%outcome, "node PKI"),
