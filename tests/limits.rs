@@ -368,13 +368,19 @@ async fn silent_h2(cluster: &Cluster, settings: &[u8]) -> TlsStream<tokio::net::
     tls
 }
 
-#[tokio::test]
-async fn a_response_the_caller_never_lets_through_closes_its_connection() {
-    let cluster = cluster(&["--idle-timeout=1s"]).await;
-    let mut tls = silent_h2(&cluster, &shut_windows()).await;
+/// A caller whose windows are shut and whose stream 1, a `/healthz`, can get no byte of its body.
+async fn stalled_healthz(cluster: &Cluster) -> TlsStream<tokio::net::TcpStream> {
+    let mut tls = silent_h2(cluster, &shut_windows()).await;
     tls.write_all(&frame(HEADERS, 0x5, 1, &get("/healthz")))
         .await
         .unwrap();
+    tls
+}
+
+#[tokio::test]
+async fn a_response_the_caller_never_lets_through_closes_its_connection() {
+    let cluster = cluster(&["--idle-timeout=1s"]).await;
+    let mut tls = stalled_healthz(&cluster).await;
     let answer = read_to_close(&mut tls).await;
     assert!(!answer.is_empty(), "the guard answered the head at least");
     assert_eq!(cluster.limit_hits("response-unread").await, 1);
@@ -392,11 +398,8 @@ async fn an_idle_caller_that_ignores_the_shutdown_is_closed_anyway() {
 #[tokio::test]
 async fn a_stalled_stream_beside_a_quiet_followed_log_is_not_cut() {
     let cluster = cluster(&["--idle-timeout=200ms"]).await;
-    let mut tls = silent_h2(&cluster, &shut_windows()).await;
     // Stream 1's window stays shut; stream 3, a followed log, is read.
-    tls.write_all(&frame(HEADERS, 0x5, 1, &get("/healthz")))
-        .await
-        .unwrap();
+    let mut tls = stalled_healthz(&cluster).await;
     tls.write_all(&frame(HEADERS, 0x5, 3, &get(FOLLOW)))
         .await
         .unwrap();
