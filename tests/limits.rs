@@ -280,14 +280,7 @@ fn get(path: &str) -> Vec<u8> {
 #[tokio::test]
 async fn http2_streams_over_the_limit_are_refused() {
     let cluster = cluster(&["--http2-max-streams=2"]).await;
-    let mut tls = cluster
-        .client()
-        .connect(cluster.addr(), b"h2")
-        .await
-        .unwrap();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(frame(SETTINGS, 0, 0, &[]));
-    tls.write_all(&hello).await.unwrap();
+    let mut tls = h2_caller(&cluster, &[]).await;
 
     // The limit is announced in the guard's first SETTINGS, which takes effect once acknowledged.
     let (kind, flags, _, settings) = read_frame(&mut tls).await;
@@ -354,9 +347,9 @@ async fn data_on(tls: &mut TlsStream<tokio::net::TcpStream>, stream: u32) -> Vec
     }
 }
 
-/// Opens an HTTP/2 connection as a caller that sends `settings` and then acknowledges, answers
-/// and opens nothing: no SETTINGS ack, no PING ack, no WINDOW_UPDATE.
-async fn silent_h2(cluster: &Cluster, settings: &[u8]) -> TlsStream<tokio::net::TcpStream> {
+/// Opens an HTTP/2 connection and sends the preface with `settings`, and nothing more: unless the
+/// test writes them, no SETTINGS ack, no PING ack, no WINDOW_UPDATE.
+async fn h2_caller(cluster: &Cluster, settings: &[u8]) -> TlsStream<tokio::net::TcpStream> {
     let mut tls = cluster
         .client()
         .connect(cluster.addr(), b"h2")
@@ -370,7 +363,7 @@ async fn silent_h2(cluster: &Cluster, settings: &[u8]) -> TlsStream<tokio::net::
 
 /// A caller whose windows are shut and whose stream 1, a `/healthz`, can get no byte of its body.
 async fn stalled_healthz(cluster: &Cluster) -> TlsStream<tokio::net::TcpStream> {
-    let mut tls = silent_h2(cluster, &shut_windows()).await;
+    let mut tls = h2_caller(cluster, &shut_windows()).await;
     tls.write_all(&frame(HEADERS, 0x5, 1, &get("/healthz")))
         .await
         .unwrap();
@@ -390,7 +383,7 @@ async fn a_response_the_caller_never_lets_through_closes_its_connection() {
 async fn an_idle_caller_that_ignores_the_shutdown_is_closed_anyway() {
     let cluster = cluster(&["--idle-timeout=300ms", "--header-read-timeout=300ms"]).await;
     // HTTP/2's graceful shutdown waits for the caller to acknowledge a PING; this one never does.
-    let mut tls = silent_h2(&cluster, &[]).await;
+    let mut tls = h2_caller(&cluster, &[]).await;
     read_to_close(&mut tls).await;
     assert_eq!(cluster.limit_hits("idle-timeout").await, 1);
 }
