@@ -321,9 +321,19 @@ async fn a_certificate_caller_is_named_by_issuer_serial_and_expiry() {
             "kubelet-guard.io/client-certificate-expiry": humantime::format_rfc3339_seconds(expiry).to_string(),
         })
     );
+    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     assert_eq!(
         scrape["user"],
-        json!({"username": "prometheus", "groups": ["monitoring", "system:authenticated"]})
+        json!({
+            "username": "prometheus",
+            "groups": ["monitoring", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/credential-id": [format!("X509SHA256={fingerprint}")]},
+        }),
+        "as kube-apiserver's x509 authenticator names the credential"
     );
 }
 

@@ -1,15 +1,34 @@
 //! Client certificate → identity, as Kubernetes' x509 authenticator does it: user = subject CN,
-//! groups = every subject O (docs/kubelet-api.md section 6). The certificate has already been verified
-//! by rustls against `--client-ca-file`; this only reads names from it.
+//! groups = every subject O, UID = the subject's `1.3.6.1.4.1.57683.2` attribute (v1.34 and later,
+//! `AllowParsingUserUIDFromCertAuth`), and the extra `authentication.kubernetes.io/credential-id`
+//! = `X509SHA256=<hex of the certificate's SHA-256>` (docs/kubelet-api.md section 6). The
+//! certificate has already been verified by rustls against `--client-ca-file`; this only reads
+//! names from it. A name this cannot read as text (a BMPString, say) makes the certificate
+//! unusable rather than be skipped: skipping an `O=system:unauthenticated` would change the groups.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
+use x509_parser::oid_registry::Oid;
 use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::x509::AttributeTypeAndValue;
 
 use super::{Identity, Issued, PeerCertificate};
+
+/// The subject attribute Kubernetes reads a certificate user's UID from.
+const UID_OID: [u64; 8] = [1, 3, 6, 1, 4, 1, 57683, 2];
+
+/// The extra key naming the credential a user authenticated with.
+pub const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
+
+/// A subject attribute's text, or why it has none the guard can read.
+fn text<'a>(attribute: &AttributeTypeAndValue<'a>) -> Result<&'a str, String> {
+    attribute
+        .as_str()
+        .map_err(|_| "a subject name is not text the guard reads (UTF8String, PrintableString, IA5String or NumericString)".to_owned())
+}
 
 /// Reads the identity of the leaf certificate a caller presented, if any, with its issuer, serial
 /// number and expiry.
@@ -39,15 +58,33 @@ fn identity(leaf: &CertificateDer<'_>) -> Result<(Identity, SystemTime, Issued),
     let name = subject
         .iter_common_name()
         .last()
-        .and_then(|cn| cn.as_str().ok())
+        .map(text)
+        .transpose()?
         .filter(|cn| !cn.is_empty())
         .ok_or("the subject has no common name")?
         .to_owned();
     let groups = subject
         .iter_organization()
-        .filter_map(|o| o.as_str().ok())
-        .map(str::to_owned)
+        .map(|o| text(o).map(str::to_owned))
+        .collect::<Result<_, _>>()?;
+    let uid_oid = Oid::from(&UID_OID).map_err(|_| "internal: the UID attribute's OID")?;
+    let uid = match subject
+        .iter_by_oid(&uid_oid)
+        .map(text)
+        .collect::<Result<Vec<_>, _>>()?[..]
+    {
+        [] => String::new(),
+        [""] => return Err("the subject's UID is empty".into()),
+        [uid] => uid.to_owned(),
+        _ => return Err("the subject has more than one UID".into()),
+    };
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+    let hex: String = fingerprint
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
         .collect();
+    let extra = BTreeMap::from([(CREDENTIAL_ID.to_owned(), vec![format!("X509SHA256={hex}")])]);
     let issued = Issued {
         issuer: cert.issuer().to_string(),
         serial: format!("{:x}", cert.tbs_certificate.serial),
@@ -55,9 +92,9 @@ fn identity(leaf: &CertificateDer<'_>) -> Result<(Identity, SystemTime, Issued),
     Ok((
         Identity {
             name,
-            uid: String::new(),
+            uid,
             groups,
-            extra: BTreeMap::new(),
+            extra,
         },
         not_after,
         issued,
@@ -99,6 +136,64 @@ mod tests {
             identity.groups[..],
             ["system:nodes", "system:authenticated"]
         );
+    }
+
+    /// A self-signed certificate with `CN=u` and these other subject attributes.
+    fn with_subject(attributes: Vec<(rcgen::DnType, rcgen::DnValue)>) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "u");
+        for (ty, value) in attributes {
+            params.distinguished_name.push(ty, value);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn uid(value: &str) -> (rcgen::DnType, rcgen::DnValue) {
+        (
+            rcgen::DnType::CustomDnType(UID_OID.to_vec()),
+            rcgen::DnValue::Utf8String(value.into()),
+        )
+    }
+
+    #[test]
+    fn the_uid_attribute_and_the_fingerprint_are_read_as_kubernetes_reads_them() {
+        let chain = [with_subject(vec![uid("u-1")])];
+        let PeerCertificate::Identity { identity, .. } = peer_identity(Some(&chain)) else {
+            panic!("no identity")
+        };
+        assert_eq!(identity.uid, "u-1");
+        let fingerprint = ring::digest::digest(&ring::digest::SHA256, chain[0].as_ref());
+        let hex: String = fingerprint
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(identity.extra[CREDENTIAL_ID], [format!("X509SHA256={hex}")]);
+        let chain = [with_subject(vec![])];
+        let PeerCertificate::Identity { identity, .. } = peer_identity(Some(&chain)) else {
+            panic!("no identity")
+        };
+        assert_eq!(identity.uid, "", "no UID attribute, no UID");
+    }
+
+    #[test]
+    fn an_empty_uid_or_a_name_that_is_not_readable_text_is_refused() {
+        let empty = [with_subject(vec![uid("")])];
+        assert!(matches!(
+            peer_identity(Some(&empty)),
+            PeerCertificate::Unusable(why) if why.contains("UID is empty")
+        ));
+        // Go reads a BMPString; skipping it would drop O=system:unauthenticated from the groups.
+        let bmp = rcgen::DnValue::BmpString("system:unauthenticated".try_into().unwrap());
+        let unreadable = [with_subject(vec![(rcgen::DnType::OrganizationName, bmp)])];
+        assert!(matches!(
+            peer_identity(Some(&unreadable)),
+            PeerCertificate::Unusable(_)
+        ));
     }
 
     #[test]
