@@ -217,17 +217,22 @@ impl Authenticator {
 }
 
 /// The bearer token of a request, as Kubernetes' bearertoken authenticator reads it: the first
-/// `Authorization` header, scheme `Bearer` in any case, one non-empty token.
+/// `Authorization` header, trimmed, split at single spaces into at most three parts; the scheme
+/// `Bearer` in any case, then a non-empty token (a third part is ignored). Where Kubernetes would
+/// find no token (another scheme, two spaces, a tab) the guard answers 401.
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthnError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value
         .to_str()
-        .map_err(|_| AuthnError::MalformedAuthorization)?;
-    let mut parts = value.split_ascii_whitespace();
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => {
+        .map_err(|_| AuthnError::MalformedAuthorization)?
+        .trim_ascii();
+    let mut parts = value.splitn(3, ' ');
+    match (parts.next(), parts.next()) {
+        (Some(scheme), Some(token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() =>
+        {
             Ok(Some(token))
         }
         _ => Err(AuthnError::MalformedAuthorization),
@@ -248,8 +253,13 @@ mod tests {
     fn bearer_tokens_are_read_like_kubernetes() {
         assert_eq!(bearer_token(&HeaderMap::new()).unwrap(), None);
         assert_eq!(bearer_token(&headers("Bearer abc")).unwrap(), Some("abc"));
-        assert_eq!(bearer_token(&headers("bearer  abc ")).unwrap(), Some("abc"));
-        for bad in ["Basic abc", "Bearer", "Bearer a b", ""] {
+        assert_eq!(bearer_token(&headers(" bearer abc ")).unwrap(), Some("abc"));
+        assert_eq!(
+            bearer_token(&headers("Bearer a b")).unwrap(),
+            Some("a"),
+            "a third part is ignored"
+        );
+        for bad in ["Basic abc", "Bearer", "Bearer  abc", "Bearer\tabc", ""] {
             assert!(bearer_token(&headers(bad)).is_err(), "{bad:?}");
         }
     }
