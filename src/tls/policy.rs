@@ -2,8 +2,9 @@
 //! kubelet's flag values (Go's `VersionTLS12`, Go's and IANA's suite names) mapped onto what
 //! rustls' ring provider offers.
 //!
-//! As in Go, the suite list governs TLS 1.2; TLS 1.3 keeps all its suites unless the list names
-//! some of them, then only those. A name Go knows but rustls does not implement (CBC, RC4, 3DES,
+//! As in Go, the suite list governs TLS 1.2. Go ignores TLS 1.3 names in the list and always
+//! offers every TLS 1.3 suite; the guard keeps all of them too unless the list names some, then
+//! only those (stricter than Go: a list naming a TLS 1.3 suite is the operator asking for it). A name Go knows but rustls does not implement (CBC, RC4, 3DES,
 //! static RSA key exchange) is refused with that reason, so a kubelet's flag value copied over
 //! never silently weakens or breaks the policy.
 
