@@ -106,6 +106,9 @@ pub enum AuthnError {
     /// The client certificate expired after the connection was made.
     #[error("the client certificate has expired")]
     ExpiredCertificate,
+    /// The client certificate no longer verifies against `--client-ca-file` (its CA was removed).
+    #[error("the client certificate no longer verifies against --client-ca-file")]
+    UntrustedCertificate,
     /// The client certificate names no user.
     #[error("unusable client certificate: {0}")]
     UnusableCertificate(String),

@@ -10,7 +10,6 @@ pub mod pki;
 pub mod tour;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::Args;
 use tokio::net::TcpListener;
@@ -73,11 +72,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let kubelet_addr = kubelet_listener
         .local_addr()
         .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let stand_in = tokio::spawn(kubelet::serve(
-        kubelet_listener,
-        Arc::new(kubelet_tls),
-        NODE.into(),
-    ));
+    let stand_in = tokio::spawn(kubelet::serve(kubelet_listener, kubelet_tls, NODE.into()));
 
     let flags = [
         format!("--listen={}", args.listen),

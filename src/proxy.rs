@@ -20,6 +20,7 @@ use crate::forward::{self, Body, Credential, ForwardError, Forwarded, Upstream};
 use crate::kubelet_api::pod_scope::{PodScope, pod_scope};
 use crate::kubelet_api::{self, KubeletRequest, Rejection, Subresource, Verb};
 use crate::metrics::{Metrics, Outcome};
+use crate::tls::CallerTrust;
 use record::{Arrival, Pending, Trail};
 
 /// Everything a request needs, built once in `run()`.
@@ -51,6 +52,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The client certificate's identity, read once per connection.
     pub certificate: PeerCertificate,
+    /// With a verified certificate, its chain, verified again when `--client-ca-file` changes.
+    pub trust: Option<Box<CallerTrust>>,
     /// When the client certificate expires ([`PeerCertificate::expires`]): the connection and
     /// its upgraded streams end then.
     pub expires: Option<tokio::time::Instant>,
@@ -167,7 +170,11 @@ async fn decide(
     classified: KubeletRequest,
     trail: &mut Trail,
 ) -> Result<(), Refusal> {
-    // Authenticate: the connection's certificate, else the bearer token.
+    // Authenticate: the connection's certificate, else the bearer token. A certificate whose CA
+    // has left --client-ca-file since the handshake no longer names anyone.
+    if peer.trust.as_ref().is_some_and(|trust| !trust.holds()) {
+        return Err(Refusal::Unauthenticated(AuthnError::UntrustedCertificate));
+    }
     let who = trail.who.insert(
         state
             .authenticator

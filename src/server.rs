@@ -23,7 +23,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -33,6 +32,7 @@ use crate::metrics::{self, Metrics, Readiness};
 use crate::proxy::State;
 use crate::reload::Watched;
 use crate::shutdown::{Drain, stopped};
+use crate::tls::Serving;
 use connection::Limit;
 pub use workers::Workers;
 
@@ -50,7 +50,7 @@ pub struct Proxy {
     /// Where to accept.
     pub listen: Listen,
     /// The serving configuration, polled for new certificates.
-    pub tls: Arc<Watched<ServerConfig>>,
+    pub tls: Arc<Watched<Serving>>,
     /// The request pipeline's state.
     pub state: Arc<State>,
     /// Connection limits and timeouts.

@@ -11,15 +11,16 @@ pub mod policy;
 pub mod reload;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::reload::FileError;
+use crate::reload::{FileError, Watched};
 pub use policy::{MinVersion, TlsPolicy};
 
 /// A certificate, key or CA file that cannot be used.
@@ -75,15 +76,78 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The serving configuration and the verifier of callers' certificates inside it, kept apart so a
+/// connection made under an older `--client-ca-file` can be checked against the current one.
+pub struct Serving {
+    /// What new connections are served with.
+    pub config: Arc<ServerConfig>,
+    /// Verifies callers' certificates against `--client-ca-file`; `None` without one.
+    pub callers: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// A caller's verified certificate chain, verified again whenever the serving configuration has
+/// changed since (a new `--client-ca-file`, or serving certificate), as the kubelet verifies the
+/// chain against its current bundle on every request: a CA removed from the bundle stops
+/// admitting the connections it admitted.
+pub struct CallerTrust {
+    chain: Vec<CertificateDer<'static>>,
+    serving: Arc<Watched<Serving>>,
+    /// The configuration the chain was last verified under, and whether it verified.
+    checked: Mutex<(Arc<Serving>, bool)>,
+}
+
+impl CallerTrust {
+    /// The chain a connection presented when `serving`'s configuration `at` verified it.
+    pub fn new(
+        chain: &[CertificateDer<'_>],
+        serving: Arc<Watched<Serving>>,
+        at: Arc<Serving>,
+    ) -> Self {
+        Self {
+            chain: chain.iter().map(|cert| cert.clone().into_owned()).collect(),
+            serving,
+            checked: Mutex::new((at, true)),
+        }
+    }
+
+    /// Whether the current configuration still trusts the chain; verified at most once per
+    /// configuration.
+    pub fn holds(&self) -> bool {
+        let current = self.serving.current();
+        let mut checked = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !Arc::ptr_eq(&checked.0, &current) {
+            let verified = match (self.chain.split_first(), &current.callers) {
+                (Some((leaf, intermediates)), Some(verifier)) => verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .is_ok(),
+                _ => false,
+            };
+            *checked = (current, verified);
+        }
+        checked.1
+    }
+}
+
+impl std::fmt::Debug for CallerTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerTrust")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builds the serving configuration from the files with the default policy: ALPN h2 and
 /// http/1.1, client certificates requested but optional when a client CA is given.
-pub fn server_config(files: &ServingFiles) -> Result<ServerConfig, TlsError> {
+pub fn server_config(files: &ServingFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let mut contents = vec![read(&files.cert, "--tls-cert-file")?];
     contents.push(read(&files.key, "--tls-private-key-file")?);
     if let Some(ca) = &files.client_ca {
         contents.push(read(ca, "--client-ca-file")?);
     }
-    server_config_from(files, &TlsPolicy::default(), &contents)
+    Ok(server_config_from(files, &TlsPolicy::default(), &contents)?.config)
 }
 
 /// Builds the serving configuration from the contents of the certificate, the key and, if
@@ -92,7 +156,7 @@ pub fn server_config_from(
     files: &ServingFiles,
     policy: &TlsPolicy,
     contents: &[Vec<u8>],
-) -> Result<ServerConfig, TlsError> {
+) -> Result<Serving, TlsError> {
     let (cert_pem, key_pem, ca_pem) = match contents {
         [cert, key] => (cert, key, None),
         [cert, key, ca] => (cert, key, Some(ca)),
@@ -112,22 +176,30 @@ pub fn server_config_from(
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&policy.versions(&provider))
         .map_err(|e| error("--tls-cert-file", &files.cert, e))?;
-    let builder = match (&files.client_ca, ca_pem) {
+    let callers = match (&files.client_ca, ca_pem) {
         (Some(ca), Some(pem)) => {
             let roots = Arc::new(roots(pem, ca, "--client-ca-file")?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| error("--client-ca-file", ca, e))?;
-            builder.with_client_cert_verifier(verifier)
+            Some(
+                WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| error("--client-ca-file", ca, e))?,
+            )
         }
-        _ => builder.with_no_client_auth(),
+        _ => None,
+    };
+    let builder = match &callers {
+        Some(verifier) => builder.with_client_cert_verifier(Arc::clone(verifier)),
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| error("--tls-private-key-file", &files.key, e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Serving {
+        config: Arc::new(config),
+        callers,
+    })
 }
 
 /// Builds the client configurations towards the kubelet from the contents of the upstream CA `ca` and,

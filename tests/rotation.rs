@@ -436,3 +436,63 @@ async fn a_client_ca_reloaded_with_the_node_ca_in_it_keeps_the_last_good_one() {
     .await;
     guard.stop().await;
 }
+
+#[tokio::test]
+async fn a_ca_removed_from_the_client_bundle_stops_admitting_its_open_connections() {
+    let cluster = Cluster::start(&[]).await;
+    let other = Ca::new("cluster-other");
+    cluster.api.allow("scraper-other", "get", "metrics");
+    let volume = Volume::new("client-ca-removed");
+    volume.publish(&[(
+        "ca.crt",
+        &format!("{}{}", cluster.ca.cert_pem(), other.cert_pem()),
+    )]);
+    let argv = flags(
+        &cluster.ca,
+        &cluster.kubelet_ca,
+        &cluster.api,
+        &cluster.kubelet,
+        &["--tls-reload-interval=20ms"],
+    );
+    let guard = start_with_flags(&with_flag(argv, "--client-ca-file", &volume.path("ca.crt")))
+        .await
+        .unwrap();
+    let client = TlsClient::new(
+        cluster.ca.cert_path(),
+        Some(&other.client_cert("scraper-other", &[])),
+    );
+    let mut kept = client.keep_alive(guard.proxy_addr).await;
+    let scrape = || {
+        let mut request = support::client::request("GET", "/metrics", None);
+        request
+            .headers_mut()
+            .insert(http::header::HOST, "localhost".parse().unwrap());
+        request
+    };
+    let status = kept.send_request(scrape()).await.unwrap().status();
+    assert_eq!(status, StatusCode::OK);
+
+    // The other CA leaves the bundle (it was compromised, say). The kubelet verifies a caller's
+    // chain against its current bundle on every request; so does the guard.
+    volume.publish(&[("ca.crt", &cluster.ca.cert_pem())]);
+    wait_for_sample(
+        &guard,
+        r#"kubelet_guard_file_reloads_total{flag="--client-ca-file",result="success"}"#,
+        1,
+    )
+    .await;
+    let status = kept.send_request(scrape()).await.unwrap().status();
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "on the connection it opened before"
+    );
+    // A certificate of a CA still in the bundle is still admitted.
+    let cluster_client = TlsClient::new(
+        cluster.ca.cert_path(),
+        Some(&cluster.ca.client_cert("scraper-other", &[])),
+    );
+    let (status, _, _) = cluster_client.get(guard.proxy_addr, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    guard.stop().await;
+}

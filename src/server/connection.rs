@@ -36,7 +36,6 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -52,6 +51,7 @@ use crate::metrics::{ConnectionGuard, Metrics};
 use crate::proxy::{self, Peer, State};
 use crate::reload::Watched;
 use crate::shutdown::Tracked;
+use crate::tls::{CallerTrust, Serving};
 
 /// How much of the caller's first bytes is read before HTTP is set up: a buffer inside the
 /// connection's task, so an idle connection has none of its own; hyper reads the rest from rustls.
@@ -83,7 +83,7 @@ pub(super) enum Limit {
 
 /// What every connection of the guarded listener shares.
 pub(super) struct Context {
-    tls: Arc<Watched<ServerConfig>>,
+    tls: Arc<Watched<Serving>>,
     state: Arc<State>,
     limits: Limits,
     http1: http1::Builder,
@@ -168,7 +168,7 @@ impl Limit {
 
 impl Context {
     /// The HTTP/1.1 and HTTP/2 connection settings for `limits`.
-    pub(super) fn new(tls: Arc<Watched<ServerConfig>>, state: Arc<State>, limits: Limits) -> Self {
+    pub(super) fn new(tls: Arc<Watched<Serving>>, state: Arc<State>, limits: Limits) -> Self {
         let mut http1 = http1::Builder::new();
         // The head timer is ours (`Activity`), which tells reading a head from idling.
         http1
@@ -213,12 +213,13 @@ pub(super) fn serve(
         let gauge = context.state.metrics.connection();
         // The serving configuration in force now: a rotated certificate applies from the next
         // accept.
-        let acceptor = TlsAcceptor::from(context.tls.current());
+        let serving = context.tls.current();
+        let acceptor = TlsAcceptor::from(Arc::clone(&serving.config));
         // The handshake's state is boxed and the TLS stream comes out boxed, so what a
         // connection's task holds while it waits for the first bytes is pointers: the task was
         // 4.7 KiB, the handshake's state and a moved copy of the stream side by side in it.
         let accepted = tokio::select! {
-            accepted = Box::pin(handshake(acceptor, tcp, addr, admission)) => accepted,
+            accepted = Box::pin(handshake(acceptor, tcp, addr, admission, (&context.tls, serving))) => accepted,
             () = open.draining() => None,
         };
         let Some((mut tls, peer)) = accepted else {
@@ -378,15 +379,25 @@ async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     admission: Ticket,
+    (watched, serving): (&Arc<Watched<Serving>>, Arc<Serving>),
 ) -> Option<(Box<TlsStream<TcpStream>>, Arc<Peer>)> {
     let _ = tcp.set_nodelay(true);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
-            let certificate = x509::peer_identity(tls.get_ref().1.peer_certificates());
+            let chain = tls.get_ref().1.peer_certificates();
+            let certificate = x509::peer_identity(chain);
             // A verified certificate is proof enough: the connection leaves its source's count.
-            if matches!(certificate, PeerCertificate::Identity { .. }) {
-                admission.prove();
-            }
+            let trust = match (&certificate, chain) {
+                (PeerCertificate::Identity { .. }, Some(chain)) => {
+                    admission.prove();
+                    Some(Box::new(CallerTrust::new(
+                        chain,
+                        Arc::clone(watched),
+                        serving,
+                    )))
+                }
+                _ => None,
+            };
             // HTTP/1.1 requests come one at a time: they share one kubelet connection.
             let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
             Some((
@@ -395,6 +406,7 @@ async fn handshake(
                     addr,
                     expires: certificate.expires(),
                     certificate,
+                    trust,
                     admission,
                     lane: http1.then(forward::Lane::default),
                 }),

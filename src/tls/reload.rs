@@ -3,19 +3,21 @@
 //!
 //! The kubelet rotates its serving certificate, and client CAs and the guard's own upstream
 //! credential rotate too. A new configuration is used by connections opened after it took effect;
-//! open connections keep the one they were made with. A certificate that does not match its key,
+//! open connections keep the one they were made with, except for trust: a caller's certificate
+//! chain is verified again against the new `--client-ca-file` at its connection's next request
+//! (`tls::CallerTrust`), as the kubelet verifies against its current bundle on every request. A
+//! certificate that does not match its key,
 //! or a file that does not parse, keeps the last good configuration (and is logged and counted by
 //! the reload task). Each configuration that takes effect sets its certificate's expiry gauge
 //! (`kubelet_guard_certificate_expiry_timestamp_seconds`).
 
 use prometheus::IntGauge;
-use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use std::path::Path;
 
-use super::{ServingFiles, TlsPolicy, UpstreamCredential, UpstreamTls};
+use super::{Serving, ServingFiles, TlsPolicy, UpstreamCredential, UpstreamTls};
 use crate::reload::{FileError, Source, Watched};
 
 /// The serving configuration, from `--tls-cert-file`, `--tls-private-key-file` and
@@ -27,7 +29,7 @@ pub fn serving(
     policy: &TlsPolicy,
     expiry: IntGauge,
     never_trusted: Vec<CertificateDer<'static>>,
-) -> Result<Watched<ServerConfig>, FileError> {
+) -> Result<Watched<Serving>, FileError> {
     let mut sources = vec![
         Source::new("--tls-cert-file", &files.cert),
         Source::new("--tls-private-key-file", &files.key),
