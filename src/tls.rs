@@ -7,6 +7,7 @@
 //! Configurations are built from file contents already read, so the reload task (`tls::reload`)
 //! builds exactly what it compared.
 
+mod anchors;
 pub mod policy;
 pub mod reload;
 
@@ -179,12 +180,14 @@ pub fn server_config_from(
     let callers = match (&files.client_ca, ca_pem) {
         (Some(ca), Some(pem)) => {
             let roots = Arc::new(roots(pem, ca, "--client-ca-file")?);
-            Some(
-                WebPkiClientVerifier::builder_with_provider(roots, provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| error("--client-ca-file", ca, e))?,
-            )
+            let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| error("--client-ca-file", ca, e))?;
+            Some(anchors::checked(
+                webpki,
+                &certs(pem, ca, "--client-ca-file")?,
+            ))
         }
         _ => None,
     };
