@@ -13,6 +13,7 @@ pub mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -87,15 +88,19 @@ pub struct Serving {
 }
 
 /// A caller's verified certificate chain, verified again whenever the serving configuration has
-/// changed since (a new `--client-ca-file`, or serving certificate), as the kubelet verifies the
-/// chain against its current bundle on every request: a CA removed from the bundle stops
-/// admitting the connections it admitted.
+/// changed since (a new `--client-ca-file`, or serving certificate) and at least every
+/// [`REVERIFY`], as the kubelet verifies the chain against its current bundle on every request: a
+/// CA removed from the bundle, or one past its dates, stops admitting the connections it admitted.
 pub struct CallerTrust {
     chain: Vec<CertificateDer<'static>>,
     serving: Arc<Watched<Serving>>,
-    /// The configuration the chain was last verified under, and whether it verified.
-    checked: Mutex<(Arc<Serving>, bool)>,
+    /// The configuration the chain was last verified under, whether it verified, and when.
+    checked: Mutex<(Arc<Serving>, bool, Instant)>,
 }
+
+/// How long a verdict on a caller's chain stands under one configuration: a CA or intermediate
+/// whose dates end while its connection is open stops admitting within this.
+pub const REVERIFY: Duration = Duration::from_secs(60);
 
 impl CallerTrust {
     /// The chain a connection presented when `serving`'s configuration `at` verified it.
@@ -107,7 +112,7 @@ impl CallerTrust {
         Self {
             chain: chain.iter().map(|cert| cert.clone().into_owned()).collect(),
             serving,
-            checked: Mutex::new((at, true)),
+            checked: Mutex::new((at, true, Instant::now())),
         }
     }
 
@@ -119,14 +124,15 @@ impl CallerTrust {
             .checked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !Arc::ptr_eq(&checked.0, &current) {
+        let now = Instant::now();
+        if !Arc::ptr_eq(&checked.0, &current) || now.duration_since(checked.2) >= REVERIFY {
             let verified = match (self.chain.split_first(), &current.callers) {
                 (Some((leaf, intermediates)), Some(verifier)) => verifier
                     .verify_client_cert(leaf, intermediates, UnixTime::now())
                     .is_ok(),
                 _ => false,
             };
-            *checked = (current, verified);
+            *checked = (current, verified, now);
         }
         checked.1
     }
