@@ -79,7 +79,13 @@ impl<'a> Pending<'a> {
         if let Some(arrival) = self.arrival.take() {
             let trail = std::mem::take(&mut self.trail);
             finish(
-                self.state, self.peer, arrival, trail, outcome, response, stream,
+                self.state,
+                self.peer,
+                arrival,
+                trail,
+                outcome,
+                Some(response),
+                stream,
             );
         }
     }
@@ -97,17 +103,7 @@ impl Drop for Pending<'_> {
         } else {
             Outcome::Abandoned
         };
-        let mut response = Response::new(Body::default());
-        *response.status_mut() = StatusCode::from_u16(ABANDONED).unwrap_or(StatusCode::BAD_REQUEST);
-        finish(
-            self.state,
-            self.peer,
-            arrival,
-            trail,
-            outcome,
-            &mut response,
-            None,
-        );
+        finish(self.state, self.peer, arrival, trail, outcome, None, None);
     }
 }
 
@@ -148,16 +144,20 @@ impl Arrival {
 }
 
 /// Records a finished request: metrics, the audit event(s), the `Audit-ID` header.
-pub(super) fn finish(
+/// `response` is `None` for a request dropped unanswered (recorded as [`ABANDONED`]).
+fn finish(
     state: &State,
     peer: &Peer,
     arrival: Arrival,
     trail: Trail,
     outcome: Outcome,
-    response: &mut Response<Body>,
+    response: Option<&mut Response<Body>>,
     stream: Option<JoinHandle<(Relayed, Tracked)>>,
 ) {
-    let status = response.status();
+    let status = response.as_ref().map_or_else(
+        || StatusCode::from_u16(ABANDONED).unwrap_or(StatusCode::BAD_REQUEST),
+        |response| response.status(),
+    );
     let verb = trail.classified.as_ref().map_or("", |c| c.verb().as_str());
     let decided = decided_by(&trail);
     let subresource = decided.map_or("", Subresource::as_str);
@@ -195,7 +195,7 @@ pub(super) fn finish(
         return;
     }
     let audit_id = audit_id();
-    if let Ok(value) = HeaderValue::from_str(&audit_id) {
+    if let (Some(response), Ok(value)) = (response, HeaderValue::from_str(&audit_id)) {
         response.headers_mut().insert("audit-id", value);
     }
     // A caller that proved who it is keeps its events when unauthenticated noise floods the queue.
