@@ -29,7 +29,7 @@ struct AnchorChecked {
     /// Every CA of the bundle, with what Go checks of it.
     anchors: Vec<Anchor>,
     /// Which CAs were admissible at the last verification, and webpki over just those (`None`:
-    /// none were).
+    /// none were, or none has been made yet).
     current: Mutex<(Vec<bool>, Option<Verifier>)>,
 }
 
@@ -52,12 +52,12 @@ pub(super) fn checked(
     whole: Arc<dyn ClientCertVerifier>,
     bundle: &[CertificateDer<'_>],
 ) -> Arc<dyn ClientCertVerifier> {
-    let anchors: Vec<Anchor> = bundle.iter().filter_map(Anchor::of).collect();
-    let everything = vec![true; anchors.len()];
+    // Nothing is narrowed yet: the first verification builds webpki over the CAs admissible
+    // then, from the CAs this can read (one it cannot is never handed to webpki).
     Arc::new(AnchorChecked {
-        current: Mutex::new((everything, Some(Arc::clone(&whole)))),
         whole,
-        anchors,
+        anchors: bundle.iter().filter_map(Anchor::of).collect(),
+        current: Mutex::new((Vec::new(), None)),
     })
 }
 
