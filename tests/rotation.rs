@@ -68,6 +68,29 @@ fn with_flag(mut argv: Vec<String>, flag: &str, value: &Path) -> Vec<String> {
     argv
 }
 
+/// A guard over `cluster` whose `--client-ca-file` is `volume`'s `ca.crt`, re-read every 20 ms;
+/// `edit` changes the other flags first.
+async fn guard_reading_client_ca(
+    cluster: &Cluster,
+    volume: &Volume,
+    edit: impl FnOnce(Vec<String>) -> Vec<String>,
+) -> Running {
+    let argv = flags(
+        &cluster.ca,
+        &cluster.kubelet_ca,
+        &cluster.api,
+        &cluster.kubelet,
+        &["--tls-reload-interval=20ms"],
+    );
+    start_with_flags(&with_flag(
+        edit(argv),
+        "--client-ca-file",
+        &volume.path("ca.crt"),
+    ))
+    .await
+    .unwrap()
+}
+
 /// The guard's `/metrics` text.
 async fn metrics(guard: &Running) -> String {
     support::guard::admin_get(guard.admin_addr, "/metrics").await
@@ -301,16 +324,7 @@ async fn a_rotated_client_ca_admits_certificates_of_the_new_ca() {
     cluster.api.allow("kube-apiserver-next", "get", "metrics");
     let volume = Volume::new("client-ca");
     volume.publish(&[("ca.crt", &cluster.ca.cert_pem())]);
-    let argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=20ms"],
-    );
-    let guard = start_with_flags(&with_flag(argv, "--client-ca-file", &volume.path("ca.crt")))
-        .await
-        .unwrap();
+    let guard = guard_reading_client_ca(&cluster, &volume, |argv| argv).await;
     let next_client = TlsClient::new(
         cluster.ca.cert_path(),
         Some(&next_ca.client_cert("kube-apiserver-next", &[])),
@@ -410,20 +424,13 @@ async fn a_client_ca_reloaded_with_the_node_ca_in_it_keeps_the_last_good_one() {
     support::guard::make_node_pki(&pki, "node-1", "168h");
     let volume = Volume::new("client-ca-node-pki");
     volume.publish(&[("ca.crt", &cluster.ca.cert_pem())]);
-    let argv: Vec<String> = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=20ms"],
-    )
-    .into_iter()
-    .filter(|flag| !flag.starts_with("--upstream-client-"))
-    .chain([format!("--node-pki-dir={}", pki.display())])
-    .collect();
-    let guard = start_with_flags(&with_flag(argv, "--client-ca-file", &volume.path("ca.crt")))
-        .await
-        .unwrap();
+    let guard = guard_reading_client_ca(&cluster, &volume, |argv| {
+        argv.into_iter()
+            .filter(|flag| !flag.starts_with("--upstream-client-"))
+            .chain([format!("--node-pki-dir={}", pki.display())])
+            .collect()
+    })
+    .await;
     // The node-local CA signs the guard's own credential: it must never admit a caller, not even
     // when an edit of the bundle brings it in after start-up.
     let node_ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
@@ -447,16 +454,7 @@ async fn a_ca_removed_from_the_client_bundle_stops_admitting_its_open_connection
         "ca.crt",
         &format!("{}{}", cluster.ca.cert_pem(), other.cert_pem()),
     )]);
-    let argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=20ms"],
-    );
-    let guard = start_with_flags(&with_flag(argv, "--client-ca-file", &volume.path("ca.crt")))
-        .await
-        .unwrap();
+    let guard = guard_reading_client_ca(&cluster, &volume, |argv| argv).await;
     let client = TlsClient::new(
         cluster.ca.cert_path(),
         Some(&other.client_cert("scraper-other", &[])),
