@@ -348,8 +348,10 @@ async fn connected(
     Ok(connected)
 }
 
-/// Polls every watched file each `interval` until shutdown, counting what failed to reload. A new
-/// token or policy file empties the caches its old content filled: revocation takes effect now.
+/// Polls every watched file each `interval` until shutdown, counting what failed to reload. A
+/// changed file is read again a second later (or `interval`, if shorter) and taken in when the
+/// reads agree. A new token or policy file empties the caches its old content filled: revocation
+/// takes effect now.
 async fn reload_files(
     watched: Vec<Arc<dyn Poll>>,
     state: Arc<State>,
@@ -359,14 +361,16 @@ async fn reload_files(
     if watched.is_empty() {
         return;
     }
+    let pause = interval.min(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             () = shutdown::stopped(&mut stop) => return,
         }
         for file in &watched {
-            match file.poll() {
+            match reload::settled(file.as_ref(), pause).await {
                 Reload::Unchanged => {}
+                Reload::Changing => tracing::info!("a file is still changing: read again later"),
                 Reload::Reloaded { flag } => {
                     tracing::info!(flag, "reloaded");
                     match flag {

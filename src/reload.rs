@@ -8,9 +8,14 @@
 //!
 //! Content is compared, not inodes or modification times: Kubernetes updates mounted Secrets and
 //! ConfigMaps by swapping a symlink, which file watches and mtimes miss.
+//!
+//! A changed content is taken into use only once two reads a pause apart agree ([`settled`]): a
+//! file edited in place can be read half-written, and a fragment that parses can grant more than
+//! the whole (an RBAC rule cut before its `resourceNames`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -47,7 +52,14 @@ pub struct Watched<T> {
     sources: Vec<Source>,
     load: Loader<T>,
     current: ArcSwap<T>,
-    digests: Mutex<Vec<[u8; 32]>>,
+    seen: Mutex<Seen>,
+}
+
+/// The digests of the contents a [`Watched`] last took in (or reported broken), and of a changed
+/// content read once and waiting for a second read to agree.
+struct Seen {
+    taken: Vec<[u8; 32]>,
+    changing: Option<Vec<[u8; 32]>>,
 }
 
 /// What one poll found.
@@ -55,6 +67,9 @@ pub struct Watched<T> {
 pub enum Reload {
     /// Every file has the content already seen.
     Unchanged,
+    /// A file has a content not seen at the previous poll: it may still be being written, so it
+    /// is taken in only when the next poll reads the same.
+    Changing,
     /// A new value took effect; `flag` names the first file that changed.
     Reloaded {
         /// The flag of the first changed file.
@@ -66,8 +81,25 @@ pub enum Reload {
 
 /// Something the reload task polls.
 pub trait Poll: Send + Sync {
-    /// Re-reads the files and takes a new value into use if their contents changed and load.
+    /// Re-reads the files and takes a new value into use if their contents changed, read the same
+    /// as at the previous poll, and load.
     fn poll(&self) -> Reload;
+}
+
+/// How often [`settled`] reads a changing file before leaving it to the next poll: a file still
+/// changing after that many pauses is being rewritten continuously.
+const SETTLE_READS: usize = 5;
+
+/// Polls `file` until its contents hold still: a changed content is read again after `pause`,
+/// and taken into use only if the second read agrees. `Changing` if it never held still.
+pub async fn settled(file: &dyn Poll, pause: Duration) -> Reload {
+    for _ in 1..SETTLE_READS {
+        match file.poll() {
+            Reload::Changing => tokio::time::sleep(pause).await,
+            done => return done,
+        }
+    }
+    file.poll()
 }
 
 impl Source {
@@ -101,7 +133,10 @@ impl<T: Send + Sync + 'static> Watched<T> {
             sources,
             load: Box::new(load),
             current: ArcSwap::from_pointee(value),
-            digests: Mutex::new(contents.iter().map(|bytes| digest(bytes)).collect()),
+            seen: Mutex::new(Seen {
+                taken: contents.iter().map(|bytes| digest(bytes)).collect(),
+                changing: None,
+            }),
         })
     }
 
@@ -116,7 +151,7 @@ impl<T: Send + Sync + 'static> Poll for Watched<T> {
         // Held from the read to the store: two pollers of the same files (the reload task and
         // the node PKI's renewal) must not install what one read before the other's newer pair.
         let mut seen = self
-            .digests
+            .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let contents = match read_all(&self.sources) {
@@ -129,25 +164,26 @@ impl<T: Send + Sync + 'static> Poll for Watched<T> {
             .iter()
             .zip(&new_digests)
             .enumerate()
-            .find(|(i, (_, digest))| seen.get(*i) != Some(digest))
+            .find(|(i, (_, digest))| seen.taken.get(*i) != Some(digest))
             .map(|(_, (source, _))| source.flag)
         else {
+            seen.changing = None;
             return Reload::Unchanged;
         };
+        // Read once: maybe half-written, or one file of a pair swapped and not yet the other.
+        if seen.changing.as_ref() != Some(&new_digests) {
+            seen.changing = Some(new_digests);
+            return Reload::Changing;
+        }
+        seen.changing = None;
+        // Broken contents are remembered too, so they are reported once, not at every poll.
+        seen.taken = new_digests;
         match (self.load)(&contents) {
             Ok(value) => {
-                *seen = new_digests;
                 self.current.store(Arc::new(value));
                 Reload::Reloaded { flag: changed }
             }
-            // Files read while a swap was under way (a certificate from one generation, its key
-            // from the next) are not broken: the next poll reads them settled.
-            Err(_) if !unchanged_since(&self.sources, &new_digests) => Reload::Unchanged,
-            Err(e) => {
-                // Remember broken contents too, so they are reported once, not at every poll.
-                *seen = new_digests;
-                Reload::Kept(e)
-            }
+            Err(e) => Reload::Kept(e),
         }
     }
 }
@@ -166,16 +202,6 @@ fn read_all(sources: &[Source]) -> Result<Vec<Vec<u8>>, FileError> {
         .iter()
         .map(|source| std::fs::read(&source.path).map_err(|e| error(source.flag, &source.path, e)))
         .collect()
-}
-
-/// Whether every source still has the content `digests` were taken of.
-fn unchanged_since(sources: &[Source], digests: &[[u8; 32]]) -> bool {
-    read_all(sources).is_ok_and(|contents| {
-        contents
-            .iter()
-            .map(|bytes| digest(bytes))
-            .eq(digests.iter().copied())
-    })
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -215,6 +241,7 @@ mod tests {
         );
 
         std::fs::write(&path, "two").unwrap();
+        assert!(matches!(watched.poll(), Reload::Changing));
         let Reload::Kept(err) = watched.poll() else {
             panic!("a broken file is kept")
         };
@@ -230,6 +257,7 @@ mod tests {
         );
 
         std::fs::write(&path, "3").unwrap();
+        assert!(matches!(watched.poll(), Reload::Changing));
         assert!(matches!(
             watched.poll(),
             Reload::Reloaded {
@@ -259,6 +287,7 @@ mod tests {
         assert_eq!(*watched.current(), 3);
 
         std::fs::write(&b, "5").unwrap();
+        assert!(matches!(watched.poll(), Reload::Changing));
         assert!(matches!(
             watched.poll(),
             Reload::Reloaded { flag: "--b-file" }
@@ -266,6 +295,7 @@ mod tests {
         assert_eq!(*watched.current(), 6);
 
         std::fs::write(&a, "x").unwrap();
+        assert!(matches!(watched.poll(), Reload::Changing));
         let Reload::Kept(err) = watched.poll() else {
             panic!("kept")
         };
@@ -274,5 +304,66 @@ mod tests {
         for path in [a, b] {
             std::fs::remove_file(path).unwrap();
         }
+    }
+
+    #[test]
+    fn a_file_read_half_written_is_not_taken_in() {
+        let path = temp("half");
+        std::fs::write(&path, "1").unwrap();
+        let watched = Watched::load("--number-file", &path, number).unwrap();
+
+        // A writer part-way through "12345": "12" parses, but it is not what is being written.
+        std::fs::write(&path, "12").unwrap();
+        assert!(matches!(watched.poll(), Reload::Changing));
+        assert_eq!(
+            *watched.current(),
+            1,
+            "one read of a changed file is not enough"
+        );
+        std::fs::write(&path, "12345").unwrap();
+        assert!(matches!(watched.poll(), Reload::Changing));
+        assert_eq!(
+            *watched.current(),
+            1,
+            "it changed again since the last read"
+        );
+        assert!(matches!(watched.poll(), Reload::Reloaded { .. }));
+        assert_eq!(*watched.current(), 12345);
+
+        // Back to content already taken in before the next read: nothing was taken in between.
+        std::fs::write(&path, "7").unwrap();
+        assert!(matches!(watched.poll(), Reload::Changing));
+        std::fs::write(&path, "12345").unwrap();
+        assert!(matches!(watched.poll(), Reload::Unchanged));
+        std::fs::write(&path, "7").unwrap();
+        assert!(
+            matches!(watched.poll(), Reload::Changing),
+            "a read of the old content forgot the change it had seen"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settled_reads_until_two_reads_agree() {
+        let path = temp("settled");
+        std::fs::write(&path, "1").unwrap();
+        let watched = Arc::new(Watched::load("--number-file", &path, number).unwrap());
+        std::fs::write(&path, "2").unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            settled(watched.as_ref(), Duration::from_secs(1)).await,
+            Reload::Reloaded { .. }
+        ));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1),
+            "one pause between two reads"
+        );
+        assert_eq!(*watched.current(), 2);
+        assert!(matches!(
+            settled(watched.as_ref(), Duration::from_secs(1)).await,
+            Reload::Unchanged
+        ));
+        std::fs::remove_file(&path).unwrap();
     }
 }
