@@ -8,6 +8,11 @@
 //! means locked; any other HTTP answer means exposed. A kubelet that cannot be reached changes
 //! nothing and is counted in `kubelet_guard_upstream_errors_total{kind="lockdown-probe"}`.
 //!
+//! When the guard forwards with a client certificate, the first probe's handshake also says which
+//! client CAs the kubelet trusts: a Go TLS server names every CA of its client CA pool in its
+//! certificate request. Any CA besides the issuers of the guard's own chain (the node PKI's CA)
+//! means a certificate the guard never issued reaches the kubelet: credential `certificate`.
+//!
 //! Reported in `kubelet_guard_kubelet_exposed{credential}`, logged at ERROR when a credential is
 //! first seen to get through (with the kubelet setting to change) and at INFO when it stops; with
 //! `--kubelet-lockdown=require`, `/readyz` answers 503 until both are proven refused.
@@ -25,10 +30,12 @@ use rustls::AlertDescription;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
+use x509_parser::prelude::FromDer;
 
 use crate::apiserver::OwnToken;
 use crate::config::{self, Lockdown};
 use crate::metrics::{Metrics, Readiness};
+use crate::tls::UpstreamCredential;
 
 /// The path probed: read-only, never streaming, cheap for the kubelet.
 pub const PROBE_PATH: &str = "/healthz";
@@ -51,12 +58,24 @@ pub struct Probe {
 }
 
 /// What the kubelet did with a request that lacked the guard's certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Refused it: 401, or a handshake refused for want of a client certificate.
     Locked,
     /// Answered it with this status.
     Exposed(StatusCode),
+    /// Named client CAs besides the issuers of the guard's certificate (these, one per line).
+    TrustsOthers(String),
+}
+
+/// One probe's verdict, and the client CAs the kubelet named in its handshake (`None` if it asked
+/// for no client certificate).
+#[derive(Debug)]
+pub struct Probed {
+    /// What the kubelet did with the request.
+    pub verdict: Verdict,
+    /// The DER subjects of the CAs the kubelet said it trusts for client certificates.
+    pub client_cas: Option<Vec<Vec<u8>>>,
 }
 
 /// A probe that learned nothing.
@@ -73,11 +92,13 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
-/// The two probes, by the `credential` label they report under.
+/// The probes, by the `credential` label they report under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Credential {
     None,
     Token,
+    /// Not a request of its own: the client CAs named in the `None` probe's handshake.
+    Certificate,
 }
 
 impl Credential {
@@ -85,6 +106,7 @@ impl Credential {
         match self {
             Self::None => "none",
             Self::Token => "token",
+            Self::Certificate => "certificate",
         }
     }
 
@@ -100,6 +122,11 @@ impl Credential {
                  around the guard: set authentication.webhook.enabled: false and \
                  authentication.x509.clientCAFile to the node PKI's ca.crt in its \
                  KubeletConfiguration"
+            }
+            Self::Certificate => {
+                "the kubelet trusts client certificates the guard did not issue, so their holders \
+                 walk around the guard: set authentication.x509.clientCAFile (and no \
+                 --client-ca-file flag) to the node PKI's ca.crt alone, and restart the kubelet"
             }
         }
     }
@@ -123,23 +150,41 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
     if probe.token.is_some() {
         credentials.push(Credential::Token);
     }
+    let own_chain = match &probe.upstream.credential {
+        UpstreamCredential::ClientCert { cert, flags, .. } => {
+            credentials.push(Credential::Certificate);
+            Some((cert.clone(), flags[0]))
+        }
+        UpstreamCredential::TokenFile(_) => None,
+    };
     // The last verdict per credential: None until one probe got an answer.
     let mut known: Vec<Option<Verdict>> = vec![None; credentials.len()];
     loop {
+        // The client CAs the kubelet named in the first probe's handshake, if it answered.
+        let mut named = None;
         for (credential, known) in credentials.iter().zip(known.iter_mut()) {
-            let bearer = match credential {
-                Credential::None => None,
+            let outcome = match credential {
+                Credential::None => probe.check(None).await.map(|probed| {
+                    named = Some(probed.client_cas);
+                    probed.verdict
+                }),
                 Credential::Token => match probe.token.as_ref().and_then(OwnToken::read) {
-                    Some(token) => Some(token),
+                    Some(token) => probe.check(Some(&token)).await.map(|probed| probed.verdict),
                     None => {
                         tracing::warn!("the guard's own API-server token cannot be read");
                         continue;
                     }
                 },
+                Credential::Certificate => {
+                    let (Some(named), Some((cert, flag))) = (&named, &own_chain) else {
+                        continue;
+                    };
+                    trusted_besides_own(named.as_deref(), cert, flag)
+                }
             };
-            match probe.check(bearer.as_deref()).await {
+            match outcome {
                 Ok(verdict) => {
-                    report(&probe.metrics, *credential, *known, verdict);
+                    report(&probe.metrics, *credential, known.as_ref(), &verdict);
                     *known = Some(verdict);
                 }
                 Err(e) => {
@@ -161,8 +206,10 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
 impl Probe {
     /// One probe: `GET /healthz` without a client certificate, with `bearer` if given, on a
     /// connection of its own (a pooled one could have been made with the guard's certificate).
-    pub async fn check(&self, bearer: Option<&str>) -> Result<Verdict, ProbeError> {
-        let tls = crate::tls::client_without_certificate(&self.upstream.ca)?;
+    pub async fn check(&self, bearer: Option<&str>) -> Result<Probed, ProbeError> {
+        let mut tls = crate::tls::client_without_certificate(&self.upstream.ca)?;
+        let named = Arc::new(NamedClientCas::default());
+        tls.client_auth_cert_resolver = named.clone();
         let authority = self.upstream.authority.clone();
         let server_name = self.upstream.server_name.clone();
         let mut request = Request::get(PROBE_PATH)
@@ -192,18 +239,94 @@ impl Probe {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response.status())
         };
         let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(ProbeError::Timeout(timeout)),
-            Ok(Ok(StatusCode::UNAUTHORIZED)) => Ok(Verdict::Locked),
-            Ok(Ok(status)) => Ok(Verdict::Exposed(status)),
-            Ok(Err(e)) if refused_for_want_of_a_certificate(e.as_ref()) => Ok(Verdict::Locked),
-            Ok(Err(e)) => Err(ProbeError::Unreachable(e)),
-        }
+        let verdict = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => return Err(ProbeError::Timeout(timeout)),
+            Ok(Ok(StatusCode::UNAUTHORIZED)) => Verdict::Locked,
+            Ok(Ok(status)) => Verdict::Exposed(status),
+            Ok(Err(e)) if refused_for_want_of_a_certificate(e.as_ref()) => Verdict::Locked,
+            Ok(Err(e)) => return Err(ProbeError::Unreachable(e)),
+        };
+        let client_cas = named
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        Ok(Probed {
+            verdict,
+            client_cas,
+        })
     }
 }
 
+/// Presents no client certificate, and keeps the CA names of the kubelet's certificate request.
+#[derive(Debug, Default)]
+struct NamedClientCas(std::sync::Mutex<Option<Vec<Vec<u8>>>>);
+
+impl rustls::client::ResolvesClientCert for NamedClientCas {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(
+            root_hint_subjects
+                .iter()
+                .map(|name| name.to_vec())
+                .collect(),
+        );
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+/// The verdict on the client CAs a kubelet named (`None`: it asked for no client certificate, so
+/// it takes none): locked if each is the issuer of a certificate in the guard's own chain `cert`.
+fn trusted_besides_own(
+    named: Option<&[Vec<u8>]>,
+    cert: &std::path::Path,
+    flag: &'static str,
+) -> Result<Verdict, ProbeError> {
+    let Some(named) = named else {
+        return Ok(Verdict::Locked);
+    };
+    if named.is_empty() {
+        // A Go server names its whole client CA pool; a server that names none could trust any.
+        return Err(ProbeError::Unreachable(
+            "the kubelet asked for a client certificate without naming the CAs it trusts".into(),
+        ));
+    }
+    let chain = crate::tls::load_certs(cert, flag)?;
+    let mut issuers = Vec::new();
+    for der in &chain {
+        let (_, parsed) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| ProbeError::Unreachable(format!("{flag}: {e}").into()))?;
+        issuers.push(parsed.issuer().as_raw().to_vec());
+    }
+    let others: Vec<String> = named
+        .iter()
+        .filter(|name| !issuers.contains(name))
+        .map(|name| {
+            x509_parser::x509::X509Name::from_der(name).map_or_else(
+                |_| "(an unreadable name)".to_owned(),
+                |(_, n)| n.to_string(),
+            )
+        })
+        .collect();
+    Ok(if others.is_empty() {
+        Verdict::Locked
+    } else {
+        Verdict::TrustsOthers(others.join("\n"))
+    })
+}
+
 /// Exports one verdict and logs a change.
-fn report(metrics: &Metrics, credential: Credential, before: Option<Verdict>, now: Verdict) {
+fn report(metrics: &Metrics, credential: Credential, before: Option<&Verdict>, now: &Verdict) {
     let label = credential.label();
     match now {
         Verdict::Exposed(status) => {
@@ -217,9 +340,20 @@ fn report(metrics: &Metrics, credential: Credential, before: Option<Verdict>, no
                 );
             }
         }
+        Verdict::TrustsOthers(names) => {
+            metrics.kubelet_exposed(label, true);
+            if before != Some(now) {
+                tracing::error!(
+                    credential = label,
+                    client_cas = %names,
+                    "the kubelet is reachable around the guard: {}",
+                    credential.advice()
+                );
+            }
+        }
         Verdict::Locked => {
             metrics.kubelet_exposed(label, false);
-            if before != Some(Verdict::Locked) {
+            if before != Some(&Verdict::Locked) {
                 tracing::info!(
                     credential = label,
                     "the kubelet refuses requests without the guard's certificate"
@@ -241,6 +375,11 @@ fn hold_reason(credentials: &[Credential], known: &[Option<Verdict>]) -> Option<
                 credential.label(),
                 credential.advice()
             )),
+            Some(Verdict::TrustsOthers(names)) => reasons.push(format!(
+                "the kubelet trusts client certificates from {}: {}",
+                names.replace('\n', ", "),
+                credential.advice()
+            )),
             None => reasons.push(format!(
                 "the kubelet lockdown is not proven yet for credential {}",
                 credential.label()
@@ -251,7 +390,8 @@ fn hold_reason(credentials: &[Credential], known: &[Option<Verdict>]) -> Option<
 }
 
 /// Whether `error` is the kubelet refusing the handshake for want of a client certificate: the
-/// TLS alert `certificate_required` (TLS 1.3), or `handshake_failure`/`bad_certificate` (TLS 1.2).
+/// TLS alert `certificate_required` (TLS 1.3) or `bad_certificate` (TLS 1.2), as Go's server sends
+/// them. `handshake_failure` says the two sides agreed on no parameters: it proves nothing.
 fn refused_for_want_of_a_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
@@ -259,9 +399,7 @@ fn refused_for_want_of_a_certificate(error: &(dyn std::error::Error + 'static)) 
             return matches!(
                 tls,
                 rustls::Error::AlertReceived(
-                    AlertDescription::CertificateRequired
-                        | AlertDescription::HandshakeFailure
-                        | AlertDescription::BadCertificate
+                    AlertDescription::CertificateRequired | AlertDescription::BadCertificate
                 )
             );
         }
@@ -313,6 +451,34 @@ mod tests {
         )
         .unwrap();
         assert!(reason.contains("answered 403") && reason.contains("webhook.enabled: false"));
-        assert_eq!(hold_reason(&both, &[Some(Verdict::Locked); 2]), None);
+        assert_eq!(
+            hold_reason(&both, &[Some(Verdict::Locked), Some(Verdict::Locked)]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_handshake_failure_proves_nothing() {
+        let failure = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::HandshakeFailure,
+        ));
+        assert!(!refused_for_want_of_a_certificate(&failure));
+        let tls12 = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate,
+        ));
+        assert!(refused_for_want_of_a_certificate(&tls12));
+    }
+
+    #[test]
+    fn a_kubelet_naming_no_client_ca_proves_nothing_and_one_asking_for_none_takes_none() {
+        let missing = std::path::Path::new("/nonexistent/client.crt");
+        assert_eq!(
+            trusted_besides_own(None, missing, "--upstream-client-cert-file").unwrap(),
+            Verdict::Locked
+        );
+        let err = trusted_besides_own(Some(&[]), missing, "--upstream-client-cert-file")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without naming the CAs"), "{err}");
     }
 }

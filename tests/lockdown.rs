@@ -20,9 +20,10 @@ fn allow_pods(cluster: &Cluster) {
     cluster.api.allow(USER, "get", "pods");
 }
 
-/// The value of `kubelet_guard_kubelet_exposed{credential}` once both have one.
-async fn exposed(cluster: &Cluster) -> (String, String) {
-    support::with_deadline("both lockdown gauges", async {
+/// The values of `kubelet_guard_kubelet_exposed{credential}` for none, token and certificate,
+/// once all three have one.
+async fn exposed(cluster: &Cluster) -> (String, String, String) {
+    support::with_deadline("the three lockdown gauges", async {
         loop {
             let metrics = cluster.metrics().await;
             let value = |credential: &str| {
@@ -32,8 +33,10 @@ async fn exposed(cluster: &Cluster) -> (String, String) {
                     .lines()
                     .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
             };
-            if let (Some(none), Some(token)) = (value("none"), value("token")) {
-                return (none, token);
+            if let (Some(none), Some(token), Some(certificate)) =
+                (value("none"), value("token"), value("certificate"))
+            {
+                return (none, token, certificate);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -72,7 +75,10 @@ async fn an_open_kubelet_reads_exposed_and_require_keeps_the_guard_unready() {
         ],
     )
     .await;
-    assert_eq!(exposed(&cluster).await, ("1".into(), "1".into()));
+    assert_eq!(
+        exposed(&cluster).await,
+        ("1".into(), "1".into(), "0".into())
+    );
     let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
     eprintln!(
         "open kubelet, require:\n{}\n{readyz}",
@@ -113,7 +119,10 @@ async fn an_open_kubelet_reads_exposed_and_require_keeps_the_guard_unready() {
 async fn a_locked_kubelet_reads_locked_and_require_turns_the_guard_ready() {
     let cluster =
         Cluster::start_with_node_pki(Auth::Locked, "168h", &["--kubelet-lockdown=require"]).await;
-    assert_eq!(exposed(&cluster).await, ("0".into(), "0".into()));
+    assert_eq!(
+        exposed(&cluster).await,
+        ("0".into(), "0".into(), "0".into())
+    );
     let readyz = support::with_deadline("ready", async {
         loop {
             let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
@@ -150,10 +159,44 @@ async fn a_locked_kubelet_reads_locked_and_require_turns_the_guard_ready() {
 }
 
 #[tokio::test]
+async fn a_kubelet_that_also_trusts_the_cluster_ca_reads_exposed_to_certificates() {
+    // Tokens and anonymous requests refused, but a cluster-CA client certificate (any agent's)
+    // would get through: the kubelet names that CA in its certificate request.
+    let cluster = Cluster::start_with_node_pki_trusting(
+        Auth::Locked,
+        "168h",
+        &[
+            "--kubelet-lockdown=require",
+            "--kubelet-lockdown-interval=1s",
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(
+        exposed(&cluster).await,
+        ("0".into(), "0".into(), "1".into())
+    );
+    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+    eprintln!(
+        "kubelet trusting the cluster CA too, require:\n{}\n{readyz}",
+        gauges(&cluster).await
+    );
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(
+        readyz.contains("trusts client certificates from CN=cluster:"),
+        "names the CA, not the node PKI's: {readyz}"
+    );
+    assert!(readyz.contains("clientCAFile"), "{readyz}");
+}
+
+#[tokio::test]
 async fn a_kubelet_on_webhook_authentication_reads_exposed_to_tokens_only() {
     let cluster =
         Cluster::start_with_node_pki(Auth::Webhook, "168h", &["--kubelet-lockdown=warn"]).await;
-    assert_eq!(exposed(&cluster).await, ("0".into(), "1".into()));
+    assert_eq!(
+        exposed(&cluster).await,
+        ("0".into(), "1".into(), "0".into())
+    );
     // warn reports it but stays ready.
     let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
     assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
@@ -266,7 +309,10 @@ async fn an_unreachable_kubelet_changes_nothing_and_is_counted() {
         ],
     )
     .await;
-    assert_eq!(exposed(&cluster).await, ("0".into(), "0".into()));
+    assert_eq!(
+        exposed(&cluster).await,
+        ("0".into(), "0".into(), "0".into())
+    );
     let admin = cluster.guard.admin_addr;
     drop(cluster.kubelet);
     let metrics = support::with_deadline("a failed probe", async {

@@ -63,15 +63,32 @@ impl Cluster {
     /// that trusts its CA for client certificates and authenticates as `auth` says, and a guard
     /// with `--node-pki-dir` and the default flags plus `extra`.
     pub async fn start_with_node_pki(auth: Auth, validity: &str, extra: &[&str]) -> Cluster {
+        Self::start_with_node_pki_trusting(auth, validity, extra, false).await
+    }
+
+    /// As [`Cluster::start_with_node_pki`]; with `cluster_ca_too` the kubelet also trusts client
+    /// certificates from the cluster CA (`--client-ca-file` left pointing at it).
+    pub async fn start_with_node_pki_trusting(
+        auth: Auth,
+        validity: &str,
+        extra: &[&str],
+        cluster_ca_too: bool,
+    ) -> Cluster {
         super::init();
         let ca = Ca::new("cluster");
         let kubelet_ca = Ca::new("kubelet");
         let api = ApiServerDouble::start(&ca).await;
         let dir = super::temp_dir("node-pki").join("pki");
         make_node_pki(&dir, NODE, validity);
+        let mut client_cas = std::fs::read(dir.join("ca.crt")).expect("node CA");
+        if cluster_ca_too {
+            client_cas.extend(std::fs::read(ca.cert_path()).expect("cluster CA"));
+        }
+        let client_ca_file = dir.with_file_name("kubelet-client-ca.crt");
+        std::fs::write(&client_ca_file, client_cas).expect("kubelet client CA file");
         let kubelet = KubeletDouble::start_trusting(
             &kubelet_ca.server_cert(NODE, &["127.0.0.1", "localhost"]),
-            &dir.join("ca.crt"),
+            &client_ca_file,
             auth,
         )
         .await;
