@@ -582,7 +582,9 @@ fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
-/// either side closes or shutdown's grace period ends, and reports the totals and how it ended.
+/// either side closes (then the other is closed too, as Kubernetes' own upgrade proxy does: a
+/// caller that kept its end of a finished exec would otherwise keep it, and its connection slot,
+/// for ever) or shutdown's grace period ends, and reports the totals and how it ended.
 ///
 /// The stream stays counted by graceful shutdown (`open` is handed back) until whoever reads the
 /// totals lets go: the audit writers stop only after the drain, so the stream's closing event,
@@ -598,15 +600,13 @@ async fn splice(
         Ok((inbound, outbound)) => {
             // Both sides report the first connection to end; the first report wins.
             let first = Arc::new(std::sync::OnceLock::new());
-            let mut inbound = Metered::new(TokioIo::new(inbound), Side::Caller, &first);
-            let mut outbound = Metered::new(TokioIo::new(outbound), Side::Kubelet, &first);
+            let (mut from_caller, mut to_caller) =
+                tokio::io::split(Metered::new(TokioIo::new(inbound), Side::Caller, &first));
+            let (mut from_kubelet, mut to_kubelet) =
+                tokio::io::split(Metered::new(TokioIo::new(outbound), Side::Kubelet, &first));
             let end = tokio::select! {
-                copied = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
-                    if let Err(e) = &copied {
-                        tracing::debug!(error = %e, "upgraded stream ended with an error");
-                    }
-                    first.get().map_or(StreamEnd::Error, |ended| ended.end())
-                }
+                copied = one_way(&mut from_caller, &mut to_kubelet) => ended(copied, &first),
+                copied = one_way(&mut from_kubelet, &mut to_caller) => ended(copied, &first),
                 () = open.closing() => {
                     tracing::info!("upgraded stream closed at the end of the shutdown grace period");
                     StreamEnd::Shutdown
@@ -616,6 +616,17 @@ async fn splice(
                     StreamEnd::CertificateExpired
                 }
             };
+            if !matches!(end, StreamEnd::Shutdown | StreamEnd::CertificateExpired) {
+                // One side ended: the other hears it as a clean close (`close_notify`, then FIN),
+                // given as long as Go's tls.Conn.Close gives it.
+                let _ = tokio::time::timeout(CLOSE_NOTIFY, async {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_caller).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_kubelet).await;
+                })
+                .await;
+            }
+            let inbound = from_caller.unsplit(to_caller);
+            let outbound = from_kubelet.unsplit(to_kubelet);
             (inbound.read, outbound.read, end)
         }
         Err(e) => {
@@ -645,6 +656,26 @@ async fn until(at: Option<tokio::time::Instant>) {
 enum Side {
     Caller,
     Kubelet,
+}
+
+/// How long the side of a stream that did not end it gets to take its clean close.
+const CLOSE_NOTIFY: Duration = Duration::from_secs(5);
+
+/// Copies what `from` sends to `to` until `from` ends, then ends `to`'s sending side.
+async fn one_way(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> std::io::Result<()> {
+    tokio::io::copy(from, to).await?;
+    tokio::io::AsyncWriteExt::shutdown(to).await
+}
+
+/// How a stream ended once one direction's copy is over: as its first connection to end says.
+fn ended(copied: std::io::Result<()>, first: &std::sync::OnceLock<Ended>) -> StreamEnd {
+    if let Err(e) = &copied {
+        tracing::debug!(error = %e, "upgraded stream ended with an error");
+    }
+    first.get().map_or(StreamEnd::Error, |ended| ended.end())
 }
 
 /// The first connection of a stream to end, and how.

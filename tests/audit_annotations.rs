@@ -393,6 +393,33 @@ async fn a_stream_ends_as_the_caller_or_the_kubelet_closed_it() {
 }
 
 #[tokio::test]
+async fn a_caller_that_keeps_its_end_of_a_finished_stream_does_not_keep_the_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &[]).await;
+    let target = "/exec/team-a/web-0/app?command=true&output=1";
+    let mut socket = cluster.exec_websocket(target, TOKEN).await;
+    // A masked close frame written under the WebSocket library, which would otherwise close the
+    // connection itself: the kubelet answers and closes, the caller never closes, never sends.
+    let tls = socket.get_mut();
+    tls.write_all(&[0x88, 0x80, 0, 0, 0, 0]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(
+        rest.first(),
+        Some(&0x88),
+        "the kubelet's close frame, then EOF"
+    );
+    let ended = event(&log, target, "ResponseComplete").await;
+    assert_eq!(
+        ended["annotations"]["kubelet-guard.io/stream-end"],
+        "kubelet-closed"
+    );
+    drop(socket);
+}
+
+#[tokio::test]
 async fn a_stream_cut_at_shutdown_ends_as_shutdown_and_is_still_written() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &["--shutdown-grace-period=200ms"]).await;

@@ -77,6 +77,8 @@ pub(super) fn upgrade<B>(shared: Arc<Shared>, mut req: Request<B>) -> Response<B
                     }
                 }
             }
+            // As Go's tls.Conn.Close does when the kubelet ends the stream: close_notify first.
+            let _ = tokio::io::AsyncWriteExt::shutdown(ws.get_mut()).await;
         });
         resp
     } else if wants("SPDY/3.1") {
