@@ -172,7 +172,12 @@ impl TokenReviewer for ApiServer {
                 ));
             };
             if status.authenticated != Some(true) {
-                return Ok(TokenOutcome::Rejected);
+                // As Kubernetes' webhook authenticator: a status error is an error, not cached.
+                return Ok(if status.error.as_deref().is_some_and(|e| !e.is_empty()) {
+                    TokenOutcome::Failed
+                } else {
+                    TokenOutcome::Rejected
+                });
             }
             // As Kubernetes' webhook authenticator: a token minted for other audiences is not ours.
             if !self.audiences.is_empty()
@@ -398,7 +403,8 @@ mod tests {
             json!({"authenticated": true, "audiences": ["https://kubernetes.default.svc"],
                    "user": {"username": "alice"}}),
             json!({"authenticated": true, "user": {"username": "alice"}}),
-            json!({"authenticated": false, "error": "token expired"}),
+            json!({"authenticated": false}),
+            json!({"authenticated": false, "error": ""}),
         ] {
             let (api, mut handle) = api_server(&["kubelet-guard"]);
             let reviewed =
@@ -414,6 +420,19 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_review_that_failed_with_an_error_is_a_failure_not_a_rejection() {
+        let (api, mut handle) = api_server(&[]);
+        let reviewed = tokio::spawn(async move { TokenReviewer::review(&api, "t").await.unwrap() });
+        answer(
+            &mut handle,
+            StatusCode::CREATED,
+            token_review(json!({"authenticated": false, "error": "token expired"})),
+        )
+        .await;
+        assert!(matches!(reviewed.await.unwrap(), TokenOutcome::Failed));
     }
 
     #[tokio::test]

@@ -211,7 +211,7 @@ impl Authenticator {
                 .map_err(AuthnError::Review)?
             {
                 TokenOutcome::Authenticated(identity) => Ok(identity),
-                TokenOutcome::Rejected => Err(AuthnError::InvalidToken),
+                TokenOutcome::Rejected | TokenOutcome::Failed => Err(AuthnError::InvalidToken),
             },
             None if self.anonymous => Ok(Arc::new(Identity::anonymous())),
             None => Err(AuthnError::NoCredentials),

@@ -1,7 +1,8 @@
 //! Bearer tokens: one review per token through a cache keyed by the token's SHA-256, so the raw
-//! token is never stored. Concurrent misses for one token share a single review; review errors are
-//! not cached; an answer reviewed before the token file was reloaded is never served after it
-//! ([`Generation`]). The reviewer is the API server's TokenReview or the static token file.
+//! token is never stored. Concurrent misses for one token share a single review; review errors,
+//! and rejections that came with an error ([`TokenOutcome::Failed`]), are not cached; an answer
+//! reviewed before the token file was reloaded is never served after it ([`Generation`]). The
+//! reviewer is the API server's TokenReview or the static token file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,10 @@ pub enum TokenOutcome {
     Authenticated(Arc<Identity>),
     /// The token is not valid.
     Rejected,
+    /// Not authenticated, with an error from the API server's authenticators (an expired or
+    /// malformed token, or an authenticator that could not tell just then): a 401 as `Rejected`,
+    /// but never cached, as Kubernetes' token cache keeps no authenticator error.
+    Failed,
 }
 
 /// Something that can say whose token this is.
@@ -81,11 +86,25 @@ impl TokenAuthenticator {
             .cache
             .entry(digest)
             .or_try_insert_with(async move {
-                let outcome = self.reviewed(token).await?;
-                Ok::<_, ReviewError>((outcome, generation))
+                match self.reviewed(token).await {
+                    // An answer not to keep: shared with the concurrent misses as an "error".
+                    Ok(TokenOutcome::Failed) => Err(Uncached::Answer(TokenOutcome::Failed)),
+                    Ok(outcome) => Ok((outcome, generation)),
+                    Err(e) => Err(Uncached::Error(e)),
+                }
             })
             .await
-            .map_err(|e| (*e).clone())?;
+            .map_err(|uncached| match &*uncached {
+                Uncached::Answer(outcome) => Ok(outcome.clone()),
+                Uncached::Error(e) => Err(e.clone()),
+            });
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(uncached) => {
+                self.metrics.cache(CacheKind::Token, false);
+                return uncached;
+            }
+        };
         self.metrics.cache(CacheKind::Token, !entry.is_fresh());
         let (outcome, of) = entry.into_value();
         if of == generation {
@@ -102,9 +121,15 @@ impl TokenAuthenticator {
             TokenOutcome::Authenticated(identity) => {
                 TokenOutcome::Authenticated(Identity::shared_authenticated(identity))
             }
-            TokenOutcome::Rejected => TokenOutcome::Rejected,
+            rejected => rejected,
         })
     }
+}
+
+/// What a review left out of the cache.
+enum Uncached {
+    Answer(TokenOutcome),
+    Error(ReviewError),
 }
 
 #[cfg(test)]
@@ -177,6 +202,45 @@ mod tests {
             assert!(
                 matches!(after, TokenOutcome::Rejected),
                 "removed: {after:?}"
+            );
+        }
+    }
+
+    /// Answers every review with `outcome`, counting them.
+    struct Counting {
+        outcome: TokenOutcome,
+        reviews: std::sync::atomic::AtomicUsize,
+    }
+
+    impl TokenReviewer for Counting {
+        fn review<'a>(&'a self, _: &'a str) -> ReviewFuture<'a, TokenOutcome> {
+            self.reviews
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let outcome = self.outcome.clone();
+            Box::pin(async move { Ok(outcome) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rejection_is_cached_and_a_failure_is_not() {
+        for (outcome, reviews) in [(TokenOutcome::Rejected, 1), (TokenOutcome::Failed, 3)] {
+            let reviewer = Arc::new(Counting {
+                outcome,
+                reviews: 0.into(),
+            });
+            let reviewing: Arc<dyn TokenReviewer> = reviewer.clone();
+            let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+            let tokens = TokenAuthenticator::new(reviewing, Duration::from_secs(120), metrics);
+            for _ in 0..3 {
+                let answer = tokens.review("t").await.unwrap();
+                assert!(
+                    matches!(answer, TokenOutcome::Rejected | TokenOutcome::Failed),
+                    "{answer:?}"
+                );
+            }
+            assert_eq!(
+                reviewer.reviews.load(std::sync::atomic::Ordering::SeqCst),
+                reviews
             );
         }
     }
