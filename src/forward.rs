@@ -31,7 +31,7 @@ use hyper::client::conn::http1;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamSettings;
 use crate::reload::{FileError, Poll, Watched};
@@ -208,7 +208,8 @@ impl Upstream {
                     .enable_http1()
                     .wrap_connector(tcp);
                 Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_idle_timeout(KEPT_IDLE)
+                    .pool_timer(TokioTimer::new())
                     .build(connector)
             };
             let mut lane_tls = tls.guard.clone();
@@ -408,28 +409,50 @@ impl Upstream {
     }
 }
 
+/// How long an idle kubelet connection is kept for reuse: less than the kubelet's own idle
+/// timeout (90 s, its `http.Server`'s `IdleTimeout`), so a request is never written to a
+/// connection the kubelet is closing at that moment.
+const KEPT_IDLE: Duration = Duration::from_secs(60);
+
 /// The kubelet connection one HTTP/1.1 caller connection keeps for its requests, which come one
 /// at a time: taken for an exchange, put back once the kubelet's response head is in (the next
 /// request waits for its body to end), dropped with the caller's connection.
 #[derive(Default)]
-pub struct Lane(std::sync::Mutex<Option<(Arc<Clients>, http1::SendRequest<Incoming>)>>);
+pub struct Lane(std::sync::Mutex<Option<Kept>>);
+
+/// A kept kubelet connection, the clients it was made from, and when it was put back: at its last
+/// response head, so one whose last body streamed for a while is made anew a little early, never
+/// reused late.
+struct Kept {
+    made_from: Arc<Clients>,
+    sender: http1::SendRequest<Incoming>,
+    at: std::time::Instant,
+}
 
 impl Lane {
-    /// The kept connection, if it was made from `clients` and is still open.
+    /// The kept connection, if it was made from `clients`, is still open, and has not been idle
+    /// for [`KEPT_IDLE`].
     fn take(&self, clients: &Arc<Clients>) -> Option<http1::SendRequest<Incoming>> {
-        let (made_from, sender) = self
+        let kept = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()?;
-        (Arc::ptr_eq(&made_from, clients) && !sender.is_closed()).then_some(sender)
+        (Arc::ptr_eq(&kept.made_from, clients)
+            && !kept.sender.is_closed()
+            && kept.at.elapsed() < KEPT_IDLE)
+            .then_some(kept.sender)
     }
 
-    fn keep(&self, clients: Arc<Clients>, sender: http1::SendRequest<Incoming>) {
+    fn keep(&self, made_from: Arc<Clients>, sender: http1::SendRequest<Incoming>) {
         *self
             .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((clients, sender));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Kept {
+            made_from,
+            sender,
+            at: std::time::Instant::now(),
+        });
     }
 }
 
