@@ -50,6 +50,10 @@ pub enum ForwardError {
     /// No response headers within `--upstream-timeout`: the kubelet's fault (504).
     #[error("the kubelet did not answer within {0:?}")]
     Timeout(Duration),
+    /// The kubelet answered 401 to the guard's own credential: its client CA or the guard's
+    /// certificate is wrong (502), not the caller's credential, which never reached it.
+    #[error("the kubelet refused the guard's own credential (401)")]
+    Refused,
     /// The guard could not build the request it meant to send: its own fault (500).
     #[error("internal: {0}")]
     Internal(&'static str),
@@ -327,6 +331,9 @@ impl Upstream {
         let mut response = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ForwardError::Timeout(self.timeout))??;
+        if credential == Credential::Guard && response.status() == StatusCode::UNAUTHORIZED {
+            return Err(ForwardError::Refused);
+        }
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let stream = match inbound_upgrade {
             Some(inbound) if switching => Some(tokio::spawn(splice(

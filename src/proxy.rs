@@ -351,6 +351,11 @@ impl Refusal {
                         "Bad Gateway: the kubelet is unreachable",
                         Some("unreachable"),
                     ),
+                    ForwardError::Refused => (
+                        StatusCode::BAD_GATEWAY,
+                        "Bad Gateway: the kubelet refused the guard's credential",
+                        Some("refused"),
+                    ),
                     // Ours, not the kubelet's: no upstream error to count.
                     ForwardError::Internal(_) => (
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -610,6 +615,12 @@ mod tests {
                 StatusCode::BAD_GATEWAY,
                 "Bad Gateway: the kubelet is unreachable\n",
                 vec![("unreachable".to_owned(), 1)],
+            ),
+            (
+                ForwardError::Refused,
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: the kubelet refused the guard's credential\n",
+                vec![("refused".to_owned(), 1)],
             ),
             (
                 ForwardError::Timeout(Duration::from_secs(30)),

@@ -229,7 +229,17 @@ async fn another_nodes_guard_certificate_is_refused_by_a_locked_kubelet() {
         .client()
         .get(intruder.proxy_addr, "/pods", Some(TOKEN))
         .await;
+    // The kubelet's 401 is to the guard's certificate, not the caller's token: a 502 that says so.
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(
+        body,
+        "Bad Gateway: the kubelet refused the guard's credential\n"
+    );
+    let metrics = admin_get(intruder.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("kubelet_guard_upstream_errors_total{kind=\"refused\"} 1"),
+        "{metrics}"
+    );
     assert!(
         cluster
             .kubelet

@@ -1,5 +1,7 @@
 //! Stands in for a v1.36 kubelet (docs/kubelet-api.md section 5): HTTPS, HTTP/1.1 only, a client
-//! certificate required and verified against the client CA, believable bodies on every route.
+//! certificate asked for as a Go kubelet asks (`tls.RequestClientCert`: any certificate completes
+//! the handshake) and verified against the client CA at each request (401 when it does not
+//! verify), believable bodies on every route.
 //!
 //! Upgrades are real handshakes (see [`upgrade`]): after the `101` an exec WebSocket greets on
 //! stdout and echoes stdin back on stdout; a SPDY stream echoes raw bytes. `?follow=true`
@@ -20,6 +22,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -73,7 +77,8 @@ pub struct Recorded {
     pub target: String,
     /// Every header, as received.
     pub headers: HeaderMap,
-    /// The subject CN of the peer's client certificate.
+    /// The subject CN of the peer's client certificate, if it verified against the client CA
+    /// when the request came (the identity the kubelet's x509 authenticator would name).
     pub client_cn: Option<String>,
     /// The HTTP version.
     pub version: Version,
@@ -97,6 +102,8 @@ pub enum Auth {
 
 struct Shared {
     auth: Auth,
+    /// Verifies a client certificate against the client CA, at each request.
+    client_ca: Arc<dyn ClientCertVerifier>,
     /// TLS connections accepted.
     connections: AtomicUsize,
     /// Answer with `Connection: close`, as a server shedding its keep-alive connections does.
@@ -141,7 +148,7 @@ impl KubeletDouble {
     ) -> KubeletDouble {
         super::init();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let client_ca = rustls::server::WebPkiClientVerifier::builder_with_provider(
             client_roots,
             Arc::clone(&provider),
         )
@@ -151,7 +158,7 @@ impl KubeletDouble {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(RequestClientCert(Arc::clone(&client_ca))))
             .with_single_cert(vec![serving.cert_der()], serving.key_der())
             .expect("kubelet TLS config");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -160,6 +167,7 @@ impl KubeletDouble {
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             auth,
+            client_ca,
             connections: AtomicUsize::new(0),
             closing: std::sync::atomic::AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
@@ -239,18 +247,19 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
                 return;
             };
             shared.connections.fetch_add(1, Ordering::SeqCst);
-            let peer = tls
+            let chain: Arc<[CertificateDer<'static>]> = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|cert| peer(cert));
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                let peer = peer.clone();
+                let chain = Arc::clone(&chain);
                 async move {
                     let closing = shared.closing.load(Ordering::SeqCst);
-                    let mut response = route(shared, peer, req).await;
+                    let client_cn = authenticated(shared.client_ca.as_ref(), &chain);
+                    let mut response = route(shared, client_cn, req).await;
                     if closing {
                         response
                             .headers_mut()
@@ -267,21 +276,74 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
     }
 }
 
-/// The client certificate's CN and the second at which it expires.
-fn peer(der: &[u8]) -> Option<(String, i64)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+/// The CN of a client certificate chain that verifies against the client CA now, as Kubernetes'
+/// x509 authenticator checks it on every request (a Go kubelet's TLS only asks for a certificate,
+/// `tls.RequestClientCert`: any certificate completes the handshake).
+fn authenticated(
+    client_ca: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'_>],
+) -> Option<String> {
+    let (leaf, intermediates) = chain.split_first()?;
+    client_ca
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
-    let not_after = cert.validity().not_after.timestamp();
-    cn.as_str().ok().map(|cn| (cn.to_owned(), not_after))
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// A Go TLS server's `RequestClientCert`: asks for a certificate, naming the client CAs, proves
+/// the client holds its key, and leaves the chain to each request.
+#[derive(Debug)]
+struct RequestClientCert(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for RequestClientCert {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Dispatches one request the way the kubelet's mux does.
 async fn route(
     shared: Arc<Shared>,
-    peer: Option<(String, i64)>,
+    client_cn: Option<String>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let client_cn = peer.as_ref().map(|(cn, _)| cn.clone());
     let (parts, body) = req.into_parts();
     // Upgrade handshakes have an empty body, so reading it first never holds back a 101.
     let body = body
@@ -291,14 +353,10 @@ async fn route(
         .unwrap_or_default();
     let req = Request::from_parts(parts, ());
     let has_token = req.headers().contains_key(http::header::AUTHORIZATION);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     let refused = match shared.auth {
         Auth::Webhook => client_cn.is_none() && !has_token,
         Auth::Open => false,
-        // Kubernetes verifies the chain against the current time on every request.
-        Auth::Locked => peer.as_ref().is_none_or(|(_, not_after)| now > *not_after),
+        Auth::Locked => client_cn.is_none(),
     };
     shared.requests.lock().expect("requests").push(Recorded {
         method: req.method().clone(),
