@@ -46,7 +46,10 @@ pub fn parse_tokens(bytes: &[u8]) -> Result<StaticTokens, String> {
 /// loads but ignores.
 pub fn parse_policy(bytes: &[u8]) -> Result<Policy, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-    let (policy, warnings) = Policy::parse(text).map_err(|e| e.to_string())?;
+    // Leniently: a binding whose role was deleted grants nothing, and of two definitions the
+    // later counts, as in a cluster. Refusing either would keep the last good file on a reload,
+    // and with it the grant the edit meant to revoke.
+    let (policy, warnings) = Policy::parse_lenient(text).map_err(|e| e.to_string())?;
     for warning in warnings {
         tracing::warn!(flag = "--rbac-policy-file", "{warning}");
     }
@@ -157,5 +160,40 @@ mod tests {
         );
         assert!(Arc::ptr_eq(&alice, &bob));
         assert!(reason("alice", Subresource::Stats).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_role_revokes_what_its_bindings_granted() {
+        use crate::reload::{Poll, Reload};
+        let path = std::env::temp_dir().join(format!(
+            "kubelet-guard-embedded-revoke-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&path, POLICY).unwrap();
+        let policy = Arc::new(Watched::load("--rbac-policy-file", &path, parse_policy).unwrap());
+        let file = PolicyFile::new(Arc::clone(&policy), NodeName::parse("n", "f").unwrap());
+        let alice = Identity {
+            name: "alice".into(),
+            uid: String::new(),
+            groups: Arc::new(["system:authenticated".to_owned()]),
+            extra: Default::default(),
+        };
+        let metrics = Resource::Node(crate::kubelet_api::Subresource::Metrics);
+        let allowed = async || {
+            matches!(
+                file.review(&alice, Verb::Get, &metrics).await.unwrap(),
+                Decision::Allow { .. }
+            )
+        };
+        assert!(allowed().await);
+
+        // The binding stays, its ClusterRole goes: valid in a cluster, where it grants nothing.
+        let binding = POLICY.split("---\n").nth(1).unwrap();
+        std::fs::write(&path, binding).unwrap();
+        assert!(matches!(policy.poll(), Reload::Changing));
+        let reloaded = policy.poll();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(reloaded, Reload::Reloaded { .. }), "{reloaded:?}");
+        assert!(!allowed().await, "the deleted role still grants");
     }
 }

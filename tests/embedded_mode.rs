@@ -201,8 +201,8 @@ async fn broken_files_stop_the_start_with_the_flag_file_and_line() {
     let tokens = write(&dir, "tokens.csv", TOKENS);
     for (content, expected) in [
         (
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: b}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: gone}\nsubjects: [{kind: User, name: u}]\n",
-            "gone",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: r}\nrules: [{apiGroups: [\"\"], resources: [nodes/proxy], verbs: [get], resourceName: [n]}]\n",
+            "resourceName",
         ),
         (
             "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",

@@ -25,9 +25,11 @@
 //! - aggregation: `pkg/controller/clusterroleaggregation`, taken to its fixed point at parse time.
 //!
 //! A binding to a role that is not in the input grants nothing in a cluster. [`Policy::parse`]
-//! (serving) rejects it, since in a policy file it is almost always a typo; with
-//! [`MissingRoles::Report`] ([`Policy::parse_lenient`], [`PolicyBuilder`], used by auditing) it is
-//! kept as an [`UnresolvedBinding`] and reported.
+//! rejects it (and an object defined twice), for checking a file; with [`MissingRoles::Report`]
+//! ([`Policy::parse_lenient`], [`PolicyBuilder`]: serving and auditing) it is kept as an
+//! [`UnresolvedBinding`] and reported, and the later of two definitions counts, as in a cluster.
+//! Serving must: a file edited to revoke a grant by deleting its role is valid, and refusing it
+//! would keep the last good file, grant included.
 //!
 //! Layout, in the order a policy is built: `parse` reads the YAML stream into documents and loads
 //! each object (defaulted as the API server would); `validate` rejects what the API server would;
@@ -234,12 +236,12 @@ pub enum PolicyWarning {
 /// What a binding to a role that is not in the input does to parsing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MissingRoles {
-    /// Reject the input (serving: such a binding is almost always a typo). Also rejects an object
-    /// defined twice.
+    /// Reject the input (checking a file: such a binding is usually a typo). Also rejects an
+    /// object defined twice.
     #[default]
     Reject,
-    /// Keep the binding as unresolved, granting nothing, and warn (auditing). An object defined
-    /// twice keeps its later definition, with a warning.
+    /// Keep the binding as unresolved, granting nothing, and warn (serving, auditing). An object
+    /// defined twice keeps its later definition, with a warning.
     Report,
 }
 
