@@ -187,7 +187,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let state = Arc::new(State {
         authenticator: Authenticator::new(
-            TokenAuthenticator::new(tokens, cache.token, metrics.clone()),
+            TokenAuthenticator::new(
+                tokens,
+                cache.token,
+                authn::token::FAILED_TTL,
+                metrics.clone(),
+            ),
             anonymous_auth,
         ),
         authorizer: Authorizer::new(DecisionCache::new(

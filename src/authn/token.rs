@@ -1,12 +1,14 @@
 //! Bearer tokens: one review per token through a cache keyed by the token's SHA-256, so the raw
-//! token is never stored. Concurrent misses for one token share a single review; review errors,
-//! and rejections that came with an error ([`TokenOutcome::Failed`]), are not cached; an answer
-//! reviewed before the token file was reloaded is never served after it ([`Generation`]). The
-//! reviewer is the API server's TokenReview or the static token file.
+//! token is never stored. Concurrent misses for one token share a single review; review errors are
+//! not cached, and a rejection that came with an error ([`TokenOutcome::Failed`]) is kept for
+//! [`FAILED_TTL`] at most; an answer reviewed before the token file was reloaded is never served
+//! after it ([`Generation`]). The reviewer is the API server's TokenReview or the static token
+//! file.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use moka::Expiry;
 use moka::future::Cache;
 
 use super::Identity;
@@ -20,11 +22,18 @@ pub enum TokenOutcome {
     Authenticated(Arc<Identity>),
     /// The token is not valid.
     Rejected,
-    /// Not authenticated, with an error from the API server's authenticators (an expired or
-    /// malformed token, or an authenticator that could not tell just then): a 401 as `Rejected`,
-    /// but never cached, as Kubernetes' token cache keeps no authenticator error.
+    /// Not authenticated, with an error from the API server's authenticators: a 401 as
+    /// `Rejected`. kube-apiserver reports every token it does not authenticate with an error
+    /// ("invalid bearer token", "token has expired"), but the error may also be one that passes (a
+    /// key fetch that failed just then), so it is kept only [`FAILED_TTL`]. Kubernetes' own token
+    /// cache keeps none, and reviews a repeated bad token every time.
     Failed,
 }
+
+/// How long a [`TokenOutcome::Failed`] is kept (at most the cache's lifetime): a valid token
+/// caught in an authenticator's passing failure is refused that long at most, and a caller
+/// repeating a bad token costs one TokenReview that often.
+pub const FAILED_TTL: Duration = Duration::from_secs(10);
 
 /// Something that can say whose token this is.
 pub trait TokenReviewer: Send + Sync {
@@ -63,12 +72,21 @@ impl TokenAuthenticator {
         self.cache.invalidate_all();
     }
 
-    /// Caches `reviewer`'s answers for `ttl` (zero: nothing is kept, but concurrent misses still
-    /// share one review).
-    pub fn new(reviewer: Arc<dyn TokenReviewer>, ttl: Duration, metrics: Metrics) -> Self {
+    /// Caches `reviewer`'s answers for `ttl`, failed ones for `failed` if shorter (zero: nothing is
+    /// kept, but concurrent misses still share one review).
+    pub fn new(
+        reviewer: Arc<dyn TokenReviewer>,
+        ttl: Duration,
+        failed: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        let ttl = ttl.max(Duration::from_nanos(1));
         let cache = Cache::builder()
             .max_capacity(100_000)
-            .time_to_live(ttl.max(Duration::from_nanos(1)))
+            .expire_after(Ttls {
+                ttl,
+                failed: failed.clamp(Duration::from_nanos(1), ttl),
+            })
             .build();
         Self {
             reviewer,
@@ -86,25 +104,11 @@ impl TokenAuthenticator {
             .cache
             .entry(digest)
             .or_try_insert_with(async move {
-                match self.reviewed(token).await {
-                    // An answer not to keep: shared with the concurrent misses as an "error".
-                    Ok(TokenOutcome::Failed) => Err(Uncached::Answer(TokenOutcome::Failed)),
-                    Ok(outcome) => Ok((outcome, generation)),
-                    Err(e) => Err(Uncached::Error(e)),
-                }
+                let outcome = self.reviewed(token).await?;
+                Ok::<_, ReviewError>((outcome, generation))
             })
             .await
-            .map_err(|uncached| match &*uncached {
-                Uncached::Answer(outcome) => Ok(outcome.clone()),
-                Uncached::Error(e) => Err(e.clone()),
-            });
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(uncached) => {
-                self.metrics.cache(CacheKind::Token, false);
-                return uncached;
-            }
-        };
+            .map_err(|e| (*e).clone())?;
         self.metrics.cache(CacheKind::Token, !entry.is_fresh());
         let (outcome, of) = entry.into_value();
         if of == generation {
@@ -126,10 +130,34 @@ impl TokenAuthenticator {
     }
 }
 
-/// What a review left out of the cache.
-enum Uncached {
-    Answer(TokenOutcome),
-    Error(ReviewError),
+/// The lifetimes of cached answers: [`TokenOutcome::Failed`] for `failed`, others for `ttl`.
+struct Ttls {
+    ttl: Duration,
+    failed: Duration,
+}
+
+impl Expiry<TokenDigest, (TokenOutcome, u64)> for Ttls {
+    fn expire_after_create(
+        &self,
+        _key: &TokenDigest,
+        (outcome, _): &(TokenOutcome, u64),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(match outcome {
+            TokenOutcome::Failed => self.failed,
+            _ => self.ttl,
+        })
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &TokenDigest,
+        value: &(TokenOutcome, u64),
+        updated_at: std::time::Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +208,7 @@ mod tests {
         let tokens = Arc::new(TokenAuthenticator::new(
             reviewing,
             Duration::from_secs(120),
+            FAILED_TTL,
             metrics,
         ));
         let first = tokio::spawn({
@@ -222,15 +251,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rejection_is_cached_and_a_failure_is_not() {
-        for (outcome, reviews) in [(TokenOutcome::Rejected, 1), (TokenOutcome::Failed, 3)] {
+    async fn a_failure_is_kept_a_shorter_time_than_a_rejection() {
+        for (outcome, reviews) in [(TokenOutcome::Rejected, 1), (TokenOutcome::Failed, 2)] {
             let reviewer = Arc::new(Counting {
                 outcome,
                 reviews: 0.into(),
             });
             let reviewing: Arc<dyn TokenReviewer> = reviewer.clone();
             let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
-            let tokens = TokenAuthenticator::new(reviewing, Duration::from_secs(120), metrics);
+            let tokens = TokenAuthenticator::new(
+                reviewing,
+                Duration::from_secs(120),
+                Duration::from_millis(100),
+                metrics,
+            );
             for _ in 0..3 {
                 let answer = tokens.review("t").await.unwrap();
                 assert!(
@@ -238,6 +272,8 @@ mod tests {
                     "{answer:?}"
                 );
             }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokens.review("t").await.unwrap();
             assert_eq!(
                 reviewer.reviews.load(std::sync::atomic::Ordering::SeqCst),
                 reviews

@@ -73,11 +73,10 @@ pub(super) fn token_review_status(st: &State, review: &Value) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    // A token no authenticator recognizes: not authenticated and no error, as kube-apiserver's
-    // union of authenticators answers when each says "not mine" (an error, which the kubelet's
-    // cache does not keep, comes only from one that recognized the token and failed it).
+    // kube-apiserver reports every token it does not authenticate with an error: its bearer
+    // token authenticator's "invalid bearer token" at least.
     let Some(identity) = st.tokens.get(token) else {
-        return json!({"authenticated": false});
+        return json!({"authenticated": false, "error": "[invalid bearer token, token lookup failed]"});
     };
     let audiences = match (&identity.audiences, requested.is_empty()) {
         (None, true) => vec!["https://kubernetes.default.svc.cluster.local".to_owned()],
