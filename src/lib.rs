@@ -160,7 +160,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &serving_files,
         &tls_policy,
         metrics.certificate_expiry("serving"),
-        never_trusted,
+        never_trusted.clone(),
     )?);
     let drain = Drain::new();
     let upstream = Upstream::new(
@@ -266,6 +266,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if lockdown_mode != config::Lockdown::Off {
         let probe = lockdown::Probe {
             upstream: upstream_settings,
+            node_ca: never_trusted,
             token: apiserver::OwnToken::find(&api_settings).await,
             mode: lockdown_mode,
             metrics,

@@ -8,10 +8,11 @@
 //! means locked; any other HTTP answer means exposed. A kubelet that cannot be reached changes
 //! nothing and is counted in `kubelet_guard_upstream_errors_total{kind="lockdown-probe"}`.
 //!
-//! When the guard forwards with a client certificate, the first probe's handshake also says which
-//! client CAs the kubelet trusts: a Go TLS server names every CA of its client CA pool in its
-//! certificate request. Any CA besides the issuers of the guard's own chain (the node PKI's CA)
-//! means a certificate the guard never issued reaches the kubelet: credential `certificate`.
+//! With the node PKI (`--node-pki-dir`), the first probe's handshake also says which client CAs
+//! the kubelet trusts: a Go TLS server names every CA of its client CA pool in its certificate
+//! request. Any CA besides the node PKI's means a certificate the guard never issued reaches the
+//! kubelet: credential `certificate`. Without the node PKI the guard cannot tell a CA of its own
+//! from one it shares (a cluster CA that also issued its certificate), and does not check.
 //!
 //! Reported in `kubelet_guard_kubelet_exposed{credential}`, logged at ERROR when a credential is
 //! first seen to get through (with the kubelet setting to change) and at INFO when it stops; with
@@ -35,7 +36,6 @@ use x509_parser::prelude::FromDer;
 use crate::apiserver::OwnToken;
 use crate::config::{self, Lockdown};
 use crate::metrics::{Metrics, Readiness};
-use crate::tls::UpstreamCredential;
 
 /// The path probed: read-only, never streaming, cheap for the kubelet.
 pub const PROBE_PATH: &str = "/healthz";
@@ -49,6 +49,8 @@ pub struct Probe {
     pub upstream: config::UpstreamSettings,
     /// The guard's own API-server token, if it has one.
     pub token: Option<OwnToken>,
+    /// The node PKI's CA, the one client CA a locked kubelet names; empty without the node PKI.
+    pub node_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// `warn` or `require` (`off` never starts the probe).
     pub mode: Lockdown,
     /// Where the gauge and the probe's failures are counted.
@@ -64,7 +66,7 @@ pub enum Verdict {
     Locked,
     /// Answered it with this status.
     Exposed(StatusCode),
-    /// Named client CAs besides the issuers of the guard's certificate (these, one per line).
+    /// Named client CAs besides the node PKI's (these, one per line).
     TrustsOthers(String),
 }
 
@@ -150,13 +152,15 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
     if probe.token.is_some() {
         credentials.push(Credential::Token);
     }
-    let own_chain = match &probe.upstream.credential {
-        UpstreamCredential::ClientCert { cert, flags, .. } => {
-            credentials.push(Credential::Certificate);
-            Some((cert.clone(), flags[0]))
-        }
-        UpstreamCredential::TokenFile(_) => None,
-    };
+    let own: Vec<Vec<u8>> = probe
+        .node_ca
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, ca)| ca.subject().as_raw().to_vec())
+        .collect();
+    if !own.is_empty() {
+        credentials.push(Credential::Certificate);
+    }
     // The last verdict per credential: None until one probe got an answer.
     let mut known: Vec<Option<Verdict>> = vec![None; credentials.len()];
     loop {
@@ -176,10 +180,10 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
                     }
                 },
                 Credential::Certificate => {
-                    let (Some(named), Some((cert, flag))) = (&named, &own_chain) else {
+                    let Some(named) = &named else {
                         continue;
                     };
-                    trusted_besides_own(named.as_deref(), cert, flag)
+                    trusted_besides(named.as_deref(), &own)
                 }
             };
             match outcome {
@@ -286,12 +290,8 @@ impl rustls::client::ResolvesClientCert for NamedClientCas {
 }
 
 /// The verdict on the client CAs a kubelet named (`None`: it asked for no client certificate, so
-/// it takes none): locked if each is the issuer of a certificate in the guard's own chain `cert`.
-fn trusted_besides_own(
-    named: Option<&[Vec<u8>]>,
-    cert: &std::path::Path,
-    flag: &'static str,
-) -> Result<Verdict, ProbeError> {
+/// it takes none): locked if each is one of the `own` subjects (DER).
+fn trusted_besides(named: Option<&[Vec<u8>]>, own: &[Vec<u8>]) -> Result<Verdict, ProbeError> {
     let Some(named) = named else {
         return Ok(Verdict::Locked);
     };
@@ -301,16 +301,9 @@ fn trusted_besides_own(
             "the kubelet asked for a client certificate without naming the CAs it trusts".into(),
         ));
     }
-    let chain = crate::tls::load_certs(cert, flag)?;
-    let mut issuers = Vec::new();
-    for der in &chain {
-        let (_, parsed) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| ProbeError::Unreachable(format!("{flag}: {e}").into()))?;
-        issuers.push(parsed.issuer().as_raw().to_vec());
-    }
     let others: Vec<String> = named
         .iter()
-        .filter(|name| !issuers.contains(name))
+        .filter(|name| !own.contains(name))
         .map(|name| {
             x509_parser::x509::X509Name::from_der(name).map_or_else(
                 |_| "(an unreadable name)".to_owned(),
@@ -471,14 +464,14 @@ mod tests {
 
     #[test]
     fn a_kubelet_naming_no_client_ca_proves_nothing_and_one_asking_for_none_takes_none() {
-        let missing = std::path::Path::new("/nonexistent/client.crt");
-        assert_eq!(
-            trusted_besides_own(None, missing, "--upstream-client-cert-file").unwrap(),
-            Verdict::Locked
-        );
-        let err = trusted_besides_own(Some(&[]), missing, "--upstream-client-cert-file")
-            .unwrap_err()
-            .to_string();
+        let own = [b"node CA".to_vec()];
+        assert_eq!(trusted_besides(None, &own).unwrap(), Verdict::Locked);
+        let err = trusted_besides(Some(&[]), &own).unwrap_err().to_string();
         assert!(err.contains("without naming the CAs"), "{err}");
+        assert_eq!(trusted_besides(Some(&own), &own).unwrap(), Verdict::Locked);
+        assert!(matches!(
+            trusted_besides(Some(&[own[0].clone(), b"x".to_vec()]), &own).unwrap(),
+            Verdict::TrustsOthers(_)
+        ));
     }
 }
