@@ -190,7 +190,7 @@ mod tests {
         // The binding stays, its ClusterRole goes: valid in a cluster, where it grants nothing.
         let binding = POLICY.split("---\n").nth(1).unwrap();
         std::fs::write(&path, binding).unwrap();
-        assert!(matches!(policy.poll(), Reload::Changing));
+        assert!(matches!(policy.poll(), Reload::Changing { .. }));
         let reloaded = policy.poll();
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(reloaded, Reload::Reloaded { .. }), "{reloaded:?}");

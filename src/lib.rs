@@ -374,9 +374,15 @@ async fn reload_files(
             () = shutdown::stopped(&mut stop) => return,
         }
         for file in &watched {
-            match reload::settled(file.as_ref(), pause).await {
+            let settled = tokio::select! {
+                settled = reload::settled(file.as_ref(), pause) => settled,
+                () = shutdown::stopped(&mut stop) => return,
+            };
+            match settled {
                 Reload::Unchanged => {}
-                Reload::Changing => tracing::info!("a file is still changing: read again later"),
+                Reload::Changing { flag } => {
+                    tracing::warn!(flag, "still changing at every read: read again next time");
+                }
                 Reload::Reloaded { flag } => {
                     tracing::info!(flag, "reloaded");
                     match flag {

@@ -262,7 +262,7 @@ pub async fn renew(
         // Its own files, each written whole and renamed into place: a short pause settles them.
         match crate::reload::settled(upstream.as_ref(), Duration::from_millis(50)).await {
             Reload::Reloaded { flag } => metrics.reload(flag, true),
-            Reload::Unchanged | Reload::Changing => {}
+            Reload::Unchanged | Reload::Changing { .. } => {}
             Reload::Kept(e) => {
                 tracing::error!(error = %e, "the renewed client certificate did not load");
                 metrics.reload(e.flag, false);

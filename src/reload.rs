@@ -68,8 +68,11 @@ pub enum Reload {
     /// Every file has the content already seen.
     Unchanged,
     /// A file has a content not seen at the previous poll: it may still be being written, so it
-    /// is taken in only when the next poll reads the same.
-    Changing,
+    /// is taken in only when the next poll reads the same. `flag` names the first such file.
+    Changing {
+        /// The flag of the first changed file.
+        flag: &'static str,
+    },
     /// A new value took effect; `flag` names the first file that changed.
     Reloaded {
         /// The flag of the first changed file.
@@ -95,7 +98,7 @@ const SETTLE_READS: usize = 5;
 pub async fn settled(file: &dyn Poll, pause: Duration) -> Reload {
     for _ in 1..SETTLE_READS {
         match file.poll() {
-            Reload::Changing => tokio::time::sleep(pause).await,
+            Reload::Changing { .. } => tokio::time::sleep(pause).await,
             done => return done,
         }
     }
@@ -173,7 +176,7 @@ impl<T: Send + Sync + 'static> Poll for Watched<T> {
         // Read once: maybe half-written, or one file of a pair swapped and not yet the other.
         if seen.changing.as_ref() != Some(&new_digests) {
             seen.changing = Some(new_digests);
-            return Reload::Changing;
+            return Reload::Changing { flag: changed };
         }
         seen.changing = None;
         // Broken contents are remembered too, so they are reported once, not at every poll.
@@ -241,7 +244,7 @@ mod tests {
         );
 
         std::fs::write(&path, "two").unwrap();
-        assert!(matches!(watched.poll(), Reload::Changing));
+        assert!(matches!(watched.poll(), Reload::Changing { .. }));
         let Reload::Kept(err) = watched.poll() else {
             panic!("a broken file is kept")
         };
@@ -257,7 +260,7 @@ mod tests {
         );
 
         std::fs::write(&path, "3").unwrap();
-        assert!(matches!(watched.poll(), Reload::Changing));
+        assert!(matches!(watched.poll(), Reload::Changing { .. }));
         assert!(matches!(
             watched.poll(),
             Reload::Reloaded {
@@ -287,7 +290,7 @@ mod tests {
         assert_eq!(*watched.current(), 3);
 
         std::fs::write(&b, "5").unwrap();
-        assert!(matches!(watched.poll(), Reload::Changing));
+        assert!(matches!(watched.poll(), Reload::Changing { .. }));
         assert!(matches!(
             watched.poll(),
             Reload::Reloaded { flag: "--b-file" }
@@ -295,7 +298,7 @@ mod tests {
         assert_eq!(*watched.current(), 6);
 
         std::fs::write(&a, "x").unwrap();
-        assert!(matches!(watched.poll(), Reload::Changing));
+        assert!(matches!(watched.poll(), Reload::Changing { .. }));
         let Reload::Kept(err) = watched.poll() else {
             panic!("kept")
         };
@@ -314,14 +317,14 @@ mod tests {
 
         // A writer part-way through "12345": "12" parses, but it is not what is being written.
         std::fs::write(&path, "12").unwrap();
-        assert!(matches!(watched.poll(), Reload::Changing));
+        assert!(matches!(watched.poll(), Reload::Changing { .. }));
         assert_eq!(
             *watched.current(),
             1,
             "one read of a changed file is not enough"
         );
         std::fs::write(&path, "12345").unwrap();
-        assert!(matches!(watched.poll(), Reload::Changing));
+        assert!(matches!(watched.poll(), Reload::Changing { .. }));
         assert_eq!(
             *watched.current(),
             1,
@@ -332,12 +335,12 @@ mod tests {
 
         // Back to content already taken in before the next read: nothing was taken in between.
         std::fs::write(&path, "7").unwrap();
-        assert!(matches!(watched.poll(), Reload::Changing));
+        assert!(matches!(watched.poll(), Reload::Changing { .. }));
         std::fs::write(&path, "12345").unwrap();
         assert!(matches!(watched.poll(), Reload::Unchanged));
         std::fs::write(&path, "7").unwrap();
         assert!(
-            matches!(watched.poll(), Reload::Changing),
+            matches!(watched.poll(), Reload::Changing { .. }),
             "a read of the old content forgot the change it had seen"
         );
         std::fs::remove_file(&path).unwrap();
