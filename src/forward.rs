@@ -648,12 +648,15 @@ async fn splice(
             };
             if !matches!(end, StreamEnd::Shutdown | StreamEnd::CertificateExpired) {
                 // One side ended: the other hears it as a clean close (`close_notify`, then FIN),
-                // given as long as Go's tls.Conn.Close gives it.
-                let _ = tokio::time::timeout(CLOSE_NOTIFY, async {
+                // given as long as Go's tls.Conn.Close gives it, and never past shutdown's grace.
+                let clean_close = tokio::time::timeout(CLOSE_NOTIFY, async {
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_caller).await;
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_kubelet).await;
-                })
-                .await;
+                });
+                tokio::select! {
+                    _ = clean_close => {}
+                    () = open.closing() => {}
+                }
             }
             let inbound = from_caller.unsplit(to_caller);
             let outbound = from_kubelet.unsplit(to_kubelet);
