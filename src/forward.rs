@@ -106,22 +106,19 @@ pub enum StreamEnd {
     Shutdown,
     /// The guard closed it when the caller's client certificate expired.
     CertificateExpired,
-    /// The guard closed it when the caller had taken nothing the kubelet sent for an idle timeout.
-    CallerUnread,
     /// A connection failed otherwise, or the upgrade never completed after the 101.
     Error,
 }
 
 impl StreamEnd {
     /// The audit annotation value: `caller-closed`, `kubelet-closed`, `shutdown`,
-    /// `certificate-expired`, `caller-unread` or `error`.
+    /// `certificate-expired` or `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CallerClosed => "caller-closed",
             Self::KubeletClosed => "kubelet-closed",
             Self::Shutdown => "shutdown",
             Self::CertificateExpired => "certificate-expired",
-            Self::CallerUnread => "caller-unread",
             Self::Error => "error",
         }
     }
@@ -136,8 +133,6 @@ pub struct Upstream {
     server_name: rustls::pki_types::ServerName<'static>,
     token: Option<Arc<Watched<HeaderValue>>>,
     timeout: Duration,
-    /// How long an upgraded stream may wait on a caller that takes nothing (`--idle-timeout`).
-    unread: Duration,
     streams: Drain,
 }
 
@@ -187,7 +182,6 @@ impl Upstream {
     pub fn new(
         settings: &UpstreamSettings,
         callers: bool,
-        unread: Duration,
         streams: Drain,
         expiry: prometheus::IntGauge,
     ) -> Result<Self, FileError> {
@@ -237,7 +231,6 @@ impl Upstream {
             server_name,
             token,
             timeout: settings.timeout,
-            unread,
             streams,
         })
     }
@@ -348,7 +341,6 @@ impl Upstream {
                 hyper::upgrade::on(&mut response),
                 self.streams.track(),
                 expires,
-                self.unread,
             ))),
             _ => None,
         };
@@ -622,8 +614,7 @@ fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
 /// either side closes (then the other is closed too, as Kubernetes' own upgrade proxy does: a
 /// caller that kept its end of a finished exec would otherwise keep it, and its connection slot,
-/// for ever), a write to the caller has waited `unread` on a caller that takes nothing, or
-/// shutdown's grace period ends, and reports the totals and how it ended.
+/// for ever) or shutdown's grace period ends, and reports the totals and how it ended.
 ///
 /// The stream stays counted by graceful shutdown (`open` is handed back) until whoever reads the
 /// totals lets go: the audit writers stop only after the drain, so the stream's closing event,
@@ -633,26 +624,19 @@ async fn splice(
     outbound: hyper::upgrade::OnUpgrade,
     mut open: Tracked,
     expires: Option<tokio::time::Instant>,
-    unread: Duration,
 ) -> (Relayed, Tracked) {
     let started = std::time::Instant::now();
     let (to_kubelet, to_caller, end) = match tokio::try_join!(inbound, outbound) {
         Ok((inbound, outbound)) => {
             // Both sides report the first connection to end; the first report wins.
             let first = Arc::new(std::sync::OnceLock::new());
-            let waiting = Arc::new(Waiting::default());
-            let mut caller = Metered::new(TokioIo::new(inbound), Side::Caller, &first);
-            caller.waiting = Some(Arc::clone(&waiting));
-            let (mut from_caller, mut to_caller) = tokio::io::split(caller);
+            let (mut from_caller, mut to_caller) =
+                tokio::io::split(Metered::new(TokioIo::new(inbound), Side::Caller, &first));
             let (mut from_kubelet, mut to_kubelet) =
                 tokio::io::split(Metered::new(TokioIo::new(outbound), Side::Kubelet, &first));
             let end = tokio::select! {
                 copied = one_way(&mut from_caller, &mut to_kubelet) => ended(copied, &first),
                 copied = one_way(&mut from_kubelet, &mut to_caller) => ended(copied, &first),
-                () = waiting.longer_than(unread) => {
-                    tracing::info!(?unread, "upgraded stream closed: the caller took nothing that long");
-                    StreamEnd::CallerUnread
-                }
                 () = open.closing() => {
                     tracing::info!("upgraded stream closed at the end of the shutdown grace period");
                     StreamEnd::Shutdown
@@ -662,10 +646,7 @@ async fn splice(
                     StreamEnd::CertificateExpired
                 }
             };
-            if !matches!(
-                end,
-                StreamEnd::Shutdown | StreamEnd::CertificateExpired | StreamEnd::CallerUnread
-            ) {
+            if !matches!(end, StreamEnd::Shutdown | StreamEnd::CertificateExpired) {
                 // One side ended: the other hears it as a clean close (`close_notify`, then FIN),
                 // given as long as Go's tls.Conn.Close gives it, and never past shutdown's grace.
                 let clean_close = tokio::time::timeout(CLOSE_NOTIFY, async {
@@ -762,52 +743,13 @@ fn peer_went_away(kind: std::io::ErrorKind) -> bool {
     )
 }
 
-/// Since when a write to a stream's caller has waited on the caller, if one is waiting.
-#[derive(Debug, Default)]
-struct Waiting(std::sync::Mutex<Option<tokio::time::Instant>>);
-
-impl Waiting {
-    /// Notes whether a write just went through (`Ready`) or now waits on the peer (`Pending`).
-    fn polled<R>(&self, polled: &std::task::Poll<R>) {
-        let mut since = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match polled {
-            std::task::Poll::Pending => {
-                since.get_or_insert_with(tokio::time::Instant::now);
-            }
-            std::task::Poll::Ready(_) => *since = None,
-        }
-    }
-
-    /// Resolves once one write has waited `limit`: looked at every `limit` at most, so within
-    /// twice that.
-    async fn longer_than(&self, limit: Duration) {
-        loop {
-            let since = *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = tokio::time::Instant::now();
-            let at = since.map_or(now + limit, |since| since + limit);
-            if at <= now {
-                return;
-            }
-            tokio::time::sleep_until(at).await;
-        }
-    }
-}
-
 /// An upgraded connection that counts the bytes read from it, so a stream closed mid-copy still
-/// reports what it relayed, and reports when it is the first of the two to end; the caller's also
-/// notes when a write to it waits ([`Waiting`]).
+/// reports what it relayed, and reports when it is the first of the two to end.
 struct Metered<T> {
     io: T,
     read: u64,
     side: Side,
     first: Arc<std::sync::OnceLock<Ended>>,
-    waiting: Option<Arc<Waiting>>,
 }
 
 impl<T> Metered<T> {
@@ -817,7 +759,6 @@ impl<T> Metered<T> {
             read: 0,
             side,
             first: Arc::clone(first),
-            waiting: None,
         }
     }
 
@@ -861,9 +802,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Metered<T> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
         this.ended(&polled, false);
-        if let Some(waiting) = &this.waiting {
-            waiting.polled(&polled);
-        }
         polled
     }
 
@@ -874,9 +812,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Metered<T> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.io).poll_flush(cx);
         this.ended(&polled, false);
-        if let Some(waiting) = &this.waiting {
-            waiting.polled(&polled);
-        }
         polled
     }
 

@@ -166,7 +166,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let upstream = Upstream::new(
         &upstream_settings,
         mode == config::Mode::Observe,
-        limits.idle_timeout,
         drain.clone(),
         metrics.certificate_expiry("upstream"),
     )?;
