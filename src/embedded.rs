@@ -129,23 +129,34 @@ mod tests {
 
     const POLICY: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: scrape\nrules:\n- apiGroups: [\"\"]\n  resources: [nodes/metrics]\n  verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: scrapers\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: scrape\nsubjects:\n- kind: Group\n  name: system:authenticated\n  apiGroup: rbac.authorization.k8s.io\n";
 
-    #[tokio::test]
-    async fn the_decisions_of_one_grant_share_its_reason() {
+    /// `POLICY` written to a file named after `test`, loaded as the guard loads it.
+    fn policy_file(test: &str) -> (std::path::PathBuf, Arc<Watched<Policy>>, PolicyFile) {
         let path = std::env::temp_dir().join(format!(
-            "kubelet-guard-embedded-{}.yaml",
+            "kubelet-guard-embedded-{test}-{}.yaml",
             std::process::id()
         ));
         std::fs::write(&path, POLICY).unwrap();
-        let policy = Watched::load("--rbac-policy-file", &path, parse_policy).unwrap();
+        let policy = Arc::new(Watched::load("--rbac-policy-file", &path, parse_policy).unwrap());
+        let file = PolicyFile::new(Arc::clone(&policy), NodeName::parse("n", "f").unwrap());
+        (path, policy, file)
+    }
+
+    /// An authenticated user named `name`.
+    fn user(name: &str) -> Identity {
+        Identity {
+            name: name.to_owned(),
+            uid: String::new(),
+            groups: Arc::new(["system:authenticated".to_owned()]),
+            extra: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_decisions_of_one_grant_share_its_reason() {
+        let (path, _, file) = policy_file("reason");
         std::fs::remove_file(&path).unwrap();
-        let file = PolicyFile::new(Arc::new(policy), NodeName::parse("n", "f").unwrap());
         let reason = async |name: &str, subresource| {
-            let who = Identity {
-                name: name.to_owned(),
-                uid: String::new(),
-                groups: Arc::new(["system:authenticated".to_owned()]),
-                extra: Default::default(),
-            };
+            let who = user(name);
             let resource = Resource::Node(subresource);
             match file.review(&who, Verb::Get, &resource).await.unwrap() {
                 Decision::Allow { reason } => Some(reason),
@@ -165,19 +176,8 @@ mod tests {
     #[tokio::test]
     async fn deleting_a_role_revokes_what_its_bindings_granted() {
         use crate::reload::{Poll, Reload};
-        let path = std::env::temp_dir().join(format!(
-            "kubelet-guard-embedded-revoke-{}.yaml",
-            std::process::id()
-        ));
-        std::fs::write(&path, POLICY).unwrap();
-        let policy = Arc::new(Watched::load("--rbac-policy-file", &path, parse_policy).unwrap());
-        let file = PolicyFile::new(Arc::clone(&policy), NodeName::parse("n", "f").unwrap());
-        let alice = Identity {
-            name: "alice".into(),
-            uid: String::new(),
-            groups: Arc::new(["system:authenticated".to_owned()]),
-            extra: Default::default(),
-        };
+        let (path, policy, file) = policy_file("revoke");
+        let alice = user("alice");
         let metrics = Resource::Node(crate::kubelet_api::Subresource::Metrics);
         let allowed = async || {
             matches!(
