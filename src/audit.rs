@@ -48,7 +48,7 @@ pub const BYTES_TO_CALLER: &str = "kubelet-guard.io/bytes-to-caller";
 /// Annotation: how long an upgraded stream was open, as a Go-style duration (`1.5s`).
 pub const STREAM_DURATION: &str = "kubelet-guard.io/stream-duration";
 /// Annotation: how an upgraded stream ended (`caller-closed`, `kubelet-closed`, `shutdown`,
-/// `error`).
+/// `certificate-expired`, `caller-unread`, `error`).
 pub const STREAM_END: &str = "kubelet-guard.io/stream-end";
 /// Annotation: the namespace of the pod the request acts on.
 pub const POD_NAMESPACE: &str = "kubelet-guard.io/pod-namespace";

@@ -214,7 +214,8 @@ pub struct ServeArgs {
     /// How long a caller may take to send a request's headers before its connection is closed.
     #[arg(long, env = "KUBELET_GUARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = LIMITS)]
     pub header_read_timeout: Duration,
-    /// How long a connection may stay open with no request in flight.
+    /// How long a connection may stay open with no request in flight, and an exec, attach or
+    /// port-forward caller may acknowledge nothing the guard sends it.
     #[arg(long, env = "KUBELET_GUARD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration, help_heading = LIMITS)]
     pub idle_timeout: Duration,
     /// Most concurrent streams per HTTP/2 connection.

@@ -106,19 +106,23 @@ pub enum StreamEnd {
     Shutdown,
     /// The guard closed it when the caller's client certificate expired.
     CertificateExpired,
+    /// The caller acknowledged nothing the guard sent it for `--idle-timeout`: it stopped
+    /// reading, or went away without a word.
+    CallerUnread,
     /// A connection failed otherwise, or the upgrade never completed after the 101.
     Error,
 }
 
 impl StreamEnd {
     /// The audit annotation value: `caller-closed`, `kubelet-closed`, `shutdown`,
-    /// `certificate-expired` or `error`.
+    /// `certificate-expired`, `caller-unread` or `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CallerClosed => "caller-closed",
             Self::KubeletClosed => "kubelet-closed",
             Self::Shutdown => "shutdown",
             Self::CertificateExpired => "certificate-expired",
+            Self::CallerUnread => "caller-unread",
             Self::Error => "error",
         }
     }
@@ -614,7 +618,9 @@ fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
 /// either side closes (then the other is closed too, as Kubernetes' own upgrade proxy does: a
 /// caller that kept its end of a finished exec would otherwise keep it, and its connection slot,
-/// for ever) or shutdown's grace period ends, and reports the totals and how it ended.
+/// for ever), the caller's socket gives up on a caller that acknowledges nothing (`caller-unread`:
+/// `server::connection` sets `TCP_USER_TIMEOUT` at the 101), or shutdown's grace period ends, and
+/// reports the totals and how it ended.
 ///
 /// The stream stays counted by graceful shutdown (`open` is handed back) until whoever reads the
 /// totals lets go: the audit writers stop only after the drain, so the stream's closing event,
@@ -704,27 +710,23 @@ async fn one_way(
 }
 
 /// How a stream ended once one direction's copy is over: as its first connection to end says.
-fn ended(copied: std::io::Result<()>, first: &std::sync::OnceLock<Ended>) -> StreamEnd {
+fn ended(copied: std::io::Result<()>, first: &std::sync::OnceLock<StreamEnd>) -> StreamEnd {
     if let Err(e) = &copied {
         tracing::debug!(error = %e, "upgraded stream ended with an error");
     }
-    first.get().map_or(StreamEnd::Error, |ended| ended.end())
+    first.get().copied().unwrap_or(StreamEnd::Error)
 }
 
-/// The first connection of a stream to end, and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ended {
-    side: Side,
-    /// EOF, or an error that means the peer went away (reset, TLS without `close_notify`).
-    closed: bool,
-}
-
-impl Ended {
-    fn end(self) -> StreamEnd {
-        match (self.closed, self.side) {
-            (false, _) => StreamEnd::Error,
-            (true, Side::Caller) => StreamEnd::CallerClosed,
-            (true, Side::Kubelet) => StreamEnd::KubeletClosed,
+impl Side {
+    /// How a stream ends when this side's connection is the first to end, at its end of stream
+    /// (`None`) or with an error of `kind`.
+    fn end(self, error: Option<std::io::ErrorKind>) -> StreamEnd {
+        match (self, error) {
+            // The caller's socket gave up: `TCP_USER_TIMEOUT`, set on it at the 101.
+            (Self::Caller, Some(std::io::ErrorKind::TimedOut)) => StreamEnd::CallerUnread,
+            (_, Some(kind)) if !peer_went_away(kind) => StreamEnd::Error,
+            (Self::Caller, _) => StreamEnd::CallerClosed,
+            (Self::Kubelet, _) => StreamEnd::KubeletClosed,
         }
     }
 }
@@ -749,11 +751,11 @@ struct Metered<T> {
     io: T,
     read: u64,
     side: Side,
-    first: Arc<std::sync::OnceLock<Ended>>,
+    first: Arc<std::sync::OnceLock<StreamEnd>>,
 }
 
 impl<T> Metered<T> {
-    fn new(io: T, side: Side, first: &Arc<std::sync::OnceLock<Ended>>) -> Self {
+    fn new(io: T, side: Side, first: &Arc<std::sync::OnceLock<StreamEnd>>) -> Self {
         Self {
             io,
             read: 0,
@@ -764,15 +766,12 @@ impl<T> Metered<T> {
 
     /// Notes how this connection ended, unless the other one ended first.
     fn ended<R>(&self, polled: &std::task::Poll<std::io::Result<R>>, eof: bool) {
-        let closed = match polled {
-            std::task::Poll::Ready(Ok(_)) if eof => true,
-            std::task::Poll::Ready(Err(e)) => peer_went_away(e.kind()),
+        let error = match polled {
+            std::task::Poll::Ready(Ok(_)) if eof => None,
+            std::task::Poll::Ready(Err(e)) => Some(e.kind()),
             _ => return,
         };
-        let _ = self.first.set(Ended {
-            side: self.side,
-            closed,
-        });
+        let _ = self.first.set(self.side.end(error));
     }
 }
 
@@ -979,11 +978,25 @@ mod tests {
 
     #[test]
     fn a_stream_ends_as_the_first_connection_to_end_did() {
-        let ended = |side, closed| Ended { side, closed }.end();
-        assert_eq!(ended(Side::Caller, true), StreamEnd::CallerClosed);
-        assert_eq!(ended(Side::Kubelet, true), StreamEnd::KubeletClosed);
-        assert_eq!(ended(Side::Caller, false), StreamEnd::Error);
-        assert_eq!(ended(Side::Kubelet, false), StreamEnd::Error);
+        use std::io::ErrorKind;
+        assert_eq!(Side::Caller.end(None), StreamEnd::CallerClosed);
+        assert_eq!(Side::Kubelet.end(None), StreamEnd::KubeletClosed);
+        for failed in [ErrorKind::InvalidData, ErrorKind::Other] {
+            assert_eq!(Side::Caller.end(Some(failed)), StreamEnd::Error);
+            assert_eq!(Side::Kubelet.end(Some(failed)), StreamEnd::Error);
+        }
+        assert_eq!(
+            Side::Caller.end(Some(ErrorKind::TimedOut)),
+            StreamEnd::CallerUnread
+        );
+        assert_eq!(
+            Side::Kubelet.end(Some(ErrorKind::TimedOut)),
+            StreamEnd::Error
+        );
+        assert_eq!(
+            Side::Kubelet.end(Some(ErrorKind::ConnectionReset)),
+            StreamEnd::KubeletClosed
+        );
         for gone in [
             std::io::ErrorKind::UnexpectedEof,
             std::io::ErrorKind::ConnectionReset,

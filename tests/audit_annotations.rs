@@ -419,6 +419,77 @@ async fn a_caller_that_keeps_its_end_of_a_finished_stream_does_not_keep_the_stre
     drop(socket);
 }
 
+/// A port-forward through `cluster` whose caller writes without end: the kubelet double echoes
+/// every byte, so the guard always has something to send back. Returns what the caller reads.
+async fn flooded(
+    cluster: &Cluster,
+    target: &str,
+) -> (
+    tokio::io::ReadHalf<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let (status, _, upgraded) = cluster
+        .client()
+        .spdy(cluster.addr(), target, Some(TOKEN), &["portforward.k8s.io"])
+        .await;
+    assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
+    let (reader, mut writer) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded.unwrap()));
+    let flood = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        while writer.write_all(&chunk).await.is_ok() {}
+    });
+    (reader, flood)
+}
+
+#[tokio::test]
+async fn a_stream_whose_caller_reads_nothing_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &["--idle-timeout=1s"]).await;
+    // A quiet stream (a shell waiting for a command) owes the caller nothing: it stays open.
+    let quiet = "/exec/team-a/web-0/app?command=sh&input=1&output=1";
+    let mut shell = cluster.exec_websocket(quiet, TOKEN).await;
+
+    // Two callers that never stop sending. One reads nothing back. The other reads 128 KiB every
+    // eighth of a second, far less than the guard could send, so the guard's writes to it wait
+    // for seconds at a time; it still keeps its stream for three idle timeouts.
+    let (slow, never) = ("/portForward/team-a/web-0", "/portForward/team-a/web-1");
+    let started = tokio::time::Instant::now();
+    let (mut reader, slow_flood) = flooded(&cluster, slow).await;
+    let (_unread, never_flood) = flooded(&cluster, never).await;
+    let reading = tokio::spawn(async move {
+        let mut chunk = vec![0u8; 128 * 1024];
+        loop {
+            tokio::time::sleep(Duration::from_millis(125)).await;
+            reader.read_exact(&mut chunk).await.unwrap();
+        }
+    });
+    let cut = event(&log, never, "ResponseComplete").await;
+    assert_eq!(
+        cut["annotations"]["kubelet-guard.io/stream-end"],
+        "caller-unread"
+    );
+    tokio::time::sleep_until(started + Duration::from_secs(3)).await;
+    assert!(!reading.is_finished(), "the slow reader still reads");
+    reading.abort();
+    slow_flood.abort();
+    never_flood.abort();
+    let ended = event(&log, slow, "ResponseComplete").await;
+    assert_eq!(
+        ended["annotations"]["kubelet-guard.io/stream-end"], "caller-closed",
+        "open until its caller went"
+    );
+
+    shell.send(Message::binary(b"\0ls".to_vec())).await.unwrap();
+    let echoed = shell.next().await.unwrap().unwrap();
+    assert_eq!(
+        echoed.into_data().as_ref(),
+        b"\x01ls",
+        "the quiet stream is open after the others ended"
+    );
+}
+
 #[tokio::test]
 async fn a_stream_cut_at_shutdown_ends_as_shutdown_and_is_still_written() {
     let log = AuditLog::new();

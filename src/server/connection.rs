@@ -18,6 +18,9 @@
 //!   peer must wait, or its extra streams are refused).
 //! - The connection's socket carries its `--max-connections` slot and its place in the open
 //!   connections gauge, so an upgraded stream, which outlives the HTTP connection, keeps both.
+//!   From the `101` on, the socket has `TCP_USER_TIMEOUT` = `--idle-timeout`: the kernel closes it
+//!   when the caller acknowledges nothing for that long (it reads nothing while the kubelet
+//!   sends, its window shut, or it is gone), which `forward` reports as `caller-unread`.
 //! - A phase change stamps the time and wakes the timer only if the new phase's deadline comes
 //!   before the timer would wake; otherwise the timer finds the change when it wakes. While idle
 //!   it wakes at least every `--header-read-timeout`, so a head that starts is still cut at its own
@@ -115,6 +118,8 @@ struct Activity {
     owed: AtomicUsize,
     /// Counts every poll of a response body: that it moved tells a slow reader from none.
     progress: AtomicU64,
+    /// Set when a request is answered 101, until the socket takes the stream's read limit.
+    upgrading: AtomicBool,
 }
 
 struct ActivityState {
@@ -282,6 +287,9 @@ async fn serve_http(
         let (state, peer) = (Arc::clone(&state), Arc::clone(&peer));
         async move {
             let response = proxy::handle(&state, &peer, request).await;
+            if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                busy.0.upgrading.store(true, Ordering::Release);
+            }
             Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, busy)))
         }
     });
@@ -448,6 +456,7 @@ impl Activity {
             expires,
             owed: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
+            upgrading: AtomicBool::new(false),
         }
     }
 
@@ -674,13 +683,35 @@ impl AsyncRead for Admitted {
     }
 }
 
+impl Admitted {
+    /// Once a request is answered 101, before the answer is written: from then on the kernel
+    /// closes the connection (`ETIMEDOUT`) when what the guard sent stays unacknowledged for
+    /// `--idle-timeout` (`TCP_USER_TIMEOUT`, which bounds zero-window probing too). That is a
+    /// caller that stopped reading an exec, attach or port-forward, or went away without a word;
+    /// one that reads, however slowly, opens its window and keeps the stream.
+    fn arm_upgraded(&mut self) {
+        let activity = &self.activity;
+        if activity.upgrading.load(Ordering::Relaxed)
+            && activity.upgrading.swap(false, Ordering::Acquire)
+        {
+            let millis = u32::try_from(activity.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+            if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(self.io.get_ref().0, millis)
+            {
+                tracing::warn!(error = %e, "could not bound how long an upgraded stream's caller may read nothing");
+            }
+        }
+    }
+}
+
 impl AsyncWrite for Admitted {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.arm_upgraded();
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -688,7 +719,9 @@ impl AsyncWrite for Admitted {
         cx: &mut TaskContext<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.arm_upgraded();
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
