@@ -158,7 +158,13 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
         .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
         .map(|(_, ca)| ca.subject().as_raw().to_vec())
         .collect();
-    if !own.is_empty() {
+    if own.is_empty() {
+        tracing::warn!(
+            "without --node-pki-dir the lockdown probe cannot tell the guard's client CA from one \
+             the kubelet shares with others: whether the kubelet trusts certificates the guard \
+             never issued is not checked"
+        );
+    } else {
         credentials.push(Credential::Certificate);
     }
     // The last verdict per credential: None until one probe got an answer.
