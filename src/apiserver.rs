@@ -2,9 +2,11 @@
 //! SubjectAccessReview (`authorization.k8s.io/v1`) on a `kube::Client` built from `--kubeconfig` or
 //! the in-cluster configuration.
 //!
-//! One call is one HTTP request: kube's automatic retries are off and every call has the
-//! `--apiserver-timeout` deadline, so a failing API server turns into a prompt `ReviewError`
-//! (which callers answer with 500 and never cache) instead of a hung request.
+//! Every call has the `--apiserver-timeout` deadline, so a failing API server turns into a
+//! `ReviewError` (which callers answer with 500 and never cache) instead of a hung request.
+//! kube's own retries are off; a transient failure (429, 5xx, a broken connection) is tried again
+//! with backoff within that deadline, as the kubelet's webhook clients do, so an API server
+//! restart or a burst of its flow control does not turn into refusals.
 //!
 //! At most [`MAX_IN_FLIGHT`] TokenReviews and as many SubjectAccessReviews run at once; more wait
 //! their turn within the same deadline (timed as code `queued` if it passes first). Each distinct
@@ -114,38 +116,104 @@ impl ApiServer {
         })
     }
 
-    /// Runs one API call when `turns` gives it one, all under the deadline, timing it as `api`.
-    async fn call<T>(
+    /// Runs an API call when `turns` gives it one, all under the deadline, timing each attempt as
+    /// `api`. A transient failure (see [`transient`]) is tried again after a pause, as the kubelet's
+    /// own webhook clients do (500 ms, growing by half each time, ±20%), while the next attempt
+    /// can still start before the deadline; the turn is given back during the pause.
+    async fn call<T, F>(
         &self,
         api: &str,
         turns: &Semaphore,
-        call: impl Future<Output = Result<T, kube::Error>>,
-    ) -> Result<T, ReviewError> {
-        let started = Instant::now();
+        call: impl Fn() -> F,
+    ) -> Result<T, ReviewError>
+    where
+        F: Future<Output = Result<T, kube::Error>>,
+    {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        // The semaphore is never closed.
-        let Ok(_turn) = tokio::time::timeout_at(deadline, turns.acquire()).await else {
-            self.metrics.apiserver(api, "queued", started.elapsed());
-            return Err(ReviewError::Queued(self.timeout));
-        };
-        let (code, result) = match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => (
-                "timeout".to_owned(),
-                Err(ReviewError::Timeout(self.timeout)),
-            ),
-            Ok(Ok(answer)) => ("201".to_owned(), Ok(answer)),
-            Ok(Err(kube::Error::Api(status))) => (
-                status.code.to_string(),
-                Err(ReviewError::Status {
-                    code: status.code,
-                    message: status.message,
-                }),
-            ),
-            Ok(Err(e)) => ("error".to_owned(), Err(ReviewError::Transport(Arc::new(e)))),
-        };
-        self.metrics.apiserver(api, &code, started.elapsed());
-        result
+        let mut pause = FIRST_RETRY;
+        loop {
+            let started = Instant::now();
+            // The semaphore is never closed.
+            let Ok(turn) = tokio::time::timeout_at(deadline, turns.acquire()).await else {
+                self.metrics.apiserver(api, "queued", started.elapsed());
+                return Err(ReviewError::Queued(self.timeout));
+            };
+            let (code, result) = match tokio::time::timeout_at(deadline, call()).await {
+                Err(_) => (
+                    "timeout".to_owned(),
+                    Err(ReviewError::Timeout(self.timeout)),
+                ),
+                Ok(Ok(answer)) => ("201".to_owned(), Ok(answer)),
+                Ok(Err(kube::Error::Api(status))) => (
+                    status.code.to_string(),
+                    Err(ReviewError::Status {
+                        code: status.code,
+                        message: status.message,
+                    }),
+                ),
+                Ok(Err(e)) => ("error".to_owned(), Err(ReviewError::Transport(Arc::new(e)))),
+            };
+            drop(turn);
+            self.metrics.apiserver(api, &code, started.elapsed());
+            let again = tokio::time::Instant::now() + jittered(pause);
+            match result {
+                Err(e) if transient(&e) && again < deadline => {
+                    tracing::debug!(api, error = %e, "API-server call failed; trying again");
+                    tokio::time::sleep_until(again).await;
+                    pause = pause.mul_f64(1.5);
+                }
+                result => return result,
+            }
+        }
     }
+}
+
+/// The pause before the first retry of a transient failure.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Whether a failed call may succeed if made again, as the kubelet's webhook clients judge it
+/// (`DefaultShouldRetry`): the API server is overloaded (429), failed internally (500), or is
+/// unavailable behind a proxy or restarting (502, 503, 504); or the connection broke under the
+/// call. A refusal (401, 403, 404), a timeout (the deadline is spent) or an unreadable answer is
+/// final.
+fn transient(error: &ReviewError) -> bool {
+    match error {
+        ReviewError::Status { code, .. } => matches!(code, 429 | 500 | 502 | 503 | 504),
+        ReviewError::Transport(e) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            while let Some(error) = source {
+                if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+                    && (hyper.is_incomplete_message() || hyper.is_closed() || hyper.is_canceled())
+                {
+                    return true;
+                }
+                if let Some(io) = error.downcast_ref::<std::io::Error>()
+                    && matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                    )
+                {
+                    return true;
+                }
+                source = error.source();
+            }
+            false
+        }
+        ReviewError::Timeout(_) | ReviewError::Queued(_) | ReviewError::Inconsistent(_) => false,
+    }
+}
+
+/// `pause`, give or take a fifth, so the reviews that failed together do not all come back
+/// together.
+fn jittered(pause: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let spread = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte) {
+        Ok(()) => f64::from(byte[0]) / 255.0 * 0.4 - 0.2,
+        Err(_) => 0.0,
+    };
+    pause.mul_f64(1.0 + spread)
 }
 
 impl TokenReviewer for ApiServer {
@@ -159,12 +227,11 @@ impl TokenReviewer for ApiServer {
                 ..TokenReview::default()
             };
             let api = Api::<TokenReview>::all(self.client.clone());
+            let params = PostParams::default();
             let answer = self
-                .call(
-                    "tokenreview",
-                    &self.token_reviews,
-                    api.create(&PostParams::default(), &request),
-                )
+                .call("tokenreview", &self.token_reviews, || {
+                    api.create(&params, &request)
+                })
                 .await?;
             let Some(status) = answer.status else {
                 return Err(ReviewError::Inconsistent(
@@ -238,12 +305,11 @@ impl AccessReviewer for ApiServer {
                 ..SubjectAccessReview::default()
             };
             let api = Api::<SubjectAccessReview>::all(self.client.clone());
+            let params = PostParams::default();
             let answer = self
-                .call(
-                    "subjectaccessreview",
-                    &self.access_reviews,
-                    api.create(&PostParams::default(), &request),
-                )
+                .call("subjectaccessreview", &self.access_reviews, || {
+                    api.create(&params, &request)
+                })
                 .await?;
             let Some(status) = answer.status else {
                 return Err(ReviewError::Inconsistent(
@@ -532,6 +598,73 @@ mod tests {
                 (other, _) => panic!("{status}: {other:?}"),
             }
         }
+    }
+
+    fn status(code: u16) -> Value {
+        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code,
+               "message": "injected"})
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passing_failure_is_tried_again_until_the_deadline() {
+        let (api, mut handle) = api_server(&[]);
+        let started = tokio::time::Instant::now();
+        let reviewed = tokio::spawn(async move { TokenReviewer::review(&api, "t").await });
+        let mut attempts = Vec::new();
+        // Every attempt is answered 503, until the client is dropped with the finished review.
+        while let Some((_, respond)) =
+            tokio::time::timeout(Duration::from_secs(6), handle.next_request())
+                .await
+                .expect("an attempt or the end within 6 s")
+        {
+            attempts.push(started.elapsed());
+            let body = serde_json::to_vec(&status(503)).unwrap();
+            respond.send_response(
+                Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .unwrap(),
+            );
+        }
+        let gaps: Vec<_> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            (4..=5).contains(&attempts.len()),
+            "0.5 s growing by half, within the 5 s deadline: {attempts:?}"
+        );
+        assert!(gaps.windows(2).all(|g| g[1] > g[0]), "{gaps:?}");
+        assert!(gaps[0] >= Duration::from_millis(400) && gaps[0] <= Duration::from_millis(600));
+        assert!(*attempts.last().unwrap() < Duration::from_secs(5));
+        assert!(matches!(
+            reviewed.await.unwrap(),
+            Err(ReviewError::Status { code: 503, .. })
+        ));
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_are_tried_again() {
+        let failed = |code| ReviewError::Status {
+            code,
+            message: String::new(),
+        };
+        for code in [429, 500, 502, 503, 504] {
+            assert!(transient(&failed(code)), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 422] {
+            assert!(!transient(&failed(code)), "{code}");
+        }
+        assert!(!transient(&ReviewError::Timeout(Duration::from_secs(1))));
+        assert!(!transient(&ReviewError::Inconsistent(String::new())));
+        let broken = |kind| {
+            ReviewError::Transport(Arc::new(kube::Error::Service(Box::new(
+                std::io::Error::new(kind, "x"),
+            ))))
+        };
+        assert!(transient(&broken(std::io::ErrorKind::ConnectionReset)));
+        assert!(
+            !transient(&broken(std::io::ErrorKind::ConnectionRefused)),
+            "nothing listens: fail at once, as the kubelet does"
+        );
     }
 
     #[tokio::test]

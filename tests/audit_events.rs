@@ -218,6 +218,8 @@ async fn no_token_reaches_an_event_or_a_log_line() {
     );
     argv.push(log.flag().into());
     argv.push("--log-format=json".into());
+    // A failing review is tried again within this deadline: keep the 500 below prompt.
+    argv.push("--apiserver-timeout=1s".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

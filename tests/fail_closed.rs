@@ -29,7 +29,8 @@ fn authz_error(subresource: &str) -> String {
 
 #[tokio::test]
 async fn a_failing_access_review_is_a_500_without_fallback_and_is_not_cached() {
-    let cluster = cluster(&[]).await;
+    // A 503 is tried again within the deadline: a short one keeps the answer prompt.
+    let cluster = cluster(&["--apiserver-timeout=1s"]).await;
     // Authenticate first, so only the access review fails.
     cluster.get("/stats/summary", TOKEN).await;
     cluster.api.fail_with(Some(503));
@@ -54,6 +55,33 @@ async fn a_failing_access_review_is_a_500_without_fallback_and_is_not_cached() {
             .count(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_passing_failure_is_tried_again_within_the_deadline() {
+    let cluster = cluster(&[]).await;
+    // An API server restarting (503), then overloaded (429): each review is tried again.
+    cluster.api.fail_once(503);
+    assert_eq!(cluster.get("/metrics", TOKEN).await.0, StatusCode::OK);
+    cluster.api.fail_once(429);
+    assert_eq!(cluster.get("/pods", TOKEN).await.0, StatusCode::OK);
+    assert_eq!(
+        cluster.api.token_reviews().len(),
+        2,
+        "the 503 and the answer"
+    );
+    assert_eq!(
+        cluster.api.access_reviews().len(),
+        3,
+        "/metrics, then /pods twice"
+    );
+    // A refusal is final: no second review.
+    cluster.api.fail_once(403);
+    assert_eq!(
+        cluster.get("/stats/summary", TOKEN).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(cluster.api.access_reviews().len(), 4);
 }
 
 #[tokio::test]
@@ -96,7 +124,7 @@ async fn an_evaluation_error_without_allow_is_a_denial() {
 
 #[tokio::test]
 async fn a_failing_token_review_is_a_500_and_is_not_cached() {
-    let cluster = cluster(&[]).await;
+    let cluster = cluster(&["--apiserver-timeout=1s"]).await;
     cluster.api.fail_with(Some(500));
     let (status, body) = cluster.get("/metrics", TOKEN).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
@@ -107,16 +135,16 @@ async fn a_failing_token_review_is_a_500_and_is_not_cached() {
     );
     cluster.api.fail_with(None);
     assert_eq!(cluster.get("/metrics", TOKEN).await.0, StatusCode::OK);
-    assert_eq!(
-        cluster.api.token_reviews().len(),
-        2,
-        "the failed review was asked again"
+    let reviews = cluster.api.token_reviews().len();
+    assert!(
+        reviews >= 3,
+        "tried again within the deadline, then asked again for the next request: {reviews}"
     );
 }
 
 #[tokio::test]
 async fn cached_decisions_keep_working_while_the_api_server_is_down() {
-    let cluster = cluster(&[]).await;
+    let cluster = cluster(&["--apiserver-timeout=1s"]).await;
     assert_eq!(cluster.get("/metrics", TOKEN).await.0, StatusCode::OK);
     cluster.api.fail_with(Some(503));
     assert_eq!(

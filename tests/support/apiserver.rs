@@ -112,6 +112,7 @@ struct State {
     deny: Vec<Rule>,
     delay: Duration,
     fail_with: Option<u16>,
+    fail_once: Option<u16>,
     sar_status: Option<Value>,
     token_reviews: Vec<Value>,
     access_reviews: Vec<Value>,
@@ -193,6 +194,11 @@ impl ApiServerDouble {
     /// Answers every authenticated request with this status and a `Status` body; `None` heals.
     pub fn fail_with(&self, status: Option<u16>) {
         self.lock().fail_with = status;
+    }
+
+    /// Answers the next review with this status and a `Status` body, then heals.
+    pub fn fail_once(&self, status: u16) {
+        self.lock().fail_once = Some(status);
     }
 
     /// Answers every SubjectAccessReview with exactly this `status` object; `None` restores the rules.
@@ -314,7 +320,7 @@ async fn handle(
     } else {
         st.access_reviews.push(review.clone());
     }
-    if let Some(code) = st.fail_with {
+    if let Some(code) = st.fail_once.take().or(st.fail_with) {
         return Ok(status_response(code, "injected failure"));
     }
     let status = if is_token_review {
