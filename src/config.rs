@@ -214,10 +214,13 @@ pub struct ServeArgs {
     /// How long a caller may take to send a request's headers before its connection is closed.
     #[arg(long, env = "KUBELET_GUARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = LIMITS)]
     pub header_read_timeout: Duration,
-    /// How long a connection may stay open with no request in flight, and an exec, attach or
-    /// port-forward caller may acknowledge nothing the guard sends it.
+    /// How long a connection may stay open with no request in flight.
     #[arg(long, env = "KUBELET_GUARD_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration, help_heading = LIMITS)]
     pub idle_timeout: Duration,
+    /// How long an exec, attach or port-forward caller may take nothing of what the guard has for
+    /// it before the stream is closed (as the kubelet's --streaming-connection-idle-timeout, 4h).
+    #[arg(long, env = "KUBELET_GUARD_STREAM_UNREAD_TIMEOUT", default_value = "4h", value_parser = parse_duration, help_heading = LIMITS)]
+    pub stream_unread_timeout: Duration,
     /// Most concurrent streams per HTTP/2 connection.
     #[arg(long, env = "KUBELET_GUARD_HTTP2_MAX_STREAMS", default_value_t = 250, help_heading = LIMITS)]
     pub http2_max_streams: u32,
@@ -333,6 +336,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// `--idle-timeout`.
     pub idle_timeout: Duration,
+    /// `--stream-unread-timeout`, in milliseconds (what `TCP_USER_TIMEOUT` takes).
+    pub stream_unread_millis: u32,
     /// `--http2-max-streams`.
     pub http2_max_streams: u32,
     /// `--max-unauthenticated-connections-per-source`.
@@ -519,6 +524,7 @@ impl ServeArgs {
             ),
             ("--header-read-timeout", self.header_read_timeout),
             ("--idle-timeout", self.idle_timeout),
+            ("--stream-unread-timeout", self.stream_unread_timeout),
         ] {
             if duration.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -593,6 +599,7 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 header_read_timeout: self.header_read_timeout,
                 idle_timeout: self.idle_timeout,
+                stream_unread_millis: stream_unread_millis(self.stream_unread_timeout)?,
                 http2_max_streams: self.http2_max_streams,
                 unauthenticated_per_source: self.max_unauthenticated_connections_per_source,
                 max_header_bytes: self.max_request_header_bytes,
@@ -604,6 +611,18 @@ impl ServeArgs {
             lockdown: (self.kubelet_lockdown, self.kubelet_lockdown_interval),
         })
     }
+}
+
+/// `--stream-unread-timeout` as `TCP_USER_TIMEOUT` takes it: whole milliseconds, from 1 to
+/// `i32::MAX` (Linux refuses more, and 0 would mean the kernel's own default).
+fn stream_unread_millis(timeout: Duration) -> Result<u32, ConfigError> {
+    u32::try_from(timeout.as_millis())
+        .ok()
+        .filter(|millis| (1..=i32::MAX.unsigned_abs()).contains(millis))
+        .ok_or_else(|| ConfigError::Invalid {
+            flag: "--stream-unread-timeout",
+            message: "must be from 1ms to 24 days".into(),
+        })
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`.

@@ -106,7 +106,7 @@ pub enum StreamEnd {
     Shutdown,
     /// The guard closed it when the caller's client certificate expired.
     CertificateExpired,
-    /// The caller acknowledged nothing the guard sent it for `--idle-timeout`: it stopped
+    /// The caller took nothing the guard sent it for `--stream-unread-timeout`: it stopped
     /// reading, or went away without a word.
     CallerUnread,
     /// A connection failed otherwise, or the upgrade never completed after the 101.
@@ -618,7 +618,7 @@ fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Copies bytes both ways between the caller's and the kubelet's upgraded connections until
 /// either side closes (then the other is closed too, as Kubernetes' own upgrade proxy does: a
 /// caller that kept its end of a finished exec would otherwise keep it, and its connection slot,
-/// for ever), the caller's socket gives up on a caller that acknowledges nothing (`caller-unread`:
+/// for ever), the caller's socket gives up on a caller that takes nothing (`caller-unread`:
 /// `server::connection` sets `TCP_USER_TIMEOUT` at the 101), or shutdown's grace period ends, and
 /// reports the totals and how it ended.
 ///

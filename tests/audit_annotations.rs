@@ -443,17 +443,17 @@ async fn flooded(
 }
 
 #[tokio::test]
-async fn a_stream_whose_caller_reads_nothing_is_closed_after_the_idle_timeout() {
+async fn a_stream_whose_caller_reads_nothing_is_closed_after_the_unread_timeout() {
     use tokio::io::AsyncReadExt;
     let log = AuditLog::new();
-    let cluster = cluster(&log, &["--idle-timeout=1s"]).await;
+    let cluster = cluster(&log, &["--stream-unread-timeout=2s"]).await;
     // A quiet stream (a shell waiting for a command) owes the caller nothing: it stays open.
     let quiet = "/exec/team-a/web-0/app?command=sh&input=1&output=1";
     let mut shell = cluster.exec_websocket(quiet, TOKEN).await;
 
     // Two callers that never stop sending. One reads nothing back. The other reads 128 KiB every
     // eighth of a second, far less than the guard could send, so the guard's writes to it wait
-    // for seconds at a time; it still keeps its stream for three idle timeouts.
+    // for seconds at a time; it still keeps its stream for three such timeouts.
     let (slow, never) = ("/portForward/team-a/web-0", "/portForward/team-a/web-1");
     let started = tokio::time::Instant::now();
     let (mut reader, slow_flood) = flooded(&cluster, slow).await;
@@ -470,7 +470,8 @@ async fn a_stream_whose_caller_reads_nothing_is_closed_after_the_idle_timeout() 
         cut["annotations"]["kubelet-guard.io/stream-end"],
         "caller-unread"
     );
-    tokio::time::sleep_until(started + Duration::from_secs(3)).await;
+    assert_eq!(cluster.limit_hits("stream-unread").await, 1);
+    tokio::time::sleep_until(started + Duration::from_secs(6)).await;
     assert!(!reading.is_finished(), "the slow reader still reads");
     reading.abort();
     slow_flood.abort();

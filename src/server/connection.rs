@@ -18,9 +18,10 @@
 //!   peer must wait, or its extra streams are refused).
 //! - The connection's socket carries its `--max-connections` slot and its place in the open
 //!   connections gauge, so an upgraded stream, which outlives the HTTP connection, keeps both.
-//!   From the `101` on, the socket has `TCP_USER_TIMEOUT` = `--idle-timeout`: the kernel closes it
-//!   when the caller acknowledges nothing for that long (it reads nothing while the kubelet
-//!   sends, its window shut, or it is gone), which `forward` reports as `caller-unread`.
+//!   From the `101` on, the socket has `TCP_USER_TIMEOUT` = `--stream-unread-timeout`: the kernel
+//!   closes it when the caller takes nothing for that long (it reads nothing while the kubelet
+//!   sends, so its window stays shut, or it is gone), which `forward` reports as `caller-unread`
+//!   and `proxy::record` counts as limit `stream-unread`.
 //! - A phase change stamps the time and wakes the timer only if the new phase's deadline comes
 //!   before the timer would wake; otherwise the timer finds the change when it wakes. While idle
 //!   it wakes at least every `--header-read-timeout`, so a head that starts is still cut at its own
@@ -112,6 +113,8 @@ struct Activity {
     stream_limit: usize,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    /// `--stream-unread-timeout`, in milliseconds.
+    stream_unread_millis: u32,
     /// When the caller's client certificate expires: the connection is shut down then.
     expires: Option<Instant>,
     /// Response bodies that handed hyper a frame (or were just made) and wait for it to ask again.
@@ -453,6 +456,7 @@ impl Activity {
             stream_limit: limits.http2_max_streams as usize,
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
+            stream_unread_millis: limits.stream_unread_millis,
             expires,
             owed: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
@@ -685,16 +689,16 @@ impl AsyncRead for Admitted {
 
 impl Admitted {
     /// Once a request is answered 101, before the answer is written: from then on the kernel
-    /// closes the connection (`ETIMEDOUT`) when what the guard sent stays unacknowledged for
-    /// `--idle-timeout` (`TCP_USER_TIMEOUT`, which bounds zero-window probing too). That is a
-    /// caller that stopped reading an exec, attach or port-forward, or went away without a word;
-    /// one that reads, however slowly, opens its window and keeps the stream.
+    /// closes the connection (`ETIMEDOUT`) when what the guard sent stays unacknowledged, or its
+    /// window shut, for `--stream-unread-timeout` (`TCP_USER_TIMEOUT`, which bounds zero-window
+    /// probing too since Linux 5.11). That is a caller that stopped reading an exec, attach or
+    /// port-forward, or went away without a word; one that reads on reopens its window.
     fn arm_upgraded(&mut self) {
         let activity = &self.activity;
         if activity.upgrading.load(Ordering::Relaxed)
             && activity.upgrading.swap(false, Ordering::Acquire)
         {
-            let millis = u32::try_from(activity.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+            let millis = activity.stream_unread_millis;
             if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(self.io.get_ref().0, millis)
             {
                 tracing::warn!(error = %e, "could not bound how long an upgraded stream's caller may read nothing");
