@@ -103,16 +103,22 @@ pub struct CallerTrust {
 pub const REVERIFY: Duration = Duration::from_secs(60);
 
 impl CallerTrust {
-    /// The chain a connection presented when `serving`'s configuration `at` verified it.
+    /// The chain a connection presented to `serving`'s configuration `at`. A full handshake has
+    /// just verified it; a `resumed` one carries the chain of the handshake that made the session,
+    /// verified then (rustls does not verify it again), so it is verified now.
     pub fn new(
         chain: &[CertificateDer<'_>],
         serving: Arc<Watched<Serving>>,
         at: Arc<Serving>,
+        resumed: bool,
     ) -> Self {
+        let chain: Vec<CertificateDer<'static>> =
+            chain.iter().map(|cert| cert.clone().into_owned()).collect();
+        let verified = !resumed || verify(&chain, &at);
         Self {
-            chain: chain.iter().map(|cert| cert.clone().into_owned()).collect(),
+            chain,
             serving,
-            checked: Mutex::new((at, true, Instant::now())),
+            checked: Mutex::new((at, verified, Instant::now())),
         }
     }
 
@@ -126,15 +132,20 @@ impl CallerTrust {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         if !Arc::ptr_eq(&checked.0, &current) || now.duration_since(checked.2) >= REVERIFY {
-            let verified = match (self.chain.split_first(), &current.callers) {
-                (Some((leaf, intermediates)), Some(verifier)) => verifier
-                    .verify_client_cert(leaf, intermediates, UnixTime::now())
-                    .is_ok(),
-                _ => false,
-            };
+            let verified = verify(&self.chain, &current);
             *checked = (current, verified, now);
         }
         checked.1
+    }
+}
+
+/// Whether `serving`'s client CAs admit `chain` now.
+fn verify(chain: &[CertificateDer<'static>], serving: &Serving) -> bool {
+    match (chain.split_first(), &serving.callers) {
+        (Some((leaf, intermediates)), Some(verifier)) => verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok(),
+        _ => false,
     }
 }
 

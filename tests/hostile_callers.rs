@@ -234,6 +234,59 @@ async fn an_expired_client_certificate_is_refused_on_a_kept_alive_and_a_resumed_
 }
 
 #[tokio::test]
+async fn a_resumed_session_is_refused_once_its_client_ca_has_expired() {
+    // The client CA bundle: the cluster CA, and a CA that expires in 3 s whose leaf does not.
+    let short = support::pki::Ca::valid_for("short-lived-ca", Some(Duration::from_secs(3)));
+    let bundle = support::temp_dir("bundle").join("client-ca.crt");
+    let cluster = Cluster::start(&[]).await;
+    std::fs::write(
+        &bundle,
+        format!("{}{}", cluster.ca.cert_pem(), short.cert_pem()),
+    )
+    .unwrap();
+    let mut argv = support::guard::flags(
+        &cluster.ca,
+        &cluster.kubelet_ca,
+        &cluster.api,
+        &cluster.kubelet,
+        &[],
+    );
+    argv.retain(|flag| !flag.starts_with("--client-ca-file="));
+    argv.push(format!("--client-ca-file={}", bundle.display()));
+    let guard = support::guard::start_with_flags(&argv).await.unwrap();
+    cluster.api.allow("agent", "get", "metrics");
+    let client = support::client::TlsClient::new(
+        cluster.ca.cert_path(),
+        Some(&short.client_cert("agent", &[])),
+    );
+    let (status, _, _) = client.get(guard.proxy_addr, "/metrics", None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a full handshake while the CA is valid"
+    );
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The session made while the CA was valid resumes without the chain being verified by TLS.
+    let tls = client.connect(guard.proxy_addr, b"http/1.1").await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = support::client::request("GET", "/metrics", None);
+    assert_eq!(
+        sender.send_request(request).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "the CA expired: the chain admits no one"
+    );
+    guard.stop().await;
+}
+
+#[tokio::test]
 async fn of_two_common_names_the_last_is_the_user() {
     let cluster = cluster(&["--pod-scoped-authz"]).await;
     cluster.api.allow("bob", "create", "proxy");

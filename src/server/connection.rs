@@ -45,6 +45,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::HandshakeKind;
 use tokio_rustls::server::TlsStream;
 
 use crate::admission::Ticket;
@@ -400,12 +401,12 @@ async fn handshake(
             // A verified certificate is proof enough: the connection leaves its source's count.
             let trust = match (&certificate, chain) {
                 (PeerCertificate::Identity { .. }, Some(chain)) => {
-                    admission.prove();
-                    Some(Box::new(CallerTrust::new(
-                        chain,
-                        Arc::clone(watched),
-                        serving,
-                    )))
+                    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+                    let trust = CallerTrust::new(chain, Arc::clone(watched), serving, resumed);
+                    if trust.holds() {
+                        admission.prove();
+                    }
+                    Some(Box::new(trust))
                 }
                 _ => None,
             };

@@ -42,7 +42,15 @@ pub struct CertKey {
 impl Ca {
     /// Generates a self-signed CA with subject CN `name` and writes `ca.crt`.
     pub fn new(name: &str) -> Ca {
+        Self::valid_for(name, None)
+    }
+
+    /// As [`Ca::new`], valid from now for `validity` when given.
+    pub fn valid_for(name: &str, validity: Option<std::time::Duration>) -> Ca {
         let mut params = CertificateParams::default();
+        if let Some(validity) = validity {
+            (params.not_before, params.not_after) = from_now(validity);
+        }
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -124,15 +132,7 @@ impl Ca {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if let Some(validity) = validity {
-            let now = time::OffsetDateTime::from_unix_timestamp(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64,
-            )
-            .unwrap();
-            params.not_before = now;
-            params.not_after = now + validity;
+            (params.not_before, params.not_after) = from_now(validity);
         }
         self.issue(cns[0], &params, None)
     }
@@ -300,4 +300,16 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// From now (to the second) for `validity`.
+fn from_now(validity: std::time::Duration) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::from_unix_timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    )
+    .unwrap();
+    (now, now + validity)
 }
