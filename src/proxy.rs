@@ -131,6 +131,7 @@ async fn guard(
     );
 
     let decided = decide(state, peer, &request, classified, trail).await;
+    trail.authorized = decided.is_ok();
     // Observe mode forwards callers without a certificate with their own credentials, so the
     // kubelet's native authorization decides; the guard's would-be refusal is only recorded.
     let credential =

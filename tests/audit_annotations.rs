@@ -99,6 +99,32 @@ async fn a_refusal_by_the_pod_check_is_a_forbid_with_its_reason() {
 }
 
 #[tokio::test]
+async fn a_pod_check_that_never_decided_is_not_recorded_as_an_allow() {
+    let log = AuditLog::new();
+    let cluster = cluster(&log, &["--pod-scoped-authz", "--apiserver-timeout=1s"]).await;
+    cluster.api.allow_pod(USER, "get", "log", "team-a");
+    // The token and the node-level check are cached by a first read; then the API server fails.
+    let first = "/containerLogs/team-a/web-0/app";
+    assert_eq!(cluster.get(first, TOKEN).await.0, StatusCode::OK);
+    cluster.api.fail_with(Some(500));
+    let logs = "/containerLogs/team-a/web-1/app";
+    assert_eq!(
+        cluster.get(logs, TOKEN).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+
+    let refused = event(&log, logs, "ResponseComplete").await;
+    let annotations = &refused["annotations"];
+    assert_eq!(annotations["kubelet-guard.io/checks"], "proxy=allow");
+    assert_eq!(
+        annotations["authorization.k8s.io/decision"], "forbid",
+        "never forwarded: the pod review failed"
+    );
+    let reason = annotations["authorization.k8s.io/reason"].as_str().unwrap();
+    assert!(reason.starts_with("Authorization error"), "{reason}");
+}
+
+#[tokio::test]
 async fn a_path_without_a_pod_uid_names_no_uid() {
     let log = AuditLog::new();
     let cluster = cluster(&log, &[]).await;

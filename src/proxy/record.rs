@@ -39,6 +39,8 @@ pub(super) struct Trail {
     pub(super) pod: Option<(Resource, Decision)>,
     /// In observe mode, what enforcing would have answered instead of forwarding.
     pub(super) observed: Option<Outcome>,
+    /// Whether every check the request needs allowed it (the pod check too, when it has one).
+    pub(super) authorized: bool,
     /// Whether the request went to the kubelet.
     pub(super) forwarded: bool,
 }
@@ -289,19 +291,22 @@ fn event(
 ) -> Event {
     let mut annotations = BTreeMap::new();
     if let Some(verdict) = &trail.verdict {
-        // A pod check that denied forbids the request, whatever the node-level checks said.
+        // A pod check that denied forbids the request, whatever the node-level checks said; so
+        // does one that never decided (an unnamed pod, a failed review, a caller gone first),
+        // whose reason is then the refusal's.
         let pod_denied = trail
             .pod
             .as_ref()
             .map(|(_, decision)| decision)
             .filter(|decision| !decision.is_allow());
-        let allowed = verdict.allowed_by().is_some() && pod_denied.is_none();
+        let allowed = trail.authorized;
         annotations.insert(
             audit::DECISION,
             if allowed { "allow" } else { "forbid" }.to_owned(),
         );
+        let last = verdict.checks.last().map(|(_, decision)| decision);
         let reason = pod_denied
-            .or_else(|| verdict.checks.last().map(|(_, decision)| decision))
+            .or_else(|| last.filter(|decision| allowed || !decision.is_allow()))
             .map(|decision| match decision {
                 Decision::Allow { reason } | Decision::Deny { reason } => reason.to_string(),
             });
