@@ -122,6 +122,33 @@ pub struct Event {
     pub annotations: BTreeMap<&'static str, String>,
 }
 
+impl Event {
+    /// About how many bytes the event holds, in memory and once written: its strings, plus an
+    /// allowance for the rest. What a queue's byte budget counts.
+    pub fn weight(&self) -> usize {
+        const REST: usize = 1024;
+        let user = &self.user;
+        REST + self.audit_id.len()
+            + self.request_uri.len()
+            + self.verb.len()
+            + user.username.len()
+            + user.uid.len()
+            + user.groups.iter().map(String::len).sum::<usize>()
+            + user
+                .extra
+                .iter()
+                .map(|(key, values)| key.len() + values.iter().map(String::len).sum::<usize>())
+                .sum::<usize>()
+            + self.user_agent.as_ref().map_or(0, String::len)
+            + self.response_status.message.as_ref().map_or(0, String::len)
+            + self
+                .annotations
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
 /// Audit stages used by the guard.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub enum Stage {

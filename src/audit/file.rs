@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::Event;
-use super::sink::{AuditError, LogDestination, LogSettings, Rotation, Throttle};
+use super::sink::{AuditError, LogDestination, LogSettings, Queue, Rotation, Throttle};
 use crate::shutdown::stopped;
 
 /// The audit log: a rotating file or a stream such as standard output.
@@ -144,7 +144,7 @@ impl LogSink {
 /// Writes queued events until shutdown, then writes what was queued before it and returns.
 pub(crate) async fn run(
     mut sink: LogSink,
-    mut queue: mpsc::Receiver<Arc<Event>>,
+    mut queue: Queue,
     mut shutdown: watch::Receiver<bool>,
     lost: IntCounter,
 ) {
@@ -161,8 +161,8 @@ pub(crate) async fn run(
         let mut batch = vec![first];
         while batch.len() < WRITE_BATCH {
             match queue.try_recv() {
-                Ok(event) => batch.push(event),
-                Err(_) => break,
+                Some(event) => batch.push(event),
+                None => break,
             }
         }
         match write(sink, batch, &report, &lost).await {
@@ -176,8 +176,8 @@ pub(crate) async fn run(
         let mut batch = Vec::new();
         while batch.len() < WRITE_BATCH {
             match queue.try_recv() {
-                Ok(event) => batch.push(event),
-                Err(_) => break,
+                Some(event) => batch.push(event),
+                None => break,
             }
         }
         if batch.is_empty() {

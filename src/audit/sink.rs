@@ -7,6 +7,10 @@
 //! `kubelet_guard_audit_events_dropped_total{reason}` and reported by a warning at most once a
 //! second.
 //!
+//! Each queue holds at most `--audit-queue-size` events and [`QUEUE_BYTES`] of them (by
+//! [`Event::weight`]): a forwarded request's URI is recorded whole, up to the request head limit,
+//! so 10,000 of them could otherwise hold gigabytes while a webhook receiver is down.
+//!
 //! Half of each queue is kept for the events of authenticated requests (allowed, forbidden, or
 //! undecided): a flood of unauthenticated or malformed requests (401, 400, 405) fills the other
 //! half and then loses its own events (`reason="reserved-for-authenticated"`), never an exec's.
@@ -20,7 +24,7 @@
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec};
@@ -113,11 +117,16 @@ pub enum Priority {
 /// The `reason` labels of `kubelet_guard_audit_events_dropped_total`.
 pub const DROP_REASONS: [&str; 3] = ["queue-full", "reserved-for-authenticated", "write-error"];
 
+/// Most bytes of events (by [`Event::weight`]) one sink's queue holds.
+pub const QUEUE_BYTES: usize = 64 << 20;
+
 /// The sending side of every sink's queue, and what recording a dropped event needs.
 struct Queues {
-    sinks: Vec<mpsc::Sender<Arc<Event>>>,
+    sinks: Vec<Sending>,
     /// Free slots an unauthenticated request's event must leave in a queue.
     reserved: usize,
+    /// Most bytes of events one queue holds.
+    bytes: usize,
     dropped: IntCounterVec,
     report: Throttle,
 }
@@ -172,7 +181,7 @@ impl Auditor {
         let mut sinks = Vec::new();
         let mut tasks = Vec::new();
         if let Some(log) = log {
-            let (tx, rx) = mpsc::channel(capacity);
+            let (tx, rx) = queue(capacity);
             sinks.push(tx);
             let lost = dropped.with_label_values(&["write-error"]);
             tasks.push(tokio::spawn(super::file::run(
@@ -183,7 +192,7 @@ impl Auditor {
             )));
         }
         if let Some(webhook) = webhook {
-            let (tx, rx) = mpsc::channel(capacity);
+            let (tx, rx) = queue(capacity);
             sinks.push(tx);
             tasks.push(tokio::spawn(super::webhook::run(webhook, rx, shutdown)));
         }
@@ -197,6 +206,7 @@ impl Auditor {
         let queues = Queues {
             sinks,
             reserved: capacity / 2,
+            bytes: QUEUE_BYTES,
             dropped,
             report: Throttle::new(Duration::from_secs(1)),
         };
@@ -213,25 +223,36 @@ impl Auditor {
         self.queues.is_some()
     }
 
-    /// Queues `event` for every sink without waiting; a sink whose queue is full (or whose
-    /// writer has stopped), or has only the authenticated share left for an `Unauthenticated`
-    /// event, loses it, and the loss is counted.
+    /// Queues `event` for every sink without waiting; a sink whose queue is full, in events or
+    /// bytes (or whose writer has stopped), or has only the authenticated share left for an
+    /// `Unauthenticated` event, loses it, and the loss is counted.
     pub fn record(&self, event: Event, priority: Priority) {
         let Some(queues) = &self.queues else {
             return;
         };
-        let event = Arc::new(event);
-        for sink in &queues.sinks {
-            let reason =
-                if priority == Priority::Unauthenticated && sink.capacity() <= queues.reserved {
-                    DROP_REASONS[1]
-                } else if sink.try_send(Arc::clone(&event)).is_err() {
-                    DROP_REASONS[0]
-                } else {
-                    continue;
-                };
-            queues.dropped.with_label_values(&[reason]).inc();
-            if let Some(held) = queues.report.allow(Instant::now()) {
+        queues.record(Arc::new(event), priority);
+    }
+}
+
+impl Queues {
+    /// See [`Auditor::record`].
+    fn record(&self, event: Arc<Event>, priority: Priority) {
+        let weight = event.weight();
+        for sink in &self.sinks {
+            let reason = if priority == Priority::Unauthenticated
+                && sink.events.capacity() <= self.reserved
+            {
+                DROP_REASONS[1]
+            } else if !sink.hold(weight, self.bytes) {
+                DROP_REASONS[0]
+            } else if sink.events.try_send(Arc::clone(&event)).is_err() {
+                sink.held.fetch_sub(weight, Ordering::AcqRel);
+                DROP_REASONS[0]
+            } else {
+                continue;
+            };
+            self.dropped.with_label_values(&[reason]).inc();
+            if let Some(held) = self.report.allow(Instant::now()) {
                 tracing::warn!(
                     dropped_since_last_report = held + 1,
                     reason,
@@ -239,6 +260,67 @@ impl Auditor {
                 );
             }
         }
+    }
+}
+
+/// The sending side of one sink's queue.
+struct Sending {
+    events: mpsc::Sender<Arc<Event>>,
+    /// The weight of the events queued.
+    held: Arc<AtomicUsize>,
+}
+
+impl Sending {
+    /// Counts `weight` more bytes queued, unless that would pass `budget`.
+    fn hold(&self, weight: usize, budget: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(weight).filter(|total| *total <= budget)
+            })
+            .is_ok()
+    }
+}
+
+/// One sink's queue, as its writer reads it: taking an event gives its bytes back.
+pub(crate) struct Queue {
+    events: mpsc::Receiver<Arc<Event>>,
+    held: Arc<AtomicUsize>,
+}
+
+/// A queue of at most `capacity` events.
+fn queue(capacity: usize) -> (Sending, Queue) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let held = Arc::new(AtomicUsize::new(0));
+    (
+        Sending {
+            events: tx,
+            held: Arc::clone(&held),
+        },
+        Queue { events: rx, held },
+    )
+}
+
+impl Queue {
+    /// The next event; `None` once the queue is closed and empty.
+    pub(crate) async fn recv(&mut self) -> Option<Arc<Event>> {
+        let event = self.events.recv().await?;
+        Some(self.taken(event))
+    }
+
+    /// The next event if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Arc<Event>> {
+        let event = self.events.try_recv().ok()?;
+        Some(self.taken(event))
+    }
+
+    /// Refuses every event from now on; those queued can still be taken.
+    pub(crate) fn close(&mut self) {
+        self.events.close();
+    }
+
+    fn taken(&self, event: Arc<Event>) -> Arc<Event> {
+        self.held.fetch_sub(event.weight(), Ordering::AcqRel);
+        event
     }
 }
 
@@ -340,6 +422,43 @@ pub(crate) mod tests {
         let auditor = Auditor::disabled();
         assert!(!auditor.is_enabled());
         auditor.record(event(1), Priority::Authenticated);
+    }
+
+    #[test]
+    fn a_queue_holds_events_up_to_its_byte_budget_and_frees_what_is_taken() {
+        let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
+        let (sending, mut queue) = queue(100);
+        let mut big = event(1);
+        big.request_uri = format!("/metrics?{}", "x".repeat(100_000));
+        let weight = big.weight();
+        let queues = Queues {
+            sinks: vec![sending],
+            reserved: 50,
+            bytes: 3 * weight,
+            dropped: dropped.clone(),
+            report: Throttle::new(Duration::from_secs(1)),
+        };
+        let big = Arc::new(big);
+        for _ in 0..5 {
+            queues.record(Arc::clone(&big), Priority::Authenticated);
+        }
+        let full = dropped.with_label_values(&["queue-full"]);
+        assert_eq!(
+            full.get(),
+            2,
+            "three fit in the budget, though 100 events would"
+        );
+        assert!(queue.try_recv().is_some());
+        queues.record(Arc::clone(&big), Priority::Authenticated);
+        assert_eq!(full.get(), 2, "taking one made room for one");
+        queues.record(Arc::clone(&big), Priority::Authenticated);
+        assert_eq!(full.get(), 3);
+        let mut left = 0;
+        while queue.try_recv().is_some() {
+            left += 1;
+        }
+        assert_eq!(left, 3);
+        assert_eq!(queues.sinks[0].held.load(Ordering::Acquire), 0);
     }
 
     #[test]

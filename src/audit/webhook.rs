@@ -30,10 +30,10 @@ use http::uri::{PathAndQuery, Uri};
 use http_body_util::{BodyExt, Limited};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use prometheus::IntCounter;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::sink::{AuditError, SHUTDOWN_GRACE, WebhookSettings};
+use super::sink::{AuditError, Queue, SHUTDOWN_GRACE, WebhookSettings};
 use super::{API_VERSION, EVENT_LIST_KIND, Event, EventList};
 use crate::shutdown::stopped;
 
@@ -164,11 +164,7 @@ impl WebhookSink {
 }
 
 /// Batches queued events until shutdown, then sends what is in hand and queued, and returns.
-pub(crate) async fn run(
-    sink: WebhookSink,
-    mut queue: mpsc::Receiver<Arc<Event>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch::Receiver<bool>) {
     let max = sink.batch_max_size.get();
     let mut batch: Vec<Event> = Vec::with_capacity(max.min(1024));
     let mut send_at: Option<Instant> = None;
@@ -220,8 +216,8 @@ pub(crate) async fn run(
     loop {
         while batch.len() < max {
             match queue.try_recv() {
-                Ok(event) => batch.push(Arc::unwrap_or_clone(event)),
-                Err(_) => break,
+                Some(event) => batch.push(Arc::unwrap_or_clone(event)),
+                None => break,
             }
         }
         if batch.is_empty() {
