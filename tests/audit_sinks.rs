@@ -218,6 +218,57 @@ async fn a_500_is_retried_and_the_batch_arrives_once() {
 }
 
 #[tokio::test]
+async fn a_batch_the_receiver_refuses_is_dropped_at_once() {
+    let ca = Ca::new("audit-ca");
+    let receiver = AuditReceiver::start(&ca).await;
+    // 413: the receiver will never take this body; asking again only delays the next batches.
+    receiver.fail_next_with(1, 413);
+    let trail = Trail::start(settings(
+        None,
+        Some(webhook(&receiver, 1, Duration::from_secs(3600))),
+    ))
+    .await;
+    trail.auditor.record(event(0), Priority::Authenticated);
+    eventually("the batch given up", || {
+        (trail.webhook_failures.get() == 1).then_some(())
+    })
+    .await;
+    trail.auditor.record(event(1), Priority::Authenticated);
+    let batches = with_deadline("the next batch", receiver.wait_for_batches(1)).await;
+    assert_eq!(batches[0]["items"][0]["auditID"], audit_id(1));
+    let statuses: Vec<_> = receiver.attempts().iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [413, 200],
+        "no second attempt of the refused batch"
+    );
+    trail.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_holds_at_most_ten_mebibytes() {
+    let ca = Ca::new("audit-ca");
+    let receiver = AuditReceiver::start(&ca).await;
+    let trail = Trail::start(settings(
+        None,
+        Some(webhook(&receiver, 400, Duration::from_secs(3600))),
+    ))
+    .await;
+    // Three events of 4 MiB (a forwarded URI is recorded whole): two fit in a batch, not three.
+    for n in 0..3 {
+        let mut big = event(n);
+        big.request_uri = format!("/metrics?{}", "x".repeat(4 << 20));
+        trail.auditor.record(big, Priority::Authenticated);
+    }
+    let batches = with_deadline("the first batch", receiver.wait_for_batches(1)).await;
+    assert_eq!(batches[0]["items"].as_array().unwrap().len(), 2);
+    trail.stop().await;
+    let batches = receiver.batches();
+    assert_eq!(batches.len(), 2, "the third went at shutdown, alone");
+    assert_eq!(batches[1]["items"][0]["auditID"], audit_id(2));
+}
+
+#[tokio::test]
 async fn a_receiver_that_stays_down_costs_one_counted_batch() {
     let ca = Ca::new("audit-ca");
     let receiver = AuditReceiver::start(&ca).await;

@@ -1,8 +1,10 @@
 //! The audit webhook sink, as kube-apiserver's batching webhook backend
 //! (`k8s.io/apiserver/plugin/pkg/audit/webhook`, `plugin/pkg/audit/buffered`): events are collected
-//! into an `audit.k8s.io/v1` `EventList` of at most `--audit-webhook-batch-max-size` items, sent
-//! when full or when its first event has waited `--audit-webhook-batch-max-wait`, and POSTed as JSON
-//! to the `server` URL of the current context of `--audit-webhook-config-file`.
+//! into an `audit.k8s.io/v1` `EventList` of at most `--audit-webhook-batch-max-size` items and
+//! [`BATCH_BYTES`] (by [`Event::weight`], as kube-apiserver's
+//! `--audit-webhook-truncate-max-batch-size`), sent when full or when its first event has waited
+//! `--audit-webhook-batch-max-wait`, and POSTed as JSON to the `server` URL of the current context
+//! of `--audit-webhook-config-file`.
 //!
 //! The kubeconfig is loaded by kube-rs, so CA files and data, client certificates, tokens, token
 //! files and exec plugins work as in kube-apiserver, over the process's one (ring) TLS provider.
@@ -10,9 +12,11 @@
 //! would give `/k8s-audit/`, which Falco's receiver does not serve), so the client is given the
 //! URL's origin only and every POST targets the URL's path and query exactly.
 //!
-//! A non-2xx answer or a transport failure is retried after `--audit-webhook-initial-backoff`, each
-//! later wait 1.5 times the last (kube-apiserver's factor), for at most [`MAX_ATTEMPTS`] attempts;
-//! then the batch is dropped, counted in `kubelet_guard_audit_webhook_failures_total` and logged.
+//! A transport failure, a 429 or a 5xx answer is retried after `--audit-webhook-initial-backoff`,
+//! each later wait 1.5 times the last (kube-apiserver's factor), for at most [`MAX_ATTEMPTS`]
+//! attempts; then the batch is dropped. Any other answer (a 400, or a 413 for a body the receiver
+//! will never take) drops it at once, as kube-apiserver's webhook does not retry it either. A
+//! dropped batch is counted in `kubelet_guard_audit_webhook_failures_total` and logged.
 //! Batches go out one at a time; while one is retried new events wait in the queue, whose overflow
 //! the `Auditor` counts. On shutdown the batch in hand and everything queued are sent within
 //! [`SHUTDOWN_GRACE`], retries included. Logs name the kubeconfig file, never the URL (it may
@@ -66,6 +70,10 @@ const ANSWER_LIMIT: usize = 64 * 1024;
 
 const FLAG: &str = "--audit-webhook-config-file";
 
+/// Most bytes of events (by [`Event::weight`]) in one batch: kube-apiserver's default
+/// `--audit-webhook-truncate-max-batch-size`, so a receiver that takes its batches takes ours.
+pub(crate) const BATCH_BYTES: usize = 10 << 20;
+
 impl WebhookSink {
     /// Loads the kubeconfig and builds the client; nothing is sent yet.
     pub(crate) async fn connect(
@@ -106,12 +114,12 @@ impl WebhookSink {
         let mut backoff = self.initial_backoff.min(MAX_BACKOFF);
         let mut attempt = 1;
         loop {
-            let error = match self.post(body.clone(), deadline).await {
+            let (error, again) = match self.post(body.clone(), deadline).await {
                 Ok(()) => return,
-                Err(error) => error,
+                Err(failed) => failed,
             };
             let out_of_time = deadline.is_some_and(|d| Instant::now() + backoff >= d);
-            if attempt >= MAX_ATTEMPTS || out_of_time {
+            if !again || attempt >= MAX_ATTEMPTS || out_of_time {
                 self.give_up(events, attempt, &error);
                 return;
             }
@@ -128,17 +136,18 @@ impl WebhookSink {
         }
     }
 
-    /// One POST of `body`; `Err` says why the receiver did not take it.
-    async fn post(&self, body: Bytes, deadline: Option<Instant>) -> Result<(), String> {
+    /// One POST of `body`; `Err` says why the receiver did not take it, and whether it may if
+    /// asked again.
+    async fn post(&self, body: Bytes, deadline: Option<Instant>) -> Result<(), (String, bool)> {
         let request = http::Request::post(self.endpoint.as_str())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(kube::client::Body::from(body))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.to_string(), false))?;
         let limit = Instant::now() + ATTEMPT_TIMEOUT;
         let limit = deadline.map_or(limit, |d| d.min(limit));
         let response = match tokio::time::timeout_at(limit, self.client.send(request)).await {
-            Err(_) => return Err("no answer in time".into()),
-            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(("no answer in time".into(), true)),
+            Ok(Err(e)) => return Err((e.to_string(), true)),
             Ok(Ok(response)) => response,
         };
         let status = response.status();
@@ -147,7 +156,8 @@ impl WebhookSink {
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("the receiver answered {status}"))
+            let again = status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            Err((format!("the receiver answered {status}"), again))
         }
     }
 
@@ -166,8 +176,10 @@ impl WebhookSink {
 /// Batches queued events until shutdown, then sends what is in hand and queued, and returns.
 pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch::Receiver<bool>) {
     let max = sink.batch_max_size.get();
-    let mut batch: Vec<Event> = Vec::with_capacity(max.min(1024));
+    let mut batch = Batch::new(max);
     let mut send_at: Option<Instant> = None;
+    // An event that did not fit the batch in hand: the first of the next.
+    let mut carried: Option<Arc<Event>> = None;
     let deadline = loop {
         let wait_over = async move {
             match send_at {
@@ -186,14 +198,15 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
                 if batch.is_empty() {
                     send_at = Some(later(sink.batch_max_wait));
                 }
-                batch.push(Arc::unwrap_or_clone(event));
-                if batch.len() < max {
+                if let Err(event) = batch.push(event) {
+                    carried = Some(event);
+                } else if !batch.is_full() {
                     continue;
                 }
             }
         }
         // The batch is full or its first event has waited long enough.
-        let body = encode(&batch);
+        let body = encode(&batch.events);
         let events = batch.len();
         let mut delivery = pin!(sink.deliver(events, body, None));
         let stopping = tokio::select! {
@@ -210,14 +223,22 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
         }
         batch.clear();
         send_at = None;
+        if let Some(event) = carried.take() {
+            send_at = Some(later(sink.batch_max_wait));
+            // An empty batch takes any event.
+            let _ = batch.push(event);
+        }
     };
     // Events recorded from now on are refused (and counted as dropped); the rest is sent.
     queue.close();
     loop {
-        while batch.len() < max {
-            match queue.try_recv() {
-                Some(event) => batch.push(Arc::unwrap_or_clone(event)),
-                None => break,
+        while !batch.is_full() {
+            let Some(event) = carried.take().or_else(|| queue.try_recv()) else {
+                break;
+            };
+            if let Err(event) = batch.push(event) {
+                carried = Some(event);
+                break;
             }
         }
         if batch.is_empty() {
@@ -227,12 +248,59 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
         if Instant::now() >= deadline {
             sink.give_up(events, 0, "shutdown grace period over");
         } else {
-            let delivery = sink.deliver(events, encode(&batch), Some(deadline));
+            let delivery = sink.deliver(events, encode(&batch.events), Some(deadline));
             if tokio::time::timeout_at(deadline, delivery).await.is_err() {
                 sink.give_up(events, 0, "shutdown grace period over");
             }
         }
         batch.clear();
+    }
+}
+
+/// The events of one batch, and their weight.
+struct Batch {
+    events: Vec<Event>,
+    bytes: usize,
+    max: usize,
+}
+
+impl Batch {
+    fn new(max: usize) -> Self {
+        Self {
+            events: Vec::with_capacity(max.min(1024)),
+            bytes: 0,
+            max,
+        }
+    }
+
+    /// Adds `event`, or hands it back when it would take a batch that holds something past
+    /// [`BATCH_BYTES`].
+    fn push(&mut self, event: Arc<Event>) -> Result<(), Arc<Event>> {
+        let weight = event.weight();
+        if !self.events.is_empty() && self.bytes + weight > BATCH_BYTES {
+            return Err(event);
+        }
+        self.bytes += weight;
+        self.events.push(Arc::unwrap_or_clone(event));
+        Ok(())
+    }
+
+    /// Whether the batch holds `--audit-webhook-batch-max-size` events or [`BATCH_BYTES`].
+    fn is_full(&self) -> bool {
+        self.events.len() >= self.max || self.bytes >= BATCH_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.bytes = 0;
     }
 }
 

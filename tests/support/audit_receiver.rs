@@ -62,6 +62,8 @@ struct State {
     batches: Vec<Value>,
     attempts: Vec<Attempt>,
     fail_next: usize,
+    /// What the next failures answer; 500 unless set.
+    fail_status: Option<u16>,
     fail_always: bool,
 }
 
@@ -96,7 +98,14 @@ impl AuditReceiver {
 
     /// Answers the next `n` POSTs with 500 before accepting again.
     pub fn fail_next(&self, n: usize) {
-        self.lock().fail_next = n;
+        self.fail_next_with(n, 500);
+    }
+
+    /// Answers the next `n` POSTs with `status` before accepting again.
+    pub fn fail_next_with(&self, n: usize, status: u16) {
+        let mut st = self.lock();
+        st.fail_next = n;
+        st.fail_status = Some(status);
     }
 
     /// Answers every POST with 500 until called with `false`.
@@ -229,7 +238,7 @@ async fn handle(
             500
         } else if st.fail_next > 0 {
             st.fail_next -= 1;
-            500
+            st.fail_status.unwrap_or(500)
         } else {
             200
         }
