@@ -14,12 +14,17 @@
 //!    `…?access_token=…`);
 //! 3. the value of `Name:value` when the name holds a secret word (`X-Auth-Token: …`);
 //! 4. the word after a flag (`-…`, no `=`) whose name holds a secret word (`--password …`);
-//! 5. the password of a URL's user information (`https://user:…@host`).
+//! 5. the password of a URL's user information (`https://user:…@host`);
+//! 6. the token of a WebSocket bearer subprotocol (`base64url.bearer.authorization.k8s.io.…`);
+//! 7. a JSON Web Token anywhere in a word (`eyJ…` in three dot-separated base64url parts), as a
+//!    service-account token is, whatever names it;
+//! 8. the word after `--oauth2-bearer`, and the password of the `user:password` word after `-u`,
+//!    `--user` or `--proxy-user` (curl's credentials; a user name alone is kept).
 //!
 //! Secret words, in any case: `token`, `password`, `passwd`, `secret`, `credential`, `apikey`,
 //! `api-key`, `api_key`, `authorization`. A redacted word keeps the quotes around it and becomes
-//! [`MARK`]. In a `requestURI`, the values of each query key go through the same rule, every
-//! value of a key that holds a secret word is redacted whole, and a pair the kubelet does not
+//! [`MARK`]. In a `requestURI`, the values of each query key go through the same rule, and so
+//! does each key itself; every value of a key that holds a secret word is redacted whole, and a pair the kubelet does not
 //! read (one holding `;` or a bad `%` escape, which Go's `url.ParseQuery` drops) becomes
 //! [`MARK`] whole, since it cannot be read word by word; the rest of the URI stays as sent.
 //!
@@ -50,9 +55,29 @@ const SECRET_WORDS: [&str; 9] = [
 /// Authorization schemes whose next word is the credential.
 const SCHEMES: [&str; 3] = ["bearer", "basic", "token"];
 
+/// Flags without a secret word whose next word is a credential.
+const CREDENTIAL_FLAGS: [&str; 1] = ["--oauth2-bearer"];
+
+/// Flags whose next word may be `user:password`.
+const USER_FLAGS: [&str; 3] = ["-u", "--user", "--proxy-user"];
+
+/// What the word after a word is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Judged on its own.
+    Plain,
+    /// A credential.
+    Credential,
+    /// A user name, with its password after a `:` if it has one.
+    UserInfo,
+}
+
+/// What precedes the token in Kubernetes' WebSocket bearer subprotocol.
+const BEARER_PROTOCOL: &str = "bearer.authorization.k8s.io.";
+
 /// The arguments with every credential the rule recognises replaced by [`MARK`].
 pub fn redact_arguments(arguments: &[String]) -> Vec<String> {
-    let mut next_is_secret = false;
+    let mut next = Next::Plain;
     arguments
         .iter()
         .map(|argument| {
@@ -60,9 +85,9 @@ pub fn redact_arguments(arguments: &[String]) -> Vec<String> {
             let mut copied = 0;
             for (start, word) in words(argument) {
                 redacted.push_str(&argument[copied..start]);
-                let (shown, introduces) = redact_word(word, next_is_secret);
+                let (shown, introduces) = redact_word(word, next);
                 redacted.push_str(&shown);
-                next_is_secret = introduces;
+                next = introduces;
                 copied = start + word.len();
             }
             redacted.push_str(&argument[copied..]);
@@ -104,9 +129,18 @@ pub fn redact_target(target: &str) -> Cow<'_, str> {
         } else {
             redact_arguments(&values)
         };
+        // A key can carry a credential too (`?Bearer%20…`, `?eyJ…`).
+        let shown_key = redact_arguments(&[(*key).to_owned()])
+            .pop()
+            .unwrap_or_default();
         for ((pair, value), redacted) in group.iter().zip(&values).zip(redacted) {
-            if *value != redacted {
-                let key = pair.raw.split_once('=').map_or(pair.raw, |(key, _)| key);
+            if *value != redacted || shown_key != *key {
+                let raw_key = pair.raw.split_once('=').map_or(pair.raw, |(key, _)| key);
+                let key = if shown_key == *key {
+                    Cow::Borrowed(raw_key)
+                } else {
+                    Cow::Owned(query_escape(&shown_key))
+                };
                 replaced.insert(at(pair.raw), format!("{key}={}", query_escape(&redacted)));
             }
         }
@@ -146,8 +180,8 @@ fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
-/// One word, redacted if it is a credential, and whether the word after it is one.
-fn redact_word(word: &str, is_credential: bool) -> (Cow<'_, str>, bool) {
+/// One word, redacted if it is a credential, and what the word after it is.
+fn redact_word(word: &str, next: Next) -> (Cow<'_, str>, Next) {
     // The scheme may end a `Name:` or `--flag=` word: `Authorization:Bearer`.
     let last = word.rsplit([':', '=']).next().unwrap_or(word);
     let bare = last.trim_matches(['\'', '"']);
@@ -164,12 +198,40 @@ fn redact_word(word: &str, is_credential: bool) -> (Cow<'_, str>, bool) {
         // `PASSWORD=token`: a secret name's value is masked even when it reads as a scheme,
         // and the word after it too, in case it was one.
         if is_secret(name) && !header.eq_ignore_ascii_case("authorization") {
-            return (Cow::Owned(format!("{name}{}", mask(last))), true);
+            return (
+                Cow::Owned(format!("{name}{}", mask(last))),
+                Next::Credential,
+            );
         }
-        return (Cow::Borrowed(word), true);
+        return (Cow::Borrowed(word), Next::Credential);
     }
-    if is_credential {
-        return (mask(word), false);
+    match next {
+        Next::Credential => return (mask(word), Next::Plain),
+        Next::UserInfo => {
+            if let Some((user, password)) = word.split_once(':')
+                && !password.trim_matches(['\'', '"']).is_empty()
+            {
+                return (
+                    Cow::Owned(format!("{user}:{}", mask(password))),
+                    Next::Plain,
+                );
+            }
+        }
+        Next::Plain => {}
+    }
+    if let Some(at) = word.find(BEARER_PROTOCOL) {
+        let token = &word[at + BEARER_PROTOCOL.len()..];
+        return (
+            Cow::Owned(format!(
+                "{}{}",
+                &word[..word.len() - token.len()],
+                mask(token)
+            )),
+            Next::Plain,
+        );
+    }
+    if let Some(masked) = without_jwts(word) {
+        return (Cow::Owned(masked), Next::Plain);
     }
     for separator in ['=', ':'] {
         if let Some((name, value)) = word.split_once(separator)
@@ -177,19 +239,70 @@ fn redact_word(word: &str, is_credential: bool) -> (Cow<'_, str>, bool) {
         {
             if value.trim_matches(['\'', '"']).is_empty() {
                 // `X-Auth-Token:` with its value in the next word.
-                return (Cow::Borrowed(word), separator == ':');
+                let next = if separator == ':' {
+                    Next::Credential
+                } else {
+                    Next::Plain
+                };
+                return (Cow::Borrowed(word), next);
             }
             return (
                 Cow::Owned(format!("{name}{separator}{}", mask(value))),
-                false,
+                Next::Plain,
             );
         }
     }
     if let Some(masked) = url_password(word) {
-        return (Cow::Owned(masked), false);
+        return (Cow::Owned(masked), Next::Plain);
     }
-    let flag = word.starts_with('-') && !word.contains('=');
-    (Cow::Borrowed(word), flag && is_secret(word))
+    let next = match (word.starts_with('-') && !word.contains('='), word) {
+        (true, flag) if is_secret(flag) || CREDENTIAL_FLAGS.contains(&flag) => Next::Credential,
+        (true, flag) if USER_FLAGS.contains(&flag) => Next::UserInfo,
+        _ => Next::Plain,
+    };
+    (Cow::Borrowed(word), next)
+}
+
+/// `word` with every JSON Web Token in it masked, if it holds one: `eyJ` (a JSON object's
+/// start, base64url-encoded), then three dot-separated runs of base64url characters.
+fn without_jwts(word: &str) -> Option<String> {
+    let base64url = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+    let bytes = word.as_bytes();
+    let mut masked = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = word[from..].find("eyJ") {
+        let start = from + found;
+        let mut end = start;
+        let mut parts = 0;
+        loop {
+            let part = end;
+            while end < bytes.len() && base64url(bytes[end]) {
+                end += 1;
+            }
+            if end == part {
+                break;
+            }
+            parts += 1;
+            if parts == 3 || end >= bytes.len() || bytes[end] != b'.' {
+                break;
+            }
+            end += 1;
+        }
+        if parts == 3 {
+            masked.push_str(&word[copied..start]);
+            masked.push_str(MARK);
+            copied = end;
+            from = end;
+        } else {
+            from = start + 3;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    masked.push_str(&word[copied..]);
+    Some(masked)
 }
 
 /// `word` with the password of its URL's user information masked, if it has one.
@@ -385,6 +498,51 @@ mod tests {
             redact_target("/exec/ns/p/c?command=ls&access_token=abc;x&&command=100%&tty=1"),
             "/exec/ns/p/c?command=ls&%3Credacted%3E&&%3Credacted%3E&tty=1",
             "pairs the kubelet drops are redacted whole"
+        );
+        assert_eq!(
+            redact_target("/pods?Bearer%20xyz&eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln=1"),
+            "/pods?Bearer+%3Credacted%3E=&%3Credacted%3E=1",
+            "a key is judged as a value is"
+        );
+    }
+
+    #[test]
+    fn tokens_in_a_websocket_protocol_a_jwt_or_curl_credentials_are_redacted() {
+        let jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJpc3MiOiJrdWJlcm5ldGVzIn0.c2lnbmF0dXJl";
+        assert_eq!(
+            redacted(&[
+                "curl",
+                "-H",
+                "Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.dG9rZW4",
+                &format!("X-Forward: {jwt}"),
+                &format!("--data=id:{jwt},{jwt}"),
+                "--oauth2-bearer",
+                "t0k",
+                "--user",
+                "me:pw",
+                "-u",
+                "root",
+                "https://kubernetes.default.svc",
+            ]),
+            [
+                "curl",
+                "-H",
+                "Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.<redacted>",
+                "X-Forward: <redacted>",
+                "--data=id:<redacted>,<redacted>",
+                "--oauth2-bearer",
+                "<redacted>",
+                "--user",
+                "me:<redacted>",
+                "-u",
+                "root",
+                "https://kubernetes.default.svc",
+            ]
+        );
+        assert_eq!(
+            redacted(&["echo", "eyJ.not", "eyJa.b", "eyJhbGc"]),
+            ["echo", "eyJ.not", "eyJa.b", "eyJhbGc"],
+            "fewer than three parts is no token"
         );
     }
 }
