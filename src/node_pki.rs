@@ -156,7 +156,7 @@ pub fn run(args: NodePkiArgs) -> Result<String, PkiError> {
         .into());
     }
     let paths = Paths::new(&args.dir);
-    let outcome = ensure(&paths, &node, args.validity, SystemTime::now())?;
+    let outcome = ensure(&paths, &node, args.validity, SystemTime::now(), true)?;
     Ok(format!(
         "{}: {outcome}\nCA for the kubelet's authentication.x509.clientCAFile: {}",
         paths.dir.display(),
@@ -164,17 +164,26 @@ pub fn run(args: NodePkiArgs) -> Result<String, PkiError> {
     ))
 }
 
-/// Makes the CA if there is none and issues a client certificate for `node` valid for `validity`
-/// unless the one there is good and has more than a third of its validity left. Every file there
-/// is read and checked before anything is written: bad input changes nothing.
+/// Makes the CA if there is none (when `make_ca`: never at run time, where the guard has read the
+/// CA it must never trust for callers) and issues a client certificate for `node` valid for
+/// `validity` unless the one there is good and has more than a third of its validity left. Every
+/// file there is read and checked before anything is written: bad input changes nothing.
 pub fn ensure(
     paths: &Paths,
     node: &NodeName,
     validity: Duration,
     now: SystemTime,
+    make_ca: bool,
 ) -> Result<Outcome, PkiError> {
     check_dir(&paths.dir)?;
     let ca = load_ca(paths)?;
+    if ca.is_none() && !make_ca {
+        return Err(file_error(
+            &paths.ca_cert,
+            "is gone: the guard makes no CA while it runs; run `kubelet-guard node-pki` and \
+             restart it",
+        ));
+    }
     let subject_cn = format!("kubelet-guard:node:{node}");
     let reissue = match &ca {
         None => Some("new CA"),
@@ -246,12 +255,8 @@ pub async fn renew(
         // A certificate that is gone is issued anew, for the init container's default validity;
         // a CA that is gone is not made anew at run time: the guard read the one it must never
         // trust for callers at start.
-        if validity.is_none() && !paths.ca_key.exists() {
-            tracing::error!(dir = %paths.dir.display(), "the node PKI's CA is gone: run node-pki");
-            continue;
-        }
         let validity = validity.unwrap_or(DEFAULT_VALIDITY);
-        match ensure(&paths, &node, validity, SystemTime::now()) {
+        match ensure(&paths, &node, validity, SystemTime::now(), false) {
             Ok(outcome) => tracing::info!(%outcome, "node PKI"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot renew the guard's client certificate");
@@ -611,7 +616,7 @@ mod tests {
     fn a_first_run_makes_the_ca_and_a_client_certificate_with_private_modes() {
         let paths = Paths::new(&temp("first").join("pki"));
         let now = SystemTime::now();
-        let outcome = ensure(&paths, &node("node-a"), WEEK, now).unwrap();
+        let outcome = ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
         assert!(outcome.ca_created);
         assert_eq!(outcome.issued, Some("new CA"));
         assert_eq!(
@@ -632,18 +637,36 @@ mod tests {
     }
 
     #[test]
+    fn the_guard_makes_no_ca_while_it_runs() {
+        let paths = Paths::new(&temp("no-new-ca").join("pki"));
+        let now = SystemTime::now();
+        ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
+        std::fs::remove_file(&paths.ca_cert).unwrap();
+        std::fs::remove_file(&paths.ca_key).unwrap();
+        let err = ensure(&paths, &node("node-a"), WEEK, now + WEEK, false).unwrap_err();
+        assert!(
+            err.to_string().contains("run `kubelet-guard node-pki`"),
+            "{err}"
+        );
+        assert!(
+            !paths.ca_cert.exists() && !paths.ca_key.exists(),
+            "no CA was made"
+        );
+    }
+
+    #[test]
     fn a_second_run_keeps_both_until_a_third_is_left() {
         let paths = Paths::new(&temp("keep"));
         let start = SystemTime::now();
-        ensure(&paths, &node("node-a"), WEEK, start).unwrap();
+        ensure(&paths, &node("node-a"), WEEK, start, true).unwrap();
         let ca = std::fs::read(&paths.ca_cert).unwrap();
         let client = std::fs::read(&paths.client_cert).unwrap();
 
-        let later = ensure(&paths, &node("node-a"), WEEK, start + WEEK / 2).unwrap();
+        let later = ensure(&paths, &node("node-a"), WEEK, start + WEEK / 2, true).unwrap();
         assert_eq!((later.ca_created, later.issued), (false, None));
         assert_eq!(std::fs::read(&paths.client_cert).unwrap(), client);
 
-        let late = ensure(&paths, &node("node-a"), WEEK, start + WEEK * 3 / 4).unwrap();
+        let late = ensure(&paths, &node("node-a"), WEEK, start + WEEK * 3 / 4, true).unwrap();
         assert_eq!(
             late.issued,
             Some("less than a third of its validity was left")
@@ -656,8 +679,8 @@ mod tests {
     fn a_renamed_node_or_a_mismatched_pair_gets_a_new_certificate() {
         let paths = Paths::new(&temp("reissue"));
         let now = SystemTime::now();
-        ensure(&paths, &node("node-a"), WEEK, now).unwrap();
-        let renamed = ensure(&paths, &node("node-b"), WEEK, now).unwrap();
+        ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
+        let renamed = ensure(&paths, &node("node-b"), WEEK, now, true).unwrap();
         assert_eq!(renamed.issued, Some("the one there named another node"));
 
         // A crash between the two renames: the new key beside the old certificate.
@@ -668,10 +691,12 @@ mod tests {
                 .serialize_pem(),
         )
         .unwrap();
-        let repaired = ensure(&paths, &node("node-b"), WEEK, now).unwrap();
+        let repaired = ensure(&paths, &node("node-b"), WEEK, now, true).unwrap();
         assert_eq!(repaired.issued, Some("the one there did not match its key"));
         assert_eq!(
-            ensure(&paths, &node("node-b"), WEEK, now).unwrap().issued,
+            ensure(&paths, &node("node-b"), WEEK, now, true)
+                .unwrap()
+                .issued,
             None
         );
     }
@@ -680,8 +705,8 @@ mod tests {
     fn two_nodes_get_two_cas_and_neither_signs_the_others_certificate() {
         let (a, b) = (Paths::new(&temp("node-a")), Paths::new(&temp("node-b")));
         let now = SystemTime::now();
-        ensure(&a, &node("node-a"), WEEK, now).unwrap();
-        ensure(&b, &node("node-b"), WEEK, now).unwrap();
+        ensure(&a, &node("node-a"), WEEK, now, true).unwrap();
+        ensure(&b, &node("node-b"), WEEK, now, true).unwrap();
         assert_ne!(
             std::fs::read(&a.ca_cert).unwrap(),
             std::fs::read(&b.ca_cert).unwrap()
@@ -689,7 +714,7 @@ mod tests {
         // b's certificate dropped into a's directory is refused as not issued by a's CA.
         std::fs::copy(&b.client_cert, &a.client_cert).unwrap();
         std::fs::copy(&b.client_key, &a.client_key).unwrap();
-        let outcome = ensure(&a, &node("node-a"), WEEK, now).unwrap();
+        let outcome = ensure(&a, &node("node-a"), WEEK, now, true).unwrap();
         assert_eq!(
             outcome.issued,
             Some("the one there was not issued by ca.crt")
@@ -711,11 +736,11 @@ mod tests {
         // A CA key that belongs to another CA.
         let paths = Paths::new(&temp("mismatch"));
         let other = Paths::new(&temp("other"));
-        ensure(&paths, &node("node-a"), WEEK, now).unwrap();
-        ensure(&other, &node("node-a"), WEEK, now).unwrap();
+        ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
+        ensure(&other, &node("node-a"), WEEK, now, true).unwrap();
         std::fs::copy(&other.ca_key, &paths.ca_key).unwrap();
         let before = snapshot(&paths);
-        let err = ensure(&paths, &node("node-a"), WEEK, now + WEEK).unwrap_err();
+        let err = ensure(&paths, &node("node-a"), WEEK, now + WEEK, true).unwrap_err();
         assert!(
             err.to_string().contains("ca.key: does not match ca.crt"),
             "{err}"
@@ -725,27 +750,34 @@ mod tests {
         // Corrupt files, each in turn.
         for file in ["ca.crt", "ca.key", "client.crt", "client.key"] {
             let paths = Paths::new(&temp("corrupt"));
-            ensure(&paths, &node("node-a"), WEEK, now).unwrap();
+            ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
             std::fs::write(paths.dir.join(file), "garbage\n").unwrap();
             let before = snapshot(&paths);
-            let err = ensure(&paths, &node("node-a"), WEEK, now + WEEK).unwrap_err();
+            let err = ensure(&paths, &node("node-a"), WEEK, now + WEEK, true).unwrap_err();
             assert!(err.to_string().contains(file), "{file}: {err}");
             assert_eq!(snapshot(&paths), before, "{file}");
         }
 
         // A CA certificate without its key.
         let paths = Paths::new(&temp("half-ca"));
-        ensure(&paths, &node("node-a"), WEEK, now).unwrap();
+        ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
         std::fs::remove_file(&paths.ca_key).unwrap();
-        let err = ensure(&paths, &node("node-a"), WEEK, now).unwrap_err();
+        let err = ensure(&paths, &node("node-a"), WEEK, now, true).unwrap_err();
         assert!(err.to_string().contains("ca.key: missing"), "{err}");
 
         // A directory that is a file.
         let file = temp("file");
         std::fs::write(&file, "x").unwrap();
-        let err = ensure(&Paths::new(&file), &node("node-a"), WEEK, now).unwrap_err();
+        let err = ensure(&Paths::new(&file), &node("node-a"), WEEK, now, true).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
-        let err = ensure(&Paths::new(&file.join("pki")), &node("node-a"), WEEK, now).unwrap_err();
+        let err = ensure(
+            &Paths::new(&file.join("pki")),
+            &node("node-a"),
+            WEEK,
+            now,
+            true,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains(&file.display().to_string()),
             "{err}"
@@ -757,7 +789,7 @@ mod tests {
     fn renewal_is_due_with_a_third_left() {
         let paths = Paths::new(&temp("dates"));
         let now = SystemTime::now();
-        let outcome = ensure(&paths, &node("node-a"), Duration::from_secs(30), now).unwrap();
+        let outcome = ensure(&paths, &node("node-a"), Duration::from_secs(30), now, true).unwrap();
         let (renew_at, length) = client_dates(&paths).unwrap();
         assert_eq!(length, Duration::from_secs(30));
         assert_eq!(renew_at, outcome.renew_at);
