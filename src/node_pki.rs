@@ -108,6 +108,14 @@ const DEFAULT_VALIDITY: Duration = Duration::from_secs(168 * 3600);
 /// How long the CA is valid: it outlives every client certificate it will sign on this node.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// How far before its issue a certificate is valid: a clock set back a little (NTP correcting a
+/// node that booted fast) does not make the kubelet refuse the guard's new certificate.
+const BACKDATE: Duration = Duration::from_secs(300);
+
+/// The longest the renewal task sleeps: it looks again at least this often, so a clock set back
+/// past a certificate's start is found within it.
+const RECHECK: Duration = Duration::from_secs(3600);
+
 /// The group every guard's identity carries: what the kubelet's Webhook authorization binds.
 pub const GROUP: &str = "kubelet-guard:nodes";
 
@@ -176,7 +184,12 @@ pub fn ensure(
     make_ca: bool,
 ) -> Result<Outcome, PkiError> {
     check_dir(&paths.dir)?;
-    let ca = load_ca(paths)?;
+    let ca = match load_ca(paths) {
+        // A key without its certificate: a first run stopped between the two writes (the key goes
+        // first). No kubelet can trust a CA whose certificate was never written: make it anew.
+        Err(_) if make_ca && !paths.ca_cert.exists() && paths.ca_key.exists() => None,
+        ca => ca?,
+    };
     if ca.is_none() && !make_ca {
         return Err(file_error(
             &paths.ca_cert,
@@ -215,11 +228,12 @@ pub fn ensure(
     })
 }
 
-/// The client certificate's validity: when it is due for renewal, and its whole length (the
-/// length a renewal issues again).
+/// The client certificate's validity: when it is due for renewal, and the validity it was issued
+/// for (what a renewal issues again: its length less the backdating).
 pub fn client_dates(paths: &Paths) -> Result<(SystemTime, Duration), PkiError> {
     let dates = read_client(paths)?.1;
-    Ok((dates.renew_at(), dates.length()))
+    let validity = dates.length().saturating_sub(BACKDATE).max(MIN_VALIDITY);
+    Ok((dates.renew_at(), validity))
 }
 
 /// Keeps the guard's client certificate in `paths` renewed for as long as the guard runs: at each
@@ -240,7 +254,8 @@ pub async fn renew(
             Ok((renew_at, validity)) => (
                 renew_at
                     .duration_since(SystemTime::now())
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .min(RECHECK),
                 Some(validity),
             ),
             Err(e) => {
@@ -424,6 +439,8 @@ fn client_verdict(
             Some("the one there named another node")
         } else if now >= Dates::of(&parsed).renew_at() {
             Some("less than a third of its validity was left")
+        } else if now < Dates::of(&parsed).not_before {
+            Some("the one there is not valid yet: the clock was set back")
         } else {
             None
         },
@@ -451,7 +468,7 @@ fn create_ca(paths: &Paths, node: &NodeName, now: SystemTime) -> Result<Ca, PkiE
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params.not_before = timestamp(now)?;
+    params.not_before = timestamp(now - BACKDATE)?;
     params.not_after = timestamp(now + CA_VALIDITY)?;
     params.serial_number = Some(serial()?);
     let key =
@@ -488,8 +505,10 @@ fn issue_client(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    params.not_before = timestamp(now)?;
-    params.not_after = timestamp(now + validity)?;
+    // Never past the CA's own end, which would make the certificate's last days unusable.
+    let ca_end = Dates::of(&parse(&ca.cert, &paths.ca_cert)?).not_after;
+    params.not_before = timestamp(now - BACKDATE)?;
+    params.not_after = timestamp((now + validity).min(ca_end))?;
     params.serial_number = Some(serial()?);
     let key =
         KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| file_error(&paths.dir, e))?;
@@ -631,7 +650,11 @@ mod tests {
         let parsed = parse(&cert, &paths.client_cert).unwrap();
         let eku = parsed.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && !eku.server_auth);
-        assert_eq!(dates.length().as_secs(), WEEK.as_secs());
+        assert_eq!(
+            dates.length(),
+            WEEK + BACKDATE,
+            "valid from five minutes before"
+        );
         let printed = outcome.to_string();
         assert!(!printed.contains("PRIVATE KEY"), "{printed}");
     }
@@ -790,12 +813,56 @@ mod tests {
         let paths = Paths::new(&temp("dates"));
         let now = SystemTime::now();
         let outcome = ensure(&paths, &node("node-a"), Duration::from_secs(30), now, true).unwrap();
-        let (renew_at, length) = client_dates(&paths).unwrap();
-        assert_eq!(length, Duration::from_secs(30));
+        let (renew_at, validity) = client_dates(&paths).unwrap();
+        assert_eq!(
+            validity,
+            Duration::from_secs(30),
+            "what a renewal issues again"
+        );
         assert_eq!(renew_at, outcome.renew_at);
+        // Valid from five minutes before its issue: a third of 330 s is left at renewal.
         assert_eq!(
             outcome.not_after.duration_since(renew_at).unwrap(),
-            Duration::from_secs(10)
+            Duration::from_secs(110)
         );
+    }
+
+    #[test]
+    fn a_clock_set_back_or_a_first_run_cut_short_is_repaired() {
+        let paths = Paths::new(&temp("clock"));
+        let now = SystemTime::now();
+        ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
+        let client = std::fs::read(&paths.client_cert).unwrap();
+        let slightly = ensure(&paths, &node("node-a"), WEEK, now - BACKDATE / 2, false).unwrap();
+        assert_eq!(slightly.issued, None, "within the backdating");
+        assert_eq!(std::fs::read(&paths.client_cert).unwrap(), client);
+        let far = ensure(&paths, &node("node-a"), WEEK, now - 2 * BACKDATE, false).unwrap();
+        assert_eq!(
+            far.issued,
+            Some("the one there is not valid yet: the clock was set back")
+        );
+
+        // The first run wrote ca.key, then stopped before ca.crt.
+        let cut = Paths::new(&temp("cut-short"));
+        ensure(&cut, &node("node-a"), WEEK, now, true).unwrap();
+        std::fs::remove_file(&cut.ca_cert).unwrap();
+        let again = ensure(&cut, &node("node-a"), WEEK, now, true).unwrap();
+        assert!(again.ca_created);
+        let err = ensure(&cut, &node("node-a"), WEEK, now, false).map(|_| ());
+        assert!(err.is_ok(), "the new pair loads: {err:?}");
+    }
+
+    #[test]
+    fn a_client_certificate_ends_with_its_ca_at_the_latest() {
+        let paths = Paths::new(&temp("ca-end"));
+        let now = SystemTime::now();
+        ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
+        let near_end = now + CA_VALIDITY - WEEK / 2;
+        let outcome = ensure(&paths, &node("node-a"), WEEK, near_end, false).unwrap();
+        assert!(outcome.issued.is_some());
+        let ca_end =
+            Dates::of(&parse(&load_ca(&paths).unwrap().unwrap().cert, &paths.ca_cert).unwrap())
+                .not_after;
+        assert_eq!(outcome.not_after, ca_end);
     }
 }
