@@ -8,12 +8,10 @@
 //! or a request's bearer token authenticated it, or when it closes; a connection over the cap is
 //! closed at once, before its TLS handshake costs anything.
 //!
-//! A source is an IPv4 address, or the /64 an IPv6 address is in: one IPv6 host normally holds a
-//! whole /64, so counting its addresses one by one would be no cap. IPv4-mapped IPv6 addresses
-//! count as their IPv4 address. Must not: keep anything but counts.
+//! IPv4-mapped IPv6 addresses count as their IPv4 address. Must not: keep anything but counts.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +39,7 @@ impl Unproven {
 
     /// Counts a new connection from `source`; `None` when that source is at the cap.
     pub fn admit(self: &Arc<Self>, source: IpAddr) -> Option<Ticket> {
-        let source = source_of(source);
+        let source = source.to_canonical();
         let mut counts = self.lock();
         let count = counts.entry(source).or_insert(0);
         if *count >= self.limit {
@@ -57,7 +55,10 @@ impl Unproven {
 
     /// How many unproven connections `source` holds.
     pub fn held(&self, source: IpAddr) -> usize {
-        self.lock().get(&source_of(source)).copied().unwrap_or(0)
+        self.lock()
+            .get(&source.to_canonical())
+            .copied()
+            .unwrap_or(0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -74,14 +75,6 @@ impl Unproven {
                 counts.remove(&source);
             }
         }
-    }
-}
-
-/// The source `address` counts against: itself if IPv4, else its /64.
-fn source_of(address: IpAddr) -> IpAddr {
-    match address.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
-        v4 => v4,
     }
 }
 
@@ -139,20 +132,6 @@ mod tests {
             table.lock().is_empty(),
             "no entry is kept for a source without connections"
         );
-    }
-
-    #[test]
-    fn an_ipv6_source_is_its_slash_64() {
-        let table = Unproven::new(1);
-        let _held = table.admit("2001:db8:0:1::1".parse().unwrap()).unwrap();
-        assert!(
-            table
-                .admit("2001:db8:0:1:ffff:ffff:ffff:ffff".parse().unwrap())
-                .is_none(),
-            "another address of the same /64"
-        );
-        assert!(table.admit("2001:db8:0:2::1".parse().unwrap()).is_some());
-        assert_eq!(table.held("2001:db8:0:1::9".parse().unwrap()), 1);
     }
 
     #[test]
