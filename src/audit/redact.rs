@@ -295,7 +295,9 @@ fn without_jwts(word: &str) -> Option<String> {
             copied = end;
             from = end;
         } else {
-            from = start + 3;
+            // Any `eyJ` inside what was just scanned ends where this did, as short of parts:
+            // scanning on from each would make a run of them quadratic.
+            from = end.max(start + 3);
         }
     }
     if copied == 0 {
@@ -543,6 +545,12 @@ mod tests {
             redacted(&["echo", "eyJ.not", "eyJa.b", "eyJhbGc"]),
             ["echo", "eyJ.not", "eyJa.b", "eyJhbGc"],
             "fewer than three parts is no token"
+        );
+        let run = format!("{}.a.b", "eyJ".repeat(4));
+        assert_eq!(
+            redacted(&[&run, "eyJeyJ.x"]),
+            ["<redacted>", "eyJeyJ.x"],
+            "a run of starts is one token, or none"
         );
     }
 }
