@@ -184,12 +184,15 @@ pub fn ensure(
     make_ca: bool,
 ) -> Result<Outcome, PkiError> {
     check_dir(&paths.dir)?;
-    let ca = match load_ca(paths) {
-        // A key without its certificate: a first run stopped between the two writes (the key goes
-        // first). No kubelet can trust a CA whose certificate was never written: make it anew.
-        Err(_) if make_ca && !paths.ca_cert.exists() && paths.ca_key.exists() => None,
-        ca => ca?,
-    };
+    // A CA key alone, with no certificate of either kind: a first run stopped between its
+    // first two writes (the key goes first). No kubelet can trust a CA whose certificate was never
+    // written, and nothing was signed with it: make it anew. Any other missing file is an error.
+    let cut_short = make_ca
+        && paths.ca_key.exists()
+        && ![&paths.ca_cert, &paths.client_cert, &paths.client_key]
+            .iter()
+            .any(|file| file.exists());
+    let ca = if cut_short { None } else { load_ca(paths)? };
     if ca.is_none() && !make_ca {
         return Err(file_error(
             &paths.ca_cert,
@@ -272,7 +275,8 @@ pub async fn renew(
         // trust for callers at start.
         let validity = validity.unwrap_or(DEFAULT_VALIDITY);
         match ensure(&paths, &node, validity, SystemTime::now(), false) {
-            Ok(outcome) => tracing::info!(%outcome, "node PKI"),
+            Ok(outcome) if outcome.issued.is_some() => tracing::info!(%outcome, "node PKI"),
+            Ok(outcome) => tracing::debug!(%outcome, "node PKI"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot renew the guard's client certificate");
                 tokio::time::sleep(RETRY).await;
@@ -505,8 +509,20 @@ fn issue_client(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    // Never past the CA's own end, which would make the certificate's last days unusable.
+    // Never past the CA's own end, which would make the certificate's last days unusable; a CA
+    // that ends within the hour signs nothing more (its certificates would be due at once).
     let ca_end = Dates::of(&parse(&ca.cert, &paths.ca_cert)?).not_after;
+    if ca_end < now + RECHECK {
+        return Err(file_error(
+            &paths.ca_cert,
+            format!(
+                "ends at {}: move {} aside, run `kubelet-guard node-pki` for a new CA, and give \
+                 it to the kubelet",
+                humantime::format_rfc3339_seconds(ca_end),
+                paths.dir.display()
+            ),
+        ));
+    }
     params.not_before = timestamp(now - BACKDATE)?;
     params.not_after = timestamp((now + validity).min(ca_end))?;
     params.serial_number = Some(serial()?);
@@ -845,11 +861,20 @@ mod tests {
         // The first run wrote ca.key, then stopped before ca.crt.
         let cut = Paths::new(&temp("cut-short"));
         ensure(&cut, &node("node-a"), WEEK, now, true).unwrap();
-        std::fs::remove_file(&cut.ca_cert).unwrap();
+        for file in [&cut.ca_cert, &cut.client_cert, &cut.client_key] {
+            std::fs::remove_file(file).unwrap();
+        }
         let again = ensure(&cut, &node("node-a"), WEEK, now, true).unwrap();
         assert!(again.ca_created);
         let err = ensure(&cut, &node("node-a"), WEEK, now, false).map(|_| ());
         assert!(err.is_ok(), "the new pair loads: {err:?}");
+
+        // A CA certificate lost later, beside what it signed: its key is kept, and so is the error.
+        std::fs::remove_file(&cut.ca_cert).unwrap();
+        let key = std::fs::read(&cut.ca_key).unwrap();
+        let err = ensure(&cut, &node("node-a"), WEEK, now, true).unwrap_err();
+        assert!(err.to_string().contains("missing beside ca.key"), "{err}");
+        assert_eq!(std::fs::read(&cut.ca_key).unwrap(), key);
     }
 
     #[test]
@@ -864,5 +889,7 @@ mod tests {
             Dates::of(&parse(&load_ca(&paths).unwrap().unwrap().cert, &paths.ca_cert).unwrap())
                 .not_after;
         assert_eq!(outcome.not_after, ca_end);
+        let err = ensure(&paths, &node("node-a"), WEEK, ca_end - RECHECK / 2, false).unwrap_err();
+        assert!(err.to_string().contains("for a new CA"), "{err}");
     }
 }
