@@ -138,6 +138,8 @@ pub struct Upstream {
     token: Option<Arc<Watched<HeaderValue>>>,
     timeout: Duration,
     streams: Drain,
+    /// Counts the streams whose caller took nothing for `--stream-unread-timeout`.
+    unread: prometheus::IntCounter,
 }
 
 /// The pooled clients built from one generation of the upstream TLS files.
@@ -188,6 +190,7 @@ impl Upstream {
         callers: bool,
         streams: Drain,
         expiry: prometheus::IntGauge,
+        unread: prometheus::IntCounter,
     ) -> Result<Self, FileError> {
         let token = match &settings.credential {
             UpstreamCredential::TokenFile(path) => Some(Arc::new(Watched::load(
@@ -236,6 +239,7 @@ impl Upstream {
             token,
             timeout: settings.timeout,
             streams,
+            unread,
         })
     }
 
@@ -345,6 +349,7 @@ impl Upstream {
                 hyper::upgrade::on(&mut response),
                 self.streams.track(),
                 expires,
+                self.unread.clone(),
             ))),
             _ => None,
         };
@@ -630,6 +635,7 @@ async fn splice(
     outbound: hyper::upgrade::OnUpgrade,
     mut open: Tracked,
     expires: Option<tokio::time::Instant>,
+    unread: prometheus::IntCounter,
 ) -> (Relayed, Tracked) {
     let started = std::time::Instant::now();
     let (to_kubelet, to_caller, end) = match tokio::try_join!(inbound, outbound) {
@@ -663,6 +669,9 @@ async fn splice(
                     _ = clean_close => {}
                     () = open.closing() => {}
                 }
+            }
+            if end == StreamEnd::CallerUnread {
+                unread.inc();
             }
             let inbound = from_caller.unsplit(to_caller);
             let outbound = from_kubelet.unsplit(to_kubelet);

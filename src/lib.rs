@@ -168,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         mode == config::Mode::Observe,
         drain.clone(),
         metrics.certificate_expiry("upstream"),
+        metrics.limit_counter("stream-unread"),
     )?;
     let upstream_files = upstream.client_files();
     let mut watched: Vec<Arc<dyn Poll>> = vec![serving.clone()];

@@ -295,7 +295,12 @@ impl Metrics {
 
     /// Counts one connection that ran into `limit`.
     pub fn limit_hit(&self, limit: &str) {
-        self.limit_hits.with_label_values(&[limit]).inc();
+        self.limit_counter(limit).inc();
+    }
+
+    /// The counter of one limit's hits, for a part that counts them without the rest.
+    pub fn limit_counter(&self, limit: &str) -> IntCounter {
+        self.limit_hits.with_label_values(&[limit])
     }
 
     /// The registry in Prometheus text format.

@@ -211,7 +211,6 @@ fn finish(
             event.stage = Stage::ResponseStarted;
             state.audit.record(event.clone(), priority);
             let audit = state.audit.clone();
-            let metrics = state.metrics.clone();
             tokio::spawn(async move {
                 // Holding `_open` until the event is queued keeps shutdown's drain, and so the
                 // audit writers, waiting for it. A splice task that panicked relayed nothing
@@ -243,10 +242,6 @@ fn finish(
                 event
                     .annotations
                     .insert(audit::STREAM_END, relayed.end.as_str().to_owned());
-                if relayed.end == StreamEnd::CallerUnread {
-                    // `--stream-unread-timeout`, set on the caller's socket by `server::connection`.
-                    metrics.limit_hit("stream-unread");
-                }
                 audit.record(event, priority);
             });
         }

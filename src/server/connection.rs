@@ -21,7 +21,7 @@
 //!   From the `101` on, the socket has `TCP_USER_TIMEOUT` = `--stream-unread-timeout`: the kernel
 //!   closes it when the caller takes nothing for that long (it reads nothing while the kubelet
 //!   sends, so its window stays shut, or it is gone), which `forward` reports as `caller-unread`
-//!   and `proxy::record` counts as limit `stream-unread`.
+//!   and counts as limit `stream-unread`.
 //! - A phase change stamps the time and wakes the timer only if the new phase's deadline comes
 //!   before the timer would wake; otherwise the timer finds the change when it wakes. While idle
 //!   it wakes at least every `--header-read-timeout`, so a head that starts is still cut at its own
