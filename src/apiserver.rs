@@ -131,12 +131,15 @@ impl ApiServer {
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut pause = FIRST_RETRY;
+        // The failure that was tried again: what a retry that runs out of time reports, as the
+        // reason the call did not succeed.
+        let mut failed: Option<ReviewError> = None;
         loop {
             let started = Instant::now();
             // The semaphore is never closed.
             let Ok(turn) = tokio::time::timeout_at(deadline, turns.acquire()).await else {
                 self.metrics.apiserver(api, "queued", started.elapsed());
-                return Err(ReviewError::Queued(self.timeout));
+                return Err(failed.unwrap_or(ReviewError::Queued(self.timeout)));
             };
             let (code, result) = match tokio::time::timeout_at(deadline, call()).await {
                 Err(_) => (
@@ -159,8 +162,12 @@ impl ApiServer {
             match result {
                 Err(e) if transient(&e) && again < deadline => {
                     tracing::debug!(api, error = %e, "API-server call failed; trying again");
+                    failed = Some(e);
                     tokio::time::sleep_until(again).await;
                     pause = pause.mul_f64(1.5);
+                }
+                Err(ReviewError::Timeout(_)) if failed.is_some() => {
+                    return Err(failed.unwrap_or(ReviewError::Timeout(self.timeout)));
                 }
                 result => return result,
             }
@@ -632,9 +639,22 @@ mod tests {
             (4..=5).contains(&attempts.len()),
             "0.5 s growing by half, within the 5 s deadline: {attempts:?}"
         );
-        assert!(gaps.windows(2).all(|g| g[1] > g[0]), "{gaps:?}");
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
         assert!(gaps[0] >= Duration::from_millis(400) && gaps[0] <= Duration::from_millis(600));
         assert!(*attempts.last().unwrap() < Duration::from_secs(5));
+        assert!(matches!(
+            reviewed.await.unwrap(),
+            Err(ReviewError::Status { code: 503, .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_runs_out_of_time_reports_the_failure_it_retried() {
+        let (api, mut handle) = api_server(&[]);
+        let reviewed = tokio::spawn(async move { TokenReviewer::review(&api, "t").await });
+        answer(&mut handle, StatusCode::SERVICE_UNAVAILABLE, status(503)).await;
+        // The retry is never answered: the deadline passes while it waits.
+        let (_held, _respond) = handle.next_request().await.expect("the retry");
         assert!(matches!(
             reviewed.await.unwrap(),
             Err(ReviewError::Status { code: 503, .. })
