@@ -16,10 +16,11 @@
 //! 4. the word after a flag (`-…`, no `=`) whose name holds a secret word (`--password …`);
 //! 5. the password of a URL's user information (`https://user:…@host`);
 //! 6. the token of a WebSocket bearer subprotocol (`base64url.bearer.authorization.k8s.io.…`);
-//! 7. a JSON Web Token anywhere in a word (`eyJ…` in three dot-separated base64url parts), as a
-//!    service-account token is, whatever names it;
+//! 7. a JSON Web Token anywhere in a word (`eyJ…` in three dot-separated base64url parts, the last
+//!    empty if unsigned), as a service-account token is, whatever names it;
 //! 8. the word after `--oauth2-bearer`, and the password of the `user:password` word after `-u`,
-//!    `--user` or `--proxy-user` (curl's credentials; a user name alone is kept).
+//!    `--user` or `--proxy-user`, or after their `=` (curl's credentials; a user name alone is
+//!    kept).
 //!
 //! Secret words, in any case: `token`, `password`, `passwd`, `secret`, `credential`, `apikey`,
 //! `api-key`, `api_key`, `authorization`. A redacted word keeps the quotes around it and becomes
@@ -77,8 +78,13 @@ const BEARER_PROTOCOL: &str = "bearer.authorization.k8s.io.";
 
 /// The arguments with every credential the rule recognises replaced by [`MARK`].
 pub fn redact_arguments(arguments: &[String]) -> Vec<String> {
-    let mut next = Next::Plain;
-    arguments
+    redact_after(arguments, Next::Plain).0
+}
+
+/// [`redact_arguments`] when what came before says what the first word is; also says what the
+/// word after the last one would be.
+fn redact_after(arguments: &[String], mut next: Next) -> (Vec<String>, Next) {
+    let redacted = arguments
         .iter()
         .map(|argument| {
             let mut redacted = String::with_capacity(argument.len());
@@ -93,7 +99,8 @@ pub fn redact_arguments(arguments: &[String]) -> Vec<String> {
             redacted.push_str(&argument[copied..]);
             redacted
         })
-        .collect()
+        .collect();
+    (redacted, next)
 }
 
 /// The request-target with the credentials in its query redacted; borrowed when there are none.
@@ -115,6 +122,10 @@ pub fn redact_target(target: &str) -> Cow<'_, str> {
     let mut replaced: HashMap<usize, String> = HashMap::new();
     for (key, group) in &groups {
         let values: Vec<String> = group.iter().map(|p| p.value.clone()).collect();
+        // A key can carry a credential too (`?Bearer%20…`, `?eyJ…`), or introduce one
+        // (`?Bearer=…`).
+        let (shown_key, after_key) = redact_after(&[(*key).to_owned()], Next::Plain);
+        let shown_key = shown_key.into_iter().next().unwrap_or_default();
         let redacted: Vec<String> = if is_secret(key) {
             values
                 .iter()
@@ -127,12 +138,8 @@ pub fn redact_target(target: &str) -> Cow<'_, str> {
                 })
                 .collect()
         } else {
-            redact_arguments(&values)
+            redact_after(&values, after_key).0
         };
-        // A key can carry a credential too (`?Bearer%20…`, `?eyJ…`).
-        let shown_key = redact_arguments(&[(*key).to_owned()])
-            .pop()
-            .unwrap_or_default();
         for ((pair, value), redacted) in group.iter().zip(&values).zip(redacted) {
             if *value != redacted || shown_key != *key {
                 let raw_key = pair.raw.split_once('=').map_or(pair.raw, |(key, _)| key);
@@ -233,6 +240,16 @@ fn redact_word(word: &str, next: Next) -> (Cow<'_, str>, Next) {
     if let Some(masked) = without_jwts(word) {
         return (Cow::Owned(masked), Next::Plain);
     }
+    if let Some((flag, value)) = word.split_once('=')
+        && USER_FLAGS.contains(&flag)
+        && let Some((user, password)) = value.split_once(':')
+        && !password.trim_matches(['\'', '"']).is_empty()
+    {
+        return (
+            Cow::Owned(format!("{flag}={user}:{}", mask(password))),
+            Next::Plain,
+        );
+    }
     for separator in ['=', ':'] {
         if let Some((name, value)) = word.split_once(separator)
             && is_secret(name)
@@ -289,7 +306,8 @@ fn without_jwts(word: &str) -> Option<String> {
             }
             end += 1;
         }
-        if parts == 3 {
+        // Three parts, the last one empty when the token is unsigned (`alg: none`).
+        if parts == 3 || (parts == 2 && bytes[end - 1] == b'.') {
             masked.push_str(&word[copied..start]);
             masked.push_str(MARK);
             copied = end;
@@ -506,6 +524,11 @@ mod tests {
             "/pods?Bearer+%3Credacted%3E=&%3Credacted%3E=1",
             "a key is judged as a value is"
         );
+        assert_eq!(
+            redact_target("/pods?Bearer=tok&x=1"),
+            "/pods?Bearer=%3Credacted%3E&x=1",
+            "a key can introduce the credential its value is"
+        );
     }
 
     #[test]
@@ -522,8 +545,10 @@ mod tests {
                 "t0k",
                 "--user",
                 "me:pw",
+                "--proxy-user='me:pw'",
                 "-u",
                 "root",
+                "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
                 "https://kubernetes.default.svc",
             ]),
             [
@@ -536,8 +561,10 @@ mod tests {
                 "<redacted>",
                 "--user",
                 "me:<redacted>",
+                "--proxy-user='me:<redacted>'",
                 "-u",
                 "root",
+                "<redacted>",
                 "https://kubernetes.default.svc",
             ]
         );
