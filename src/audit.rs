@@ -45,7 +45,7 @@ pub const OBSERVED: &str = "kubelet-guard.io/observe";
 pub const BYTES_TO_KUBELET: &str = "kubelet-guard.io/bytes-to-kubelet";
 /// Annotation: bytes relayed to the caller over an upgraded stream.
 pub const BYTES_TO_CALLER: &str = "kubelet-guard.io/bytes-to-caller";
-/// Annotation: how long an upgraded stream was open, as a Go-style duration (`1.5s`).
+/// Annotation: how long an upgraded stream was open, in seconds to the millisecond (`1.500s`).
 pub const STREAM_DURATION: &str = "kubelet-guard.io/stream-duration";
 /// Annotation: how an upgraded stream ended (`caller-closed`, `kubelet-closed`, `shutdown`,
 /// `certificate-expired`, `caller-unread`, `error`).

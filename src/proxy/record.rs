@@ -452,7 +452,8 @@ fn reason(status: StatusCode) -> Option<&'static str> {
 
 /// RFC 3339 with microseconds, as kube-apiserver writes audit timestamps.
 fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_micros(at).to_string()
+    // humantime panics before 1970: a clock that far wrong is shown as the epoch.
+    humantime::format_rfc3339_micros(at.max(SystemTime::UNIX_EPOCH)).to_string()
 }
 
 /// A random (version 4) UUID.
