@@ -533,6 +533,29 @@ impl ServeArgs {
                 });
             }
         }
+        // A connection slot is a semaphore permit, and there are only so many.
+        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::Invalid {
+                flag: "--max-connections",
+                message: format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            });
+        }
+        if self.mode == Mode::Observe && self.kubelet_lockdown == Lockdown::Require {
+            return Err(ConfigError::Invalid {
+                flag: "--kubelet-lockdown",
+                message: "require cannot be met with --mode=observe, which needs the kubelet to \
+                          take callers' tokens; use warn until the guard enforces"
+                    .into(),
+            });
+        }
+        let listen = listen(self.listen, std::env::var("NODE_IP").ok().as_deref())?;
+        // Port 0 (any free port, as tests ask) is two different ports.
+        if listen == self.metrics_listen && listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                flag: "--metrics-listen",
+                message: format!("{listen} is --listen's address too"),
+            });
+        }
         for (flag, count) in [
             ("--max-connections", self.max_connections),
             ("--http2-max-streams", self.http2_max_streams as usize),
@@ -559,7 +582,7 @@ impl ServeArgs {
             });
         }
         Ok(Config {
-            listen: listen(self.listen, std::env::var("NODE_IP").ok().as_deref())?,
+            listen,
             metrics_listen: self.metrics_listen,
             serving,
             upstream,
@@ -627,8 +650,14 @@ fn stream_unread_millis(timeout: Duration) -> Result<u32, ConfigError> {
 
 /// Parses `500ms`, `30s`, `2m`, `1h`.
 pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw)
-        .map_err(|e| format!("{raw:?} is not a duration like 500ms, 30s or 2m: {e}"))
+    // Longer is no setting anyone means, and would overflow the clock arithmetic it feeds.
+    const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
+    let duration = humantime::parse_duration(raw)
+        .map_err(|e| format!("{raw:?} is not a duration like 500ms, 30s or 2m: {e}"))?;
+    if duration > LONGEST {
+        return Err(format!("{raw:?} is longer than a year"));
+    }
+    Ok(duration)
 }
 
 /// `--listen`, else `$NODE_IP:10250`; never a wildcard address, which would collide with a
@@ -736,6 +765,15 @@ fn upstream(
         ));
     }
     let authority = url.authority().cloned().ok_or_else(|| invalid("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(
+            "no user information: the guard's credential is --upstream-client-cert-file or \
+             --upstream-token-file",
+        ));
+    }
+    if authority.port().is_none() {
+        return Err(invalid("give the port, 10250 for a kubelet"));
+    }
     let host = http::HeaderValue::from_str(authority.as_str())
         .map_err(|_| invalid("not a Host header value"))?;
     let server_name = server_name.unwrap_or_else(|| {
@@ -860,6 +898,27 @@ mod tests {
                 "--upstream-client-key-file",
             ),
             (&["--apiserver-timeout=0s"][..], "--apiserver-timeout"),
+            (
+                &["--idle-timeout=10000000000000000000s"][..],
+                "--idle-timeout",
+            ),
+            (
+                &["--max-connections=18446744073709551615"][..],
+                "--max-connections",
+            ),
+            (
+                &["--mode=observe", "--kubelet-lockdown=require"][..],
+                "--kubelet-lockdown",
+            ),
+            (
+                &["--metrics-listen=10.0.0.10:10250"][..],
+                "--metrics-listen",
+            ),
+            (
+                &["--upstream=https://u:p@127.0.0.1:10250"][..],
+                "--upstream",
+            ),
+            (&["--upstream=https://127.0.0.1"][..], "--upstream"),
             (&["--apiserver-timeout=soon"][..], "--apiserver-timeout"),
             (&["--worker-threads=0"][..], "--worker-threads"),
             (&["--worker-threads=all"][..], "--worker-threads"),
