@@ -189,7 +189,7 @@ impl Upstream {
         settings: &UpstreamSettings,
         callers: bool,
         streams: Drain,
-        expiry: prometheus::IntGauge,
+        expiry: Option<prometheus::IntGauge>,
         unread: prometheus::IntCounter,
     ) -> Result<Self, FileError> {
         let token = match &settings.credential {
@@ -205,7 +205,7 @@ impl Upstream {
         let resolved = server_name.clone();
         let sources = tls::reload::upstream_sources(&ca, &credential);
         let clients = Watched::load_with(sources, move |files| {
-            let tls = tls::reload::upstream(&ca, &credential, files, callers, &expiry)?;
+            let tls = tls::reload::upstream(&ca, &credential, files, callers, expiry.as_ref())?;
             let client = |tls: rustls::ClientConfig| {
                 // Nagle off, as on the callers' side: an exec keystroke or a small request body
                 // must not wait for the kubelet's delayed ACK.

@@ -167,7 +167,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &upstream_settings,
         mode == config::Mode::Observe,
         drain.clone(),
-        metrics.certificate_expiry("upstream"),
+        // Made only for a certificate: the series is absent with a token, as its help says.
+        matches!(
+            upstream_settings.credential,
+            tls::UpstreamCredential::ClientCert { .. }
+        )
+        .then(|| metrics.certificate_expiry("upstream")),
         metrics.limit_counter("stream-unread"),
     )?;
     let upstream_files = upstream.client_files();

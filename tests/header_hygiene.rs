@@ -113,6 +113,12 @@ async fn a_token_credential_replaces_the_callers_token_and_is_reread_when_it_rot
         "Bearer guard-upstream-token"
     );
 
+    let scrape = support::guard::admin_get(guard.admin_addr, "/metrics").await;
+    assert!(
+        !scrape.contains(r#"certificate_expiry_timestamp_seconds{certificate="upstream"}"#),
+        "a token has no expiry to show, and no 0 to alert on:\n{scrape}"
+    );
+
     std::fs::write(&token_file, "rotated-token").unwrap();
     support::with_deadline("the rotated token reaches the kubelet", async {
         loop {

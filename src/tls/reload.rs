@@ -71,16 +71,16 @@ pub fn upstream_sources(ca: &Path, credential: &UpstreamCredential) -> Vec<Sourc
 
 /// Builds the upstream client configurations from the contents of [`upstream_sources`];
 /// `callers` adds the one without the guard's certificate. `expiry` follows the guard's client
-/// certificate, when its credential is one.
+/// certificate, when its credential is one (a token has none to show).
 pub fn upstream(
     ca: &Path,
     credential: &UpstreamCredential,
     contents: &[Vec<u8>],
     callers: bool,
-    expiry: &IntGauge,
+    expiry: Option<&IntGauge>,
 ) -> Result<UpstreamTls, FileError> {
     let tls = super::upstream_config_from(ca, credential, contents, callers)?;
-    if let UpstreamCredential::ClientCert { .. } = credential {
+    if let (UpstreamCredential::ClientCert { .. }, Some(expiry)) = (credential, expiry) {
         set_expiry(expiry, contents.get(1));
     }
     Ok(tls)
