@@ -154,7 +154,7 @@ impl Metrics {
         )?;
         let limit_hits = counter(
             "kubelet_guard_limit_hits_total",
-            "Connections that ran into a limit (max-connections, header-read-timeout, header-size, idle-timeout, http2-max-streams).",
+            "Connections that ran into a limit: max-connections, unauthenticated-per-source, header-read-timeout, header-size, idle-timeout, response-unread, stream-unread, certificate-expired, http2-max-streams; on the admin listener admin-per-source, admin-max-connections, admin-header-read-timeout, admin-lifetime.",
             &["limit"],
         )?;
         let exposed = IntGaugeVec::new(

@@ -72,6 +72,10 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 512;
 /// How long an admin connection may take to send a request head, from connecting or from the
 /// previous response.
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an admin connection may stay open at all: hyper has no write timeout, so a caller
+/// that pipelines requests and reads no answer would otherwise keep its slot for ever. A scraper
+/// that keeps its connection alive opens a new one now and then.
+pub const ADMIN_LIFETIME: Duration = Duration::from_secs(60);
 /// Largest admin request head (the endpoints take no parameters).
 const ADMIN_MAX_HEAD: usize = 8192;
 
@@ -154,8 +158,9 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
 /// The admin listener is on the node's address (the kubelet's probes reach it there), so it has
 /// limits of its own, each counted in `kubelet_guard_limit_hits_total`: at most
 /// [`ADMIN_PER_SOURCE`] connections per source address and [`ADMIN_MAX_CONNECTIONS`] in all (over
-/// either, closed at once), and each request head must arrive within [`ADMIN_HEADER_TIMEOUT`] of
-/// connecting or of the previous response, so silent and idle connections close alike.
+/// either, closed at once), each request head must arrive within [`ADMIN_HEADER_TIMEOUT`] of
+/// connecting or of the previous response, so silent and idle connections close alike, and no
+/// connection stays open longer than [`ADMIN_LIFETIME`].
 pub async fn serve_admin(
     listener: TcpListener,
     metrics: Metrics,
@@ -175,7 +180,12 @@ pub async fn serve_admin(
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(e) => {
+                    // Out of file descriptors, say: accepting again at once would spin.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             () = stopped(&mut stop) => break,
         };
@@ -193,10 +203,10 @@ pub async fn serve_admin(
             service_fn(move |request| metrics::admin(for_service.clone(), ready.clone(), request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
-            if let Err(e) = connection.await
-                && e.is_timeout()
-            {
-                for_task.limit_hit("admin-header-read-timeout");
+            match tokio::time::timeout(ADMIN_LIFETIME, connection).await {
+                Ok(Err(e)) if e.is_timeout() => for_task.limit_hit("admin-header-read-timeout"),
+                Err(_) => for_task.limit_hit("admin-lifetime"),
+                Ok(_) => {}
             }
             drop((admitted, slot));
         });
