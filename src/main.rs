@@ -99,10 +99,20 @@ async fn serve(config: kubelet_guard::config::Config) -> ExitCode {
 /// Colour only when stderr is a terminal: a log collector or a file would keep the escape bytes.
 /// Standard output stays free for what a command prints (the audit log with `--audit-log-path=-`).
 fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_env("KUBELET_GUARD_LOG")
-        // rustls warns, through `log`, about every client that sends an IP address as its server
-        // name (OpenSSL does): a caller's quirk, not the operator's concern.
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error")));
+    // rustls warns, through `log`, about every client that sends an IP address as its server
+    // name (OpenSSL does): a caller's quirk, not the operator's concern.
+    let default = || EnvFilter::new(format!("{default_level},rustls=error"));
+    let filter = match std::env::var("KUBELET_GUARD_LOG") {
+        Err(_) => default(),
+        Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+            // Said before logging starts: a typo must not silently leave the default level.
+            eprintln!(
+                "kubelet-guard: KUBELET_GUARD_LOG={directives:?} is not a log filter ({e}); \
+                 logging at {default_level}"
+            );
+            default()
+        }),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -286,6 +286,24 @@ fn logs_to_a_pipe_carry_no_colour_escapes() {
 }
 
 #[test]
+fn a_log_filter_that_does_not_parse_is_said_not_ignored() {
+    let fixture = Fixture::new();
+    let lines = lines_until_serving(&fixture.args(), &[("KUBELET_GUARD_LOG", "info,x=[")]);
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("KUBELET_GUARD_LOG=\"info,x=[\" is not a log filter")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|line| line.contains("kubelet-guard serving")),
+        "it serves at the default level: {lines:?}"
+    );
+}
+
+#[test]
 fn listen_is_the_node_address_or_required_never_a_wildcard() {
     let fixture = Fixture::new();
     let without = set(fixture.args(), "--listen", None);
