@@ -31,6 +31,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
+            raise_open_files(config.limits.max_connections);
             run(serve(config))
         }
         Command::Demo(args) => {
@@ -120,6 +121,39 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does for the kubelet:
+/// container runtimes may start a process at 1024 (containerd 2.0 does), and every caller
+/// connection takes a file, with its kubelet connection another. Warns, naming the flag, when even
+/// the hard limit is short of what `--max-connections` needs.
+fn raise_open_files(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let open_files = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit to its maximum");
+            limit.current
+        }
+    };
+    // `None` is unlimited. Two files per connection, and room for the guard's own.
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if let Some(open_files) = open_files.filter(|open_files| *open_files < needed) {
+        tracing::warn!(
+            open_files,
+            needed,
+            "--max-connections={max_connections} needs more open files than the process may have: \
+             connections past the limit fail to be accepted"
+        );
     }
 }
 

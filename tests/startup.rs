@@ -106,8 +106,14 @@ fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 
 /// Starts the binary with `args` and only the environment variables in `env`.
 fn spawn(args: &[String], env: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
-        .args(args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"));
+    command.args(args);
+    spawn_command(command, env)
+}
+
+/// Starts `command` with only the environment variables in `env` and its output on pipes.
+fn spawn_command(mut command: Command, env: &[(&str, &str)]) -> Child {
+    command
         .env_clear()
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -154,7 +160,14 @@ fn lines_until_serving_then<T>(
     env: &[(&str, &str)],
     look: impl FnOnce(&Child) -> T,
 ) -> (Vec<String>, T) {
-    let mut child = spawn(args, env);
+    lines_until_child_serves(spawn(args, env), look)
+}
+
+/// As [`lines_until_serving_then`], for a binary already started as `child`.
+fn lines_until_child_serves<T>(
+    mut child: Child,
+    look: impl FnOnce(&Child) -> T,
+) -> (Vec<String>, T) {
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -283,6 +296,38 @@ fn logs_to_a_pipe_carry_no_colour_escapes() {
     for line in &lines {
         assert!(!line.contains('\u{1b}'), "an ANSI escape in {line:?}");
     }
+}
+
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let fixture = Fixture::new();
+    // Started at a soft limit of 512 files, as a container runtime may start it at 1024.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .args(fixture.args());
+    let (logged, limits) = lines_until_child_serves(spawn_command(command, &[]), |child| {
+        std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap()
+    });
+    assert!(
+        logged
+            .last()
+            .is_some_and(|line| line.contains("kubelet-guard serving")),
+        "{logged:#?}"
+    );
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (soft, hard) = (open_files[3], open_files[4]);
+    assert_eq!(soft, hard, "{limits}");
+    assert_ne!(
+        soft, "512",
+        "this machine's hard limit is 512: the test shows nothing"
+    );
 }
 
 #[test]
