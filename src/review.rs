@@ -1,6 +1,7 @@
 //! What a review is, independent of who answers it: the future a reviewer returns and the error
 //! that means no answer. `authn` and `authz` define the reviewer traits with these; `apiserver`
-//! and `embedded` implement them. Depends on nothing else of the crate.
+//! and `embedded` implement them; their two caches of answers share [`Generation`] and
+//! [`Lifetimes`]. Depends on nothing else of the crate.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,5 +55,31 @@ impl Generation {
     /// Starts a new generation: call it after the new content is in place.
     pub fn advance(&self) {
         self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A review cache's entry lifetimes, by answer: each answer lives as long as `F` says for it from
+/// when it was stored, and one replacing another lives its own lifetime, not what was left of the
+/// other's. Stored values are `(answer, generation)`.
+pub struct Lifetimes<F>(pub F);
+
+impl<K, A, F: Fn(&A) -> Duration> moka::Expiry<K, (A, u64)> for Lifetimes<F> {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        (answer, _): &(A, u64),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some((self.0)(answer))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &K,
+        value: &(A, u64),
+        updated_at: std::time::Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
     }
 }

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::Expiry;
 use moka::future::Cache;
 
 use super::Identity;
 use crate::metrics::{CacheKind, Metrics};
-use crate::review::{Generation, ReviewError, ReviewFuture};
+use crate::review::{Generation, Lifetimes, ReviewError, ReviewFuture};
 
 /// The result of reviewing one token.
 #[derive(Clone, Debug)]
@@ -81,12 +80,13 @@ impl TokenAuthenticator {
         metrics: Metrics,
     ) -> Self {
         let ttl = ttl.max(Duration::from_nanos(1));
+        let failed = failed.clamp(Duration::from_nanos(1), ttl);
         let cache = Cache::builder()
             .max_capacity(100_000)
-            .expire_after(Ttls {
-                ttl,
-                failed: failed.clamp(Duration::from_nanos(1), ttl),
-            })
+            .expire_after(Lifetimes(move |outcome: &TokenOutcome| match outcome {
+                TokenOutcome::Failed => failed,
+                _ => ttl,
+            }))
             .build();
         Self {
             reviewer,
@@ -127,36 +127,6 @@ impl TokenAuthenticator {
             }
             rejected => rejected,
         })
-    }
-}
-
-/// The lifetimes of cached answers: [`TokenOutcome::Failed`] for `failed`, others for `ttl`.
-struct Ttls {
-    ttl: Duration,
-    failed: Duration,
-}
-
-impl Expiry<TokenDigest, (TokenOutcome, u64)> for Ttls {
-    fn expire_after_create(
-        &self,
-        _key: &TokenDigest,
-        (outcome, _): &(TokenOutcome, u64),
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(match outcome {
-            TokenOutcome::Failed => self.failed,
-            _ => self.ttl,
-        })
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &TokenDigest,
-        value: &(TokenOutcome, u64),
-        updated_at: std::time::Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, value, updated_at)
     }
 }
 

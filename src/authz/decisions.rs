@@ -8,16 +8,15 @@
 //! served after it ([`Generation`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
 use moka::future::Cache;
 
 use super::{Decision, Resource};
 use crate::authn::Identity;
 use crate::kubelet_api::Verb;
 use crate::metrics::{CacheKind, Metrics};
-use crate::review::{Generation, ReviewError, ReviewFuture};
+use crate::review::{Generation, Lifetimes, ReviewError, ReviewFuture};
 
 /// Something that answers one access review for the guard's node.
 pub trait AccessReviewer: Send + Sync {
@@ -45,12 +44,6 @@ type Key = (Arc<Identity>, Verb, Resource);
 // A key per cached decision, tens of thousands of them: a pod's names stay out of line.
 const _: () = assert!(std::mem::size_of::<Key>() <= 32);
 
-/// Lifetimes by decision.
-struct Ttls {
-    allowed: Duration,
-    denied: Duration,
-}
-
 impl DecisionCache {
     /// Forgets every cached decision: the policy file changed, and a removed grant must stop
     /// working now, not when its entry expires.
@@ -68,7 +61,9 @@ impl DecisionCache {
     ) -> Self {
         let cache = Cache::builder()
             .max_capacity(100_000)
-            .expire_after(Ttls { allowed, denied })
+            .expire_after(Lifetimes(move |decision: &Decision| {
+                if decision.is_allow() { allowed } else { denied }
+            }))
             .build();
         Self {
             reviewer,
@@ -112,32 +107,6 @@ impl DecisionCache {
         // request cache its answer.
         self.cache.invalidate(&key).await;
         self.reviewer.review(who, verb, resource).await
-    }
-}
-
-impl Expiry<Key, (Decision, u64)> for Ttls {
-    fn expire_after_create(
-        &self,
-        _key: &Key,
-        (decision, _): &(Decision, u64),
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(if decision.is_allow() {
-            self.allowed
-        } else {
-            self.denied
-        })
-    }
-
-    /// A decision replacing another lives its own lifetime, not what was left of the other's.
-    fn expire_after_update(
-        &self,
-        key: &Key,
-        value: &(Decision, u64),
-        updated_at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, value, updated_at)
     }
 }
 
