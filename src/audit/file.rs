@@ -158,10 +158,10 @@ pub(crate) async fn run(
         let Some(first) = first else {
             break;
         };
-        let mut batch = vec![first];
+        let mut batch = vec![first.event];
         while batch.len() < WRITE_BATCH {
             match queue.try_recv() {
-                Some(event) => batch.push(event),
+                Some(queued) => batch.push(queued.event),
                 None => break,
             }
         }
@@ -176,7 +176,7 @@ pub(crate) async fn run(
         let mut batch = Vec::new();
         while batch.len() < WRITE_BATCH {
             match queue.try_recv() {
-                Some(event) => batch.push(event),
+                Some(queued) => batch.push(queued.event),
                 None => break,
             }
         }

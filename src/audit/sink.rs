@@ -245,7 +245,14 @@ impl Queues {
                 DROP_REASONS[1]
             } else if !sink.hold(weight, self.bytes) {
                 DROP_REASONS[0]
-            } else if sink.events.try_send(Arc::clone(&event)).is_err() {
+            } else if sink
+                .events
+                .try_send(Queued {
+                    event: Arc::clone(&event),
+                    weight,
+                })
+                .is_err()
+            {
                 sink.held.fetch_sub(weight, Ordering::AcqRel);
                 DROP_REASONS[0]
             } else {
@@ -263,9 +270,15 @@ impl Queues {
     }
 }
 
+/// An event in a queue, with the weight it was counted at.
+pub(crate) struct Queued {
+    pub(crate) event: Arc<Event>,
+    pub(crate) weight: usize,
+}
+
 /// The sending side of one sink's queue.
 struct Sending {
-    events: mpsc::Sender<Arc<Event>>,
+    events: mpsc::Sender<Queued>,
     /// The weight of the events queued.
     held: Arc<AtomicUsize>,
 }
@@ -283,7 +296,7 @@ impl Sending {
 
 /// One sink's queue, as its writer reads it: taking an event gives its bytes back.
 pub(crate) struct Queue {
-    events: mpsc::Receiver<Arc<Event>>,
+    events: mpsc::Receiver<Queued>,
     held: Arc<AtomicUsize>,
 }
 
@@ -302,15 +315,15 @@ fn queue(capacity: usize) -> (Sending, Queue) {
 
 impl Queue {
     /// The next event; `None` once the queue is closed and empty.
-    pub(crate) async fn recv(&mut self) -> Option<Arc<Event>> {
-        let event = self.events.recv().await?;
-        Some(self.taken(event))
+    pub(crate) async fn recv(&mut self) -> Option<Queued> {
+        let queued = self.events.recv().await?;
+        Some(self.taken(queued))
     }
 
     /// The next event if one is queued.
-    pub(crate) fn try_recv(&mut self) -> Option<Arc<Event>> {
-        let event = self.events.try_recv().ok()?;
-        Some(self.taken(event))
+    pub(crate) fn try_recv(&mut self) -> Option<Queued> {
+        let queued = self.events.try_recv().ok()?;
+        Some(self.taken(queued))
     }
 
     /// Refuses every event from now on; those queued can still be taken.
@@ -318,9 +331,9 @@ impl Queue {
         self.events.close();
     }
 
-    fn taken(&self, event: Arc<Event>) -> Arc<Event> {
-        self.held.fetch_sub(event.weight(), Ordering::AcqRel);
-        event
+    fn taken(&self, queued: Queued) -> Queued {
+        self.held.fetch_sub(queued.weight, Ordering::AcqRel);
+        queued
     }
 }
 

@@ -37,7 +37,7 @@ use prometheus::IntCounter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::sink::{AuditError, Queue, SHUTDOWN_GRACE, WebhookSettings};
+use super::sink::{AuditError, Queue, Queued, SHUTDOWN_GRACE, WebhookSettings};
 use super::{API_VERSION, EVENT_LIST_KIND, Event, EventList};
 use crate::shutdown::stopped;
 
@@ -179,7 +179,7 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
     let mut batch = Batch::new(max);
     let mut send_at: Option<Instant> = None;
     // An event that did not fit the batch in hand: the first of the next.
-    let mut carried: Option<Arc<Event>> = None;
+    let mut carried: Option<Queued> = None;
     let deadline = loop {
         let wait_over = async move {
             match send_at {
@@ -273,15 +273,14 @@ impl Batch {
         }
     }
 
-    /// Adds `event`, or hands it back when it would take a batch that holds something past
+    /// Adds `queued`, or hands it back when it would take a batch that holds something past
     /// [`BATCH_BYTES`].
-    fn push(&mut self, event: Arc<Event>) -> Result<(), Arc<Event>> {
-        let weight = event.weight();
-        if !self.events.is_empty() && self.bytes + weight > BATCH_BYTES {
-            return Err(event);
+    fn push(&mut self, queued: Queued) -> Result<(), Queued> {
+        if !self.events.is_empty() && self.bytes + queued.weight > BATCH_BYTES {
+            return Err(queued);
         }
-        self.bytes += weight;
-        self.events.push(Arc::unwrap_or_clone(event));
+        self.bytes += queued.weight;
+        self.events.push(Arc::unwrap_or_clone(queued.event));
         Ok(())
     }
 
