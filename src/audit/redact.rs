@@ -25,9 +25,10 @@
 //! Secret words, in any case: `token`, `password`, `passwd`, `secret`, `credential`, `apikey`,
 //! `api-key`, `api_key`, `authorization`. A redacted word keeps the quotes around it and becomes
 //! [`MARK`]. In a `requestURI`, the values of each query key go through the same rule, and so
-//! does each key itself; every value of a key that holds a secret word is redacted whole, and a pair the kubelet does not
-//! read (one holding `;` or a bad `%` escape, which Go's `url.ParseQuery` drops) becomes
-//! [`MARK`] whole, since it cannot be read word by word; the rest of the URI stays as sent.
+//! does each key itself; every value of a key that holds a secret word is redacted whole, and a
+//! pair the kubelet does not read (one holding `;` or a bad `%` escape, which Go's
+//! `url.ParseQuery` drops) becomes [`MARK`] whole, since it cannot be read word by word; the rest
+//! of the URI stays as sent.
 //!
 //! The rule errs towards redacting too much. It cannot know every program's options: `mysql
 //! -psecret` or a credential on stdin is not recognised (stdin is never recorded at all).
@@ -215,13 +216,8 @@ fn redact_word(word: &str, next: Next) -> (Cow<'_, str>, Next) {
     match next {
         Next::Credential => return (mask(word), Next::Plain),
         Next::UserInfo => {
-            if let Some((user, password)) = word.split_once(':')
-                && !password.trim_matches(['\'', '"']).is_empty()
-            {
-                return (
-                    Cow::Owned(format!("{user}:{}", mask(password))),
-                    Next::Plain,
-                );
+            if let Some(masked) = without_password(word) {
+                return (Cow::Owned(masked), Next::Plain);
             }
         }
         Next::Plain => {}
@@ -242,13 +238,9 @@ fn redact_word(word: &str, next: Next) -> (Cow<'_, str>, Next) {
     }
     if let Some((flag, value)) = word.split_once('=')
         && USER_FLAGS.contains(&flag)
-        && let Some((user, password)) = value.split_once(':')
-        && !password.trim_matches(['\'', '"']).is_empty()
+        && let Some(masked) = without_password(value)
     {
-        return (
-            Cow::Owned(format!("{flag}={user}:{}", mask(password))),
-            Next::Plain,
-        );
+        return (Cow::Owned(format!("{flag}={masked}")), Next::Plain);
     }
     for separator in ['=', ':'] {
         if let Some((name, value)) = word.split_once(separator)
@@ -330,14 +322,20 @@ fn url_password(word: &str) -> Option<String> {
     let (scheme, rest) = word.split_once("://")?;
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
     let (userinfo, _) = authority.rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':')?;
-    if password.is_empty() {
-        return None;
-    }
     Some(format!(
-        "{scheme}://{user}:{MARK}{}",
+        "{scheme}://{}{}",
+        without_password(userinfo)?,
         &rest[userinfo.len()..]
     ))
+}
+
+/// `user:password` with the password masked, if it has one (a user name alone is no secret).
+fn without_password(userinfo: &str) -> Option<String> {
+    let (user, password) = userinfo.split_once(':')?;
+    if password.trim_matches(['\'', '"']).is_empty() {
+        return None;
+    }
+    Some(format!("{user}:{}", mask(password)))
 }
 
 /// `word` as [`MARK`], keeping the quotes around it.
