@@ -166,9 +166,7 @@ impl ApiServer {
                     tokio::time::sleep_until(again).await;
                     pause = pause.mul_f64(1.5);
                 }
-                Err(ReviewError::Timeout(_)) if failed.is_some() => {
-                    return Err(failed.unwrap_or(ReviewError::Timeout(self.timeout)));
-                }
+                Err(timeout @ ReviewError::Timeout(_)) => return Err(failed.unwrap_or(timeout)),
                 result => return result,
             }
         }

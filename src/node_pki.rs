@@ -431,6 +431,7 @@ fn client_verdict(
         .iter_common_name()
         .last()
         .and_then(|cn| cn.as_str().ok());
+    let dates = Dates::of(&parsed);
     Ok(
         if parsed
             .verify_signature(Some(ca_parsed.public_key()))
@@ -441,9 +442,9 @@ fn client_verdict(
             Some("the one there did not match its key")
         } else if cn != Some(subject_cn) {
             Some("the one there named another node")
-        } else if now >= Dates::of(&parsed).renew_at() {
+        } else if now >= dates.renew_at() {
             Some("less than a third of its validity was left")
-        } else if now < Dates::of(&parsed).not_before {
+        } else if now < dates.not_before {
             Some("the one there is not valid yet: the clock was set back")
         } else {
             None

@@ -70,8 +70,8 @@ pub fn upstream_sources(ca: &Path, credential: &UpstreamCredential) -> Vec<Sourc
 }
 
 /// Builds the upstream client configurations from the contents of [`upstream_sources`];
-/// `callers` adds the one without the guard's certificate. `expiry` follows the guard's client
-/// certificate, when its credential is one (a token has none to show).
+/// `callers` adds the one without the guard's certificate. `expiry`, given with a client
+/// certificate only (a token has none to show), follows that certificate.
 pub fn upstream(
     ca: &Path,
     credential: &UpstreamCredential,
@@ -80,7 +80,7 @@ pub fn upstream(
     expiry: Option<&IntGauge>,
 ) -> Result<UpstreamTls, FileError> {
     let tls = super::upstream_config_from(ca, credential, contents, callers)?;
-    if let (UpstreamCredential::ClientCert { .. }, Some(expiry)) = (credential, expiry) {
+    if let Some(expiry) = expiry {
         set_expiry(expiry, contents.get(1));
     }
     Ok(tls)
