@@ -114,13 +114,7 @@ async fn every_metric_family_is_exported_and_counts_what_it_names() {
 #[tokio::test]
 async fn kubelet_failures_are_counted_by_kind() {
     let cluster = Cluster::start(&[]).await;
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &[],
-    );
+    let mut argv = cluster.flags(&[]);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);

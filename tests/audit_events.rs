@@ -209,13 +209,7 @@ async fn no_token_reaches_an_event_or_a_log_line() {
     cluster.api.add_token(TOKEN, USER, "", &[]);
     cluster.api.allow(USER, "get", "metrics");
     let log = AuditLog::new();
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &[],
-    );
+    let mut argv = cluster.flags(&[]);
     argv.push(log.flag().into());
     argv.push("--log-format=json".into());
     // A failing review is tried again within this deadline: keep the 500 below prompt.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::guard::{Cluster, flags, start_with_flags};
+use support::guard::{Cluster, start_with_flags};
 use support::with_deadline;
 
 /// The status line of an admin GET.
@@ -20,13 +20,7 @@ async fn admin_status(addr: SocketAddr, path: &str) -> String {
 
 /// The guard's flags with `--listen` at `addr`.
 fn listening_at(cluster: &Cluster, addr: SocketAddr) -> Vec<String> {
-    let mut argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &[],
-    );
+    let mut argv = cluster.flags(&[]);
     argv.retain(|arg| !arg.starts_with("--listen="));
     argv.push(format!("--listen={addr}"));
     argv

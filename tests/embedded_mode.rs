@@ -24,13 +24,7 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
 
 /// The cluster's flags with the embedded files, and without `--kubeconfig` when both are given.
 fn embedded_flags(cluster: &Cluster, tokens: Option<&Path>, policy: Option<&Path>) -> Vec<String> {
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=20ms"],
-    );
+    let mut argv = cluster.flags(&["--tls-reload-interval=20ms"]);
     if tokens.is_some() && policy.is_some() {
         argv.retain(|flag| !flag.starts_with("--kubeconfig="));
     }

@@ -160,13 +160,7 @@ async fn cached_decisions_keep_working_while_the_api_server_is_down() {
 #[tokio::test]
 async fn an_unreachable_api_server_is_a_500() {
     let cluster = cluster(&["--apiserver-timeout=1s"]).await;
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &[],
-    );
+    let mut argv = cluster.flags(&[]);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);

@@ -89,13 +89,7 @@ async fn a_token_credential_replaces_the_callers_token_and_is_reread_when_it_rot
     let token_file = support::temp_dir("upstream-token").join("token");
     std::fs::write(&token_file, "guard-upstream-token\n").unwrap();
     let cluster = Cluster::start(&[]).await;
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &[],
-    );
+    let mut argv = cluster.flags(&[]);
     argv.retain(|flag| !flag.starts_with("--upstream-client-"));
     argv.push(format!("--upstream-token-file={}", token_file.display()));
     argv.push("--tls-reload-interval=20ms".into());

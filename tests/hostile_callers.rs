@@ -244,13 +244,7 @@ async fn a_resumed_session_is_refused_once_its_client_ca_has_expired() {
         format!("{}{}", cluster.ca.cert_pem(), short.cert_pem()),
     )
     .unwrap();
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &[],
-    );
+    let mut argv = cluster.flags(&[]);
     argv.retain(|flag| !flag.starts_with("--client-ca-file="));
     argv.push(format!("--client-ca-file={}", bundle.display()));
     let guard = support::guard::start_with_flags(&argv).await.unwrap();
@@ -460,13 +454,7 @@ async fn a_removed_token_or_grant_stops_working_at_the_next_reload() {
     let unbound = grant.split("---").next().unwrap();
     std::fs::write(&tokens, "t-alice,alice,uid-alice\nt-bob,bob,uid-bob\n").unwrap();
     std::fs::write(&policy, grant).unwrap();
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=50ms"],
-    );
+    let mut argv = cluster.flags(&["--tls-reload-interval=50ms"]);
     argv.retain(|flag| !flag.starts_with("--kubeconfig="));
     argv.push(format!("--token-auth-file={}", tokens.display()));
     argv.push(format!("--rbac-policy-file={}", policy.display()));

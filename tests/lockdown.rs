@@ -8,7 +8,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::guard::{Cluster, NODE, admin_get, flags, make_node_pki, start_with_flags};
+use support::guard::{Cluster, NODE, admin_get, make_node_pki, start_with_flags};
 use support::kubelet::Auth;
 
 const TOKEN: &str = "t-agent";
@@ -213,16 +213,11 @@ async fn another_nodes_guard_certificate_is_refused_by_a_locked_kubelet() {
         std::fs::read(cluster.node_pki.as_ref().unwrap().join("ca.crt")).unwrap(),
         "two nodes, two CAs"
     );
-    let mut argv: Vec<String> = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &[],
-    )
-    .into_iter()
-    .filter(|flag| !flag.starts_with("--upstream-client-"))
-    .collect();
+    let mut argv: Vec<String> = cluster
+        .flags(&[])
+        .into_iter()
+        .filter(|flag| !flag.starts_with("--upstream-client-"))
+        .collect();
     argv.push(format!("--node-pki-dir={}", other.display()));
     let intruder = start_with_flags(&argv).await.unwrap();
     let (status, _, body) = cluster

@@ -159,13 +159,7 @@ async fn in_embedded_mode_a_rolebinding_in_the_pods_namespace_grants_the_pod_per
         ),
     )
     .unwrap();
-    let mut argv = support::guard::flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--pod-scoped-authz"],
-    );
+    let mut argv = cluster.flags(&["--pod-scoped-authz"]);
     argv.retain(|flag| !flag.starts_with("--kubeconfig="));
     argv.push(format!("--token-auth-file={}", tokens.display()));
     argv.push(format!("--rbac-policy-file={}", policy.display()));

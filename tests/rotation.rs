@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use kubelet_guard::Running;
 use support::client::TlsClient;
-use support::guard::{Cluster, NODE, flags, start_with_flags};
+use support::guard::{Cluster, NODE, start_with_flags};
 use support::pki::{Ca, CertKey};
 use support::with_deadline;
 
@@ -75,13 +75,7 @@ async fn guard_reading_client_ca(
     volume: &Volume,
     edit: impl FnOnce(Vec<String>) -> Vec<String>,
 ) -> Running {
-    let argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=20ms"],
-    );
+    let argv = cluster.flags(&["--tls-reload-interval=20ms"]);
     start_with_flags(&with_flag(
         edit(argv),
         "--client-ca-file",
@@ -171,13 +165,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let identity = cluster.kubelet_ca.client_cert("kubelet-guard", &[]);
     upstream.publish(&serving_files(&identity));
 
-    let argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=20ms"],
-    );
+    let argv = cluster.flags(&["--tls-reload-interval=20ms"]);
     let argv = with_flag(argv, "--tls-cert-file", &serving.path("tls.crt"));
     let argv = with_flag(argv, "--tls-private-key-file", &serving.path("tls.key"));
     let argv = with_flag(
@@ -369,13 +357,7 @@ async fn a_rotated_upstream_ca_is_used_for_new_kubelet_connections() {
     let wrong = Ca::new("not-the-kubelets");
     let volume = Volume::new("upstream-ca");
     volume.publish(&[("ca.crt", &wrong.cert_pem())]);
-    let argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-reload-interval=20ms"],
-    );
+    let argv = cluster.flags(&["--tls-reload-interval=20ms"]);
     let guard = start_with_flags(&with_flag(
         argv,
         "--upstream-ca-file",

@@ -17,7 +17,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use support::guard::{Cluster, flags};
+use support::guard::Cluster;
 use support::kubelet::{FOLLOW_LINES, WEBSOCKET_PROTOCOLS};
 use support::{DEADLINE, with_deadline};
 
@@ -141,13 +141,7 @@ async fn streams_still_open_at_the_end_of_the_grace_period_are_closed() {
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_zero() {
     let cluster = cluster(&[]).await;
-    let mut argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--log-format=json"],
-    );
+    let mut argv = cluster.flags(&["--log-format=json"]);
     argv.remove(0);
     let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
         .args(&argv)

@@ -14,7 +14,7 @@ use rustls::crypto::ring::{cipher_suite, default_provider};
 use rustls::{CipherSuite, ClientConfig, ProtocolVersion, SupportedCipherSuite};
 use rustls_pki_types::ServerName;
 use support::DEADLINE;
-use support::guard::{Cluster, flags};
+use support::guard::Cluster;
 use tokio_rustls::TlsConnector;
 
 /// A client offering only `versions` and `suites`; what it negotiated, or why it could not.
@@ -100,13 +100,7 @@ async fn unknown_or_unimplemented_suites_stop_start_up_naming_the_flag() {
         ("TLS_ECDHE_ECDSA_WITH_AES_512_GCM", "not a cipher suite"),
     ] {
         let flag = format!("--tls-cipher-suites=TLS_AES_128_GCM_SHA256,{value}");
-        let argv = flags(
-            &cluster.ca,
-            &cluster.kubelet_ca,
-            &cluster.api,
-            &cluster.kubelet,
-            &[&flag],
-        );
+        let argv = cluster.flags(&[&flag]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
             .args(&argv[1..])
             .env_clear()
@@ -133,13 +127,7 @@ async fn unknown_or_unimplemented_suites_stop_start_up_naming_the_flag() {
             "{stderr}"
         );
     }
-    let argv = flags(
-        &cluster.ca,
-        &cluster.kubelet_ca,
-        &cluster.api,
-        &cluster.kubelet,
-        &["--tls-min-version=VersionTLS11"],
-    );
+    let argv = cluster.flags(&["--tls-min-version=VersionTLS11"]);
     let err = support::guard::start_with_flags(&argv)
         .await
         .err()

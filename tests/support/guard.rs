@@ -35,6 +35,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The flags of another guard wired to this cluster's doubles, plus `extra`.
+    pub fn flags(&self, extra: &[&str]) -> Vec<String> {
+        flags(&self.ca, &self.kubelet_ca, &self.api, &self.kubelet, extra)
+    }
+
     /// Starts the doubles and a guard with the default flags plus `extra`.
     pub async fn start(extra: &[&str]) -> Cluster {
         super::init();
