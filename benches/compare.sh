@@ -8,25 +8,37 @@
 # Settings (environment): BENCH_SECONDS (10) per run, BENCH_ROUNDS (1) repetitions of the whole
 # comparison, BENCH_WARMUP (2) seconds, BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_AFFINITY
 # (1: each peer's workers pinned one per CPU; 0: the kernel places them),
-# BENCH_PORT_BASE (18440; five ports from it), KUBELET_GUARD (the binary; default
+# BENCH_PORT_BASE (18440; seven ports from it), KUBELET_GUARD (the binary; default
 # target/release/kubelet-guard), BENCH_KEEP=1 keeps the work directory (PKI, configs, logs, wrk
 # output), which is also kept when anything failed.
 #
 # Absolute numbers depend on the machine and on whatever else runs on it; the peers are measured
 # in the same run, one after the other, so the ratios are what to compare across machines.
+#
+# KUBELET_GUARD_BASE=<another build of the guard> measures a change instead: the two builds run at
+# once, each driven by half the connections, and the report is each one's CPU time per request
+# and their ratio. A sequential run's CPU per request moves by a fifth from one minute to the next
+# on a shared machine; two copies of one build measured this way stayed within 2% of each other
+# in every round, so a few rounds show a change worth 2–3%. nginx and HAProxy are not measured in
+# this mode: processes unlike each other share the cores unevenly when run at once.
 set -euo pipefail
 export PATH=$PATH:/usr/sbin:/sbin LC_ALL=C
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 templates=$root/benches/compare
 guard_bin=${KUBELET_GUARD:-$root/target/release/kubelet-guard}
+base_bin=${KUBELET_GUARD_BASE:-}
 seconds=${BENCH_SECONDS:-10} rounds=${BENCH_ROUNDS:-1} warmup=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-32} threads=${BENCH_THREADS:-2} base=${BENCH_PORT_BASE:-18440}
 affinity=${BENCH_AFFINITY:-1}
 upstream_name=bench-upstream token=bench-token
-declare -A port=([upstream]=$base [kubelet-guard]=$((base + 1)) [guard-admin]=$((base + 2))
-                 [nginx]=$((base + 3)) [haproxy]=$((base + 4)))
+declare -A port=([upstream]=$base [kubelet-guard]=$((base + 1)) [kubelet-guard-admin]=$((base + 2))
+                 [nginx]=$((base + 3)) [haproxy]=$((base + 4))
+                 [guard-base]=$((base + 5)) [guard-base-admin]=$((base + 6)))
 peers=(kubelet-guard nginx haproxy)
+declare -A binary=([kubelet-guard]=$guard_bin)
+guards=(kubelet-guard)
+if [ -n "$base_bin" ]; then peers+=(guard-base) guards+=(guard-base) binary[guard-base]=$base_bin; fi
 bodies=("65 B:/metrics:65" "64 KiB:/metrics/cadvisor:65536")
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -42,6 +54,7 @@ if ((${#missing[@]})); then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -x "$guard_bin" ] || die "$guard_bin not found: run 'cargo build --release' (or set KUBELET_GUARD)"
+[ -z "$base_bin" ] || [ -x "$base_bin" ] || die "KUBELET_GUARD_BASE: $base_bin is not an executable"
 for p in "${port[@]}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use: set BENCH_PORT_BASE"; fi
 done
@@ -130,24 +143,28 @@ wait_port() { # name port
 start upstream nginx -p "$work/upstream/" -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" -g "daemon off;"
 start nginx nginx -p "$work/nginx/" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" -g "daemon off;"
 start haproxy haproxy -db -f "$work/haproxy/haproxy.cfg"
-start kubelet-guard env KUBELET_GUARD_LOG=warn "$guard_bin" serve \
-  --listen="127.0.0.1:${port[kubelet-guard]}" --metrics-listen="127.0.0.1:${port[guard-admin]}" \
-  --tls-cert-file="$pki/front.crt" --tls-private-key-file="$pki/front.key" \
-  --token-auth-file="$work/guard/tokens.csv" --rbac-policy-file="$work/guard/policy.yaml" \
-  --upstream="https://127.0.0.1:${port[upstream]}" --upstream-ca-file="$pki/ca.crt" \
-  --upstream-server-name="$upstream_name" \
-  --upstream-client-cert-file="$pki/client.crt" --upstream-client-key-file="$pki/client.key" \
-  --node-name=bench-node --kubelet-lockdown=off --shutdown-grace-period=1s "${guard_affinity[@]}"
-for name in upstream nginx haproxy kubelet-guard guard-admin; do
-  wait_port "${name/guard-admin/kubelet-guard}" "${port[$name]}"
+for guard in "${guards[@]}"; do
+  start "$guard" env KUBELET_GUARD_LOG=warn "${binary[$guard]}" serve \
+    --listen="127.0.0.1:${port[$guard]}" --metrics-listen="127.0.0.1:${port[$guard-admin]}" \
+    --tls-cert-file="$pki/front.crt" --tls-private-key-file="$pki/front.key" \
+    --token-auth-file="$work/guard/tokens.csv" --rbac-policy-file="$work/guard/policy.yaml" \
+    --upstream="https://127.0.0.1:${port[upstream]}" --upstream-ca-file="$pki/ca.crt" \
+    --upstream-server-name="$upstream_name" \
+    --upstream-client-cert-file="$pki/client.crt" --upstream-client-key-file="$pki/client.key" \
+    --node-name=bench-node --kubelet-lockdown=off --shutdown-grace-period=1s "${guard_affinity[@]}"
 done
-# The guard binds early and reports readiness separately (/readyz, plain HTTP on the admin port).
-for i in {1..100}; do
-  status=$( (exec 3<>"/dev/tcp/127.0.0.1/${port[guard-admin]}" &&
-    printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && head -1 <&3) 2>/dev/null || true)
-  [[ $status == *" 200"* ]] && break
-  [ "$i" = 100 ] && die "kubelet-guard /readyz: ${status:-no answer} (log: $work/kubelet-guard.log)"
-  sleep 0.1
+for name in upstream nginx haproxy; do wait_port "$name" "${port[$name]}"; done
+for guard in "${guards[@]}"; do
+  wait_port "$guard" "${port[$guard]}"
+  wait_port "$guard" "${port[$guard-admin]}"
+  # The guard binds early and reports readiness separately (/readyz, plain HTTP on the admin port).
+  for i in {1..100}; do
+    status=$( (exec 3<>"/dev/tcp/127.0.0.1/${port[$guard-admin]}" &&
+      printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && head -1 <&3) 2>/dev/null || true)
+    [[ $status == *" 200"* ]] && break
+    [ "$i" = 100 ] && die "$guard /readyz: ${status:-no answer} (log: $work/$guard.log)"
+    sleep 0.1
+  done
 done
 
 # From here on every OpenSSL program is a caller (wrk, s_client): it offers TLS suites in a Go
@@ -285,7 +302,9 @@ measure() { # round body-index peer
   fi
   [ "${r[$k,status]}" = ok ] || failed=1
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
+ratio() { # a b [decimals, 2]
+  awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (b > 0) printf "%." d "f", a / b; else printf "-" }'
+}
 table() { # round body-index
   local k peer g other label path size
   IFS=: read -r label path size <<<"${bodies[$2]}"
@@ -308,7 +327,9 @@ table() { # round body-index
       "$(ratio "${r[$g,p99]}" "${r[$k,p99]}")" "$(ratio "${r[$g,cpu]}" "${r[$k,cpu]}")"
   done
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%.2f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { # [decimals, 2]
+  sort -g | awk -v d="${1:-2}" '{ v[NR] = $1 } END { if (!NR) print "-"; else printf "%." d "f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 summary() { # body-index: the guard's ratios in each round, and their median
   local b=$1 other field label round g k line values
   local -A name=([rps]=req/s [p99]=p99 [cpu]=CPU/req)
@@ -329,12 +350,62 @@ summary() { # body-index: the guard's ratios in each round, and their median
   done
 }
 
+# KUBELET_GUARD_BASE: both builds at once, half the connections and threads each.
+paired() { # round body-index
+  local round=$1 b=$2 label path size guard k t0 t1 n bad line c=$((conns / 2)) t=$((threads > 1 ? threads / 2 : 1))
+  local -A before
+  local loads=()
+  IFS=: read -r label path size <<<"${bodies[$b]}"
+  for guard in "${guards[@]}"; do
+    wrk -t"$t" -c"$c" -d"${warmup}s" -H "Authorization: Bearer $token" \
+      "https://127.0.0.1:${port[$guard]}$path" >"$work/warmup-$guard.out" &
+    loads+=($!)
+  done
+  wait "${loads[@]}" # only these: the peers are background jobs too
+  loads=()
+  for guard in "${guards[@]}"; do read -r before[$guard] _ <<<"$(ticks "$guard")"; done
+  for guard in "${guards[@]}"; do
+    wrk -t"$t" -c"$c" -d"${seconds}s" --latency -H "Authorization: Bearer $token" \
+      "https://127.0.0.1:${port[$guard]}$path" >"$work/wrk-$round-$b-$guard.out" &
+    loads+=($!)
+  done
+  wait "${loads[@]}"
+  line=$(printf '%-7s round %s:' "$label" "$round")
+  for guard in "${guards[@]}"; do
+    read -r t1 _ <<<"$(ticks "$guard")"
+    t0=${before[$guard]} k="$round,$b,$guard"
+    read -r r[$k,rps] _ r[$k,p99] n _ bad _ <<<"$(parse_wrk "$work/wrk-$round-$b-$guard.out")"
+    r[$k,cpu]=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$tck" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
+    if ! kill -0 "${pid[$guard]}" 2>/dev/null || [ "$n" = 0 ] || [ "$bad" != 0 ]; then
+      failed=1 line+=" $guard FAILED ($n responses, $bad not 2xx/3xx; see $work)"
+    fi
+    line+=$(printf '  %s %.0f req/s %s µs/req p99 %s ms' "$guard" "${r[$k,rps]}" "${r[$k,cpu]}" "${r[$k,p99]}")
+  done
+  echo "$line   CPU/req this / base $(ratio "${r[$round,$b,kubelet-guard,cpu]}" "${r[$round,$b,guard-base,cpu]}" 3)"
+}
+
 # --- Report.
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || commit="$commit (src modified)"
 echo "machine:  $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3);" \
      "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(openssl version | cut -d' ' -f1-2); $("$guard_bin" --version) at $commit"
+if [ -n "$base_bin" ]; then
+  echo "paired:   kubelet-guard = $guard_bin, guard-base = $base_bin; both at once, wrk -t$((threads > 1 ? threads / 2 : 1)) -c$((conns / 2)) -d${seconds}s each"
+  for ((round = 1; round <= rounds; round++)); do
+    for b in "${!bodies[@]}"; do paired "$round" "$b"; done
+  done
+  for b in "${!bodies[@]}"; do
+    IFS=: read -r label _ _ <<<"${bodies[$b]}"
+    values=()
+    for ((round = 1; round <= rounds; round++)); do
+      values+=("$(ratio "${r[$round,$b,kubelet-guard,cpu]}" "${r[$round,$b,guard-base,cpu]}" 3)")
+    done
+    printf '%-7s CPU/req this / base: median %s (%s)\n' "$label" "$(printf '%s\n' "${values[@]}" | median 3)" "${values[*]}"
+  done
+  [ -z "${failed:-}" ] || die "a run failed: see above"
+  exit 0
+fi
 pinned="workers unpinned"; [ "$affinity" = 1 ] && pinned="workers pinned one per CPU (BENCH_AFFINITY=1)"
 echo "setup:    upstream nginx worker_processes 1; nginx worker_processes auto ($(nproc)); haproxy nbthread 2; $pinned;" \
      "all peers TLS in, mutual TLS out over keep-alive pools; guard in embedded mode (static token, RBAC file)"
