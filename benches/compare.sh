@@ -8,7 +8,7 @@
 # Settings (environment): BENCH_SECONDS (10) per run, BENCH_ROUNDS (1) repetitions of the whole
 # comparison, BENCH_WARMUP (2) seconds, BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_AFFINITY
 # (1: each peer's workers pinned one per CPU; 0: the kernel places them),
-# BENCH_PORT_BASE (18440; seven ports from it), KUBELET_GUARD (the binary; default
+# BENCH_PORT_BASE (18440; five ports from it, seven with KUBELET_GUARD_BASE), KUBELET_GUARD (the binary; default
 # target/release/kubelet-guard), BENCH_KEEP=1 keeps the work directory (PKI, configs, logs, wrk
 # output), which is also kept when anything failed.
 #
@@ -33,12 +33,14 @@ conns=${BENCH_CONNECTIONS:-32} threads=${BENCH_THREADS:-2} base=${BENCH_PORT_BAS
 affinity=${BENCH_AFFINITY:-1}
 upstream_name=bench-upstream token=bench-token
 declare -A port=([upstream]=$base [kubelet-guard]=$((base + 1)) [kubelet-guard-admin]=$((base + 2))
-                 [nginx]=$((base + 3)) [haproxy]=$((base + 4))
-                 [guard-base]=$((base + 5)) [guard-base-admin]=$((base + 6)))
+                 [nginx]=$((base + 3)) [haproxy]=$((base + 4)))
 peers=(kubelet-guard nginx haproxy)
 declare -A binary=([kubelet-guard]=$guard_bin)
 guards=(kubelet-guard)
-if [ -n "$base_bin" ]; then peers+=(guard-base) guards+=(guard-base) binary[guard-base]=$base_bin; fi
+if [ -n "$base_bin" ]; then
+  peers+=(guard-base) guards+=(guard-base) binary[guard-base]=$base_bin
+  port[guard-base]=$((base + 5)) port[guard-base-admin]=$((base + 6))
+fi
 bodies=("65 B:/metrics:65" "64 KiB:/metrics/cadvisor:65536")
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -283,7 +285,8 @@ measure() { # round body-index peer
   read -r rps p50 p99 n bytes bad sock <<<"$(parse_wrk "$work/wrk.out")"
   read -r rss pss <<<"$(memory "$peer")"
   local k="$round,$b,$peer"
-  r[$k,rps]=$rps r[$k,p50]=$p50 r[$k,p99]=$p99 r[$k,sock]=$sock r[$k,status]=ok
+  r[$k,rps]=$rps r[$k,p50]=$p50 r[$k,p99]=$p99 r[$k,sock]=$sock
+  r[$k,status]=$(verdict "$peer" "$n" "$bytes" "$bad" "$size")
   r[$k,cpu]=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tck" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
   r[$k,rss]=$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')
   r[$k,pss]=$(awk -v k="$pss" 'BEGIN { printf "%.1f", k / 1024 }')
@@ -294,13 +297,15 @@ measure() { # round body-index peer
   r[$k,wrk]=$(wrk_cores)
   r[$k,other]=$(awk -v t=$((all1 - all0)) -v hz="$tck" -v s="$seconds" -v ours="${r[$k,cores]} ${r[$k,up]} ${r[$k,wrk]}" \
     'BEGIN { split(ours, o, " "); printf "%.2f", t / hz / s - o[1] - o[2] - o[3] }')
-  if ! kill -0 "${pid[$peer]}" 2>/dev/null; then r[$k,status]="FAILED: $peer exited (see $work/$peer.log)"
-  elif [ "$n" = 0 ]; then r[$k,status]="FAILED: no responses"
-  elif [ "$bad" != 0 ]; then r[$k,status]="FAILED: $bad of $n responses not 2xx/3xx"
-  elif awk -v b="$bytes" -v n="$n" -v s="$size" 'BEGIN { exit !(b / n < s * 0.99) }'; then
-    r[$k,status]="FAILED: $((bytes / n)) bytes per response, body is $size"
-  fi
   [ "${r[$k,status]}" = ok ] || failed=1
+}
+verdict() { # peer responses bytes not-2xx body-size: "ok", or what failed
+  if ! kill -0 "${pid[$1]}" 2>/dev/null; then echo "FAILED: $1 exited (see $work/$1.log)"
+  elif [ "$2" = 0 ]; then echo "FAILED: no responses"
+  elif [ "$4" != 0 ]; then echo "FAILED: $4 of $2 responses not 2xx/3xx"
+  elif awk -v b="$3" -v n="$2" -v s="$5" 'BEGIN { exit !(b / n < s * 0.99) }'; then
+    echo "FAILED: $(($3 / $2)) bytes per response, body is $5"
+  else echo ok; fi
 }
 ratio() { # a b [decimals, 2]
   awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (b > 0) printf "%." d "f", a / b; else printf "-" }'
@@ -350,38 +355,52 @@ summary() { # body-index: the guard's ratios in each round, and their median
   done
 }
 
-# KUBELET_GUARD_BASE: both builds at once, half the connections and threads each.
+# KUBELET_GUARD_BASE: both guards under wrk at once, half the connections and threads each. The
+# wrk processes are in pid[] while they run, so an interrupted run stops them too.
+load_both() { # duration path output-prefix [wrk option...]
+  local duration=$1 path=$2 out=$3 guard
+  shift 3
+  for guard in "${guards[@]}"; do
+    wrk -t$((threads > 1 ? threads / 2 : 1)) -c$((conns / 2)) -d"${duration}s" "$@" \
+      -H "Authorization: Bearer $token" "https://127.0.0.1:${port[$guard]}$path" >"$out-$guard.out" &
+    pid[wrk-$guard]=$!
+  done
+  for guard in "${guards[@]}"; do
+    wait "${pid[wrk-$guard]}" || failed=1
+    unset "pid[wrk-$guard]"
+  done
+}
 paired() { # round body-index
-  local round=$1 b=$2 label path size guard k t0 t1 n bad line c=$((conns / 2)) t=$((threads > 1 ? threads / 2 : 1))
+  local round=$1 b=$2 label path size guard k t1 n bytes bad sock line
   local -A before
-  local loads=()
   IFS=: read -r label path size <<<"${bodies[$b]}"
-  for guard in "${guards[@]}"; do
-    wrk -t"$t" -c"$c" -d"${warmup}s" -H "Authorization: Bearer $token" \
-      "https://127.0.0.1:${port[$guard]}$path" >"$work/warmup-$guard.out" &
-    loads+=($!)
-  done
-  wait "${loads[@]}" # only these: the peers are background jobs too
-  loads=()
-  for guard in "${guards[@]}"; do read -r before[$guard] _ <<<"$(ticks "$guard")"; done
-  for guard in "${guards[@]}"; do
-    wrk -t"$t" -c"$c" -d"${seconds}s" --latency -H "Authorization: Bearer $token" \
-      "https://127.0.0.1:${port[$guard]}$path" >"$work/wrk-$round-$b-$guard.out" &
-    loads+=($!)
-  done
-  wait "${loads[@]}"
+  load_both "$warmup" "$path" "$work/warmup"
+  for guard in "${guards[@]}"; do read -r "before[$guard]" _ <<<"$(ticks "$guard")"; done
+  load_both "$seconds" "$path" "$work/wrk-$round-$b" --latency
   line=$(printf '%-7s round %s:' "$label" "$round")
   for guard in "${guards[@]}"; do
     read -r t1 _ <<<"$(ticks "$guard")"
-    t0=${before[$guard]} k="$round,$b,$guard"
-    read -r r[$k,rps] _ r[$k,p99] n _ bad _ <<<"$(parse_wrk "$work/wrk-$round-$b-$guard.out")"
-    r[$k,cpu]=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$tck" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
-    if ! kill -0 "${pid[$guard]}" 2>/dev/null || [ "$n" = 0 ] || [ "$bad" != 0 ]; then
-      failed=1 line+=" $guard FAILED ($n responses, $bad not 2xx/3xx; see $work)"
-    fi
+    k="$round,$b,$guard"
+    read -r "r[$k,rps]" _ "r[$k,p99]" n bytes bad sock <<<"$(parse_wrk "$work/wrk-$round-$b-$guard.out")"
+    r[$k,status]=$(verdict "$guard" "$n" "$bytes" "$bad" "$size") r[$k,cpu]=-
+    if [ "${r[$k,status]}" = ok ]; then
+      r[$k,cpu]=$(awk -v t=$((t1 - ${before[$guard]})) -v n="$n" -v hz="$tck" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    else failed=1; fi
     line+=$(printf '  %s %.0f req/s %s µs/req p99 %s ms' "$guard" "${r[$k,rps]}" "${r[$k,cpu]}" "${r[$k,p99]}")
+    [ "$sock" = - ] || line+=" socket errors $sock"
+    [ "${r[$k,status]}" = ok ] || line+=" ${r[$k,status]}"
   done
   echo "$line   CPU/req this / base $(ratio "${r[$round,$b,kubelet-guard,cpu]}" "${r[$round,$b,guard-base,cpu]}" 3)"
+}
+
+reproduce() {
+  # The binaries go in the command's environment: "KUBELET_GUARD=… && …" would set a shell
+  # variable the script never sees, and measure the default build instead.
+  local build="cargo build --release && "
+  [ -z "${KUBELET_GUARD:-}" ] || build="KUBELET_GUARD=$KUBELET_GUARD "
+  [ -z "$base_bin" ] || build+="KUBELET_GUARD_BASE=$base_bin "
+  echo "reproduce: cd $root && ${build}BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
+       "BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads BENCH_AFFINITY=$affinity benches/compare.sh"
 }
 
 # --- Report.
@@ -391,7 +410,8 @@ echo "machine:  $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /
 echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3);" \
      "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(openssl version | cut -d' ' -f1-2); $("$guard_bin" --version) at $commit"
 if [ -n "$base_bin" ]; then
-  echo "paired:   kubelet-guard = $guard_bin, guard-base = $base_bin; both at once, wrk -t$((threads > 1 ? threads / 2 : 1)) -c$((conns / 2)) -d${seconds}s each"
+  echo "paired:   kubelet-guard = $guard_bin, guard-base = $base_bin ($("$base_bin" --version));" \
+       "both at once, wrk -t$((threads > 1 ? threads / 2 : 1)) -c$((conns / 2)) -d${seconds}s each"
   for ((round = 1; round <= rounds; round++)); do
     for b in "${!bodies[@]}"; do paired "$round" "$b"; done
   done
@@ -399,10 +419,15 @@ if [ -n "$base_bin" ]; then
     IFS=: read -r label _ _ <<<"${bodies[$b]}"
     values=()
     for ((round = 1; round <= rounds; round++)); do
-      values+=("$(ratio "${r[$round,$b,kubelet-guard,cpu]}" "${r[$round,$b,guard-base,cpu]}" 3)")
+      if [ "${r[$round,$b,kubelet-guard,status]}" = ok ] && [ "${r[$round,$b,guard-base,status]}" = ok ]; then
+        values+=("$(ratio "${r[$round,$b,kubelet-guard,cpu]}" "${r[$round,$b,guard-base,cpu]}" 3)")
+      fi
     done
-    printf '%-7s CPU/req this / base: median %s (%s)\n' "$label" "$(printf '%s\n' "${values[@]}" | median 3)" "${values[*]}"
+    median=-
+    ((${#values[@]} == 0)) || median=$(printf '%s\n' "${values[@]}" | median 3)
+    printf '%-7s CPU/req this / base: median %s (%s)\n' "$label" "$median" "${values[*]}"
   done
+  reproduce
   [ -z "${failed:-}" ] || die "a run failed: see above"
   exit 0
 fi
@@ -427,10 +452,5 @@ if ((rounds > 1)); then
   for b in "${!bodies[@]}"; do summary "$b"; done
 fi
 echo
-# The binary goes in the command's environment: "KUBELET_GUARD=… && …" would set a shell variable
-# the script never sees, and measure the default build instead.
-build="cargo build --release && "
-[ -z "${KUBELET_GUARD:-}" ] || build="KUBELET_GUARD=$KUBELET_GUARD "
-echo "reproduce: cd $root && ${build}BENCH_SECONDS=$seconds BENCH_ROUNDS=$rounds" \
-     "BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads BENCH_AFFINITY=$affinity benches/compare.sh"
+reproduce
 [ -z "${failed:-}" ] || die "a run failed: see the status column"
