@@ -408,6 +408,34 @@ fn rbac_rules_are_evaluated_as_kubernetes_does() {
     );
 }
 
+/// `kubectl get clusterrole node-debug -o yaml` and its binding: an aggregated role whose
+/// selected roles are not in the input, with the rules the aggregation controller filled in.
+const EXPORTED_AGGREGATE: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-debug}
+aggregationRule:
+  clusterRoleSelectors: [{matchLabels: {acme.io/debug: "true"}}]
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: node-debug}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: node-debug}
+subjects: [{kind: ServiceAccount, name: dbg, namespace: ops}]
+"#;
+
+#[test]
+fn an_aggregated_role_grants_the_rules_stored_in_it() {
+    let run = audit(
+        &["-f", "-", "-o", "json", "--fail-on", "critical"],
+        Some(EXPORTED_AGGREGATE),
+    );
+    let report = run.json();
+    let found = find(&report, "dbg", "nodes/proxy");
+    assert_eq!(found["severity"], "critical", "{found:#}");
+    assert_ne!(run.status, 0, "--fail-on critical passed: {}", run.stderr);
+}
+
 #[test]
 fn expected_admin_access_never_trips_fail_on() {
     let admins = RULES

@@ -262,6 +262,7 @@ pub struct Document {
 pub struct PolicyBuilder {
     objects: Objects,
     missing_roles: MissingRoles,
+    stored_aggregates: bool,
 }
 
 /// Why a policy file was rejected, with the line of the offending document when known.

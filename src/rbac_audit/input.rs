@@ -98,7 +98,7 @@ impl Inputs {
     /// No inputs yet.
     pub(super) fn new() -> Inputs {
         Inputs {
-            builder: PolicyBuilder::new(MissingRoles::Report),
+            builder: PolicyBuilder::new(MissingRoles::Report).with_stored_aggregates(),
             notes: Vec::new(),
             errors: Vec::new(),
         }

@@ -13,10 +13,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 /// A role without an aggregation rule grants its own rules. An aggregated role grants the rules
 /// of every non-aggregated role reachable through its selectors, following selected aggregated
 /// roles too, each visited once: the least fixed point the aggregation controller converges to
-/// from empty rules (its own `rules` field is the controller's output, so it is ignored).
+/// from empty rules (its own `rules` field is the controller's output, so it is ignored unless
+/// `stored`: see `PolicyBuilder::with_stored_aggregates`).
 pub(super) fn effective_rules(
     root: &str,
     roles: &BTreeMap<&str, &ClusterRole>,
+    stored: bool,
 ) -> Option<Vec<PolicyRule>> {
     roles.get(root)?;
     let mut rules: Vec<PolicyRule> = Vec::new();
@@ -26,12 +28,15 @@ pub(super) fn effective_rules(
         let Some(role) = roles.get(name) else {
             continue;
         };
-        let Some(aggregation) = &role.aggregation_rule else {
+        let aggregation = role.aggregation_rule.as_ref();
+        if aggregation.is_none() || stored {
             for rule in role.rules.iter().flatten() {
                 if !rules.contains(rule) {
                     rules.push(rule.clone());
                 }
             }
+        }
+        let Some(aggregation) = aggregation else {
             continue;
         };
         // Per selector, then by name: the controller's order.
@@ -189,6 +194,22 @@ mod tests {
             + &bind_user("b", "agg", "alice");
         let (policy, _) = parse(&yaml);
         assert!(!alice_may(&policy, &node("proxy", "get")));
+    }
+
+    #[test]
+    fn an_audit_also_counts_the_rules_stored_in_an_aggregated_role() {
+        // An export of one aggregated role: its selected roles are not in the input, its stored
+        // rules (everything) are what the controller filled in.
+        let yaml = aggregated("agg", "{}", "[{matchLabels: {nobody: here}}]")
+            + &bind_user("b", "agg", "alice");
+        let mut builder =
+            crate::authz::rbac::PolicyBuilder::new(crate::authz::rbac::MissingRoles::Report)
+                .with_stored_aggregates();
+        builder
+            .add_source("export", crate::authz::rbac::documents(&yaml).unwrap())
+            .unwrap();
+        let (policy, _) = builder.build().unwrap();
+        assert!(alice_may(&policy, &node("proxy", "get")));
     }
 
     #[test]

@@ -32,7 +32,18 @@ impl PolicyBuilder {
         PolicyBuilder {
             objects: Objects::default(),
             missing_roles,
+            stored_aggregates: false,
         }
+    }
+
+    /// Lets an aggregated ClusterRole also grant the rules stored in it, on top of what its
+    /// selectors find in the input: auditing. In an export they are what the aggregation
+    /// controller filled in from roles that may not be in the input; in a chart the controller
+    /// will replace them, and an audit would rather report too much than miss a grant. Never for
+    /// serving: Kubernetes grants only what the selectors find.
+    pub fn with_stored_aggregates(mut self) -> PolicyBuilder {
+        self.stored_aggregates = true;
+        self
     }
 
     /// Validates and adds every RBAC object of one source. A source holding an invalid object, a
@@ -58,7 +69,8 @@ impl PolicyBuilder {
 
     /// Resolves every binding against the effective rules of its role.
     pub fn build(self) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
-        self.objects.into_policy(self.missing_roles)
+        self.objects
+            .into_policy(self.missing_roles, self.stored_aggregates)
     }
 }
 
@@ -140,6 +152,7 @@ impl Objects {
     fn into_policy(
         self,
         missing_roles: MissingRoles,
+        stored_aggregates: bool,
     ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
         let mut warnings = self.warnings;
         let meta = |m: &ObjectMeta| qualified_meta(m);
@@ -189,7 +202,8 @@ impl Objects {
         let mut policy = Policy::default();
         for Located { location, object } in &cluster_roles {
             let name = object.metadata.name.clone().unwrap_or_default();
-            let rules = effective_rules(&name, &cluster_index).unwrap_or_default();
+            let rules =
+                effective_rules(&name, &cluster_index, stored_aggregates).unwrap_or_default();
             policy.roles.push(RoleDefinition {
                 kind: RoleKind::ClusterRole,
                 namespace: String::new(),
@@ -224,7 +238,9 @@ impl Objects {
             .chain(role_bindings.into_iter().map(RawBinding::from_namespaced));
         for binding in raw {
             let rules = match binding.role_kind {
-                RoleKind::ClusterRole => effective_rules(&binding.role, &cluster_index),
+                RoleKind::ClusterRole => {
+                    effective_rules(&binding.role, &cluster_index, stored_aggregates)
+                }
                 RoleKind::Role => role_index
                     .get(&qualified(&binding.namespace, &binding.role))
                     .map(|role| role.rules.clone().unwrap_or_default()),
