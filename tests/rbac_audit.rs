@@ -437,6 +437,27 @@ fn an_aggregated_role_grants_the_rules_stored_in_it() {
 }
 
 #[test]
+fn a_chart_role_aggregated_into_view_that_grants_nodes_proxy_is_named() {
+    let chart = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: debug-view
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
+"#;
+    let run = audit(&["-f", "-", "-o", "json"], Some(chart));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let warnings = warnings(&run.json());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("ClusterRole debug-view (-:1)")
+                && w.contains("aggregated into the bootstrap ClusterRole view")),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
 fn expected_admin_access_never_trips_fail_on() {
     let admins = RULES
         .split("---")

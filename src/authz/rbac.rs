@@ -217,6 +217,16 @@ pub enum PolicyWarning {
         /// Where it was read.
         location: Location,
     },
+    /// A ClusterRole that covers `nodes` is labelled to be aggregated into bootstrap roles of
+    /// every cluster (`admin`, `edit`, `view`): whoever is bound to those gains what it grants.
+    AggregatedIntoBootstrap {
+        /// Its name.
+        name: String,
+        /// The bootstrap roles its labels name.
+        into: Vec<&'static str>,
+        /// Where it was read.
+        location: Location,
+    },
     /// A binding whose role is not in the input ([`MissingRoles::Report`] only).
     MissingRole(Box<UnresolvedBinding>),
     /// An object defined twice ([`MissingRoles::Report`] only): the later definition is kept, as

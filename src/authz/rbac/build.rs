@@ -114,6 +114,19 @@ impl fmt::Display for PolicyWarning {
                 f,
                 "{kind} {name} ({location}) has no metadata.namespace; taken to be in \"default\""
             ),
+            PolicyWarning::AggregatedIntoBootstrap {
+                name,
+                into,
+                location,
+            } => write!(
+                f,
+                "ClusterRole {name} ({location}) covers nodes and is labelled to be aggregated \
+                 into the bootstrap ClusterRole{} {}: every subject bound to {} in the cluster \
+                 gains what it grants",
+                if into.len() == 1 { "" } else { "s" },
+                into.join(", "),
+                if into.len() == 1 { "it" } else { "them" },
+            ),
             PolicyWarning::MissingRole(binding) => write!(
                 f,
                 "{} {} ({}) refers to {} {}, which is not in the input; it grants nothing",
@@ -204,6 +217,14 @@ impl Objects {
             let name = object.metadata.name.clone().unwrap_or_default();
             let rules =
                 effective_rules(&name, &cluster_index, stored_aggregates).unwrap_or_default();
+            let into = aggregated_into(object.metadata.labels.as_ref());
+            if !into.is_empty() && covers_nodes(&rules) {
+                warnings.push(PolicyWarning::AggregatedIntoBootstrap {
+                    name: name.clone(),
+                    into,
+                    location: location.clone(),
+                });
+            }
             policy.roles.push(RoleDefinition {
                 kind: RoleKind::ClusterRole,
                 namespace: String::new(),
@@ -349,6 +370,21 @@ impl RawBinding {
 }
 
 /// [`qualified`] from an object's metadata.
+/// The bootstrap ClusterRoles of every cluster that `labels` aggregate a ClusterRole into: the
+/// `rbac.authorization.k8s.io/aggregate-to-<role>: "true"` labels their selectors match.
+fn aggregated_into(labels: Option<&BTreeMap<String, String>>) -> Vec<&'static str> {
+    ["admin", "edit", "view"]
+        .into_iter()
+        .filter(|role| {
+            labels
+                .and_then(|labels| {
+                    labels.get(&format!("rbac.authorization.k8s.io/aggregate-to-{role}"))
+                })
+                .is_some_and(|value| value == "true")
+        })
+        .collect()
+}
+
 fn qualified_meta(metadata: &ObjectMeta) -> String {
     qualified(
         metadata.namespace.as_deref().unwrap_or_default(),

@@ -424,3 +424,36 @@ fn locations_print_compactly() {
     assert_eq!(at("a.yaml", 3), "a.yaml:3");
     assert_eq!(at("cluster", 0), "cluster");
 }
+
+#[test]
+fn a_role_aggregated_into_a_bootstrap_role_that_covers_nodes_is_named() {
+    let into_view = "{rbac.authorization.k8s.io/aggregate-to-view: 'true'}";
+    let into_both = "{rbac.authorization.k8s.io/aggregate-to-edit: 'true', \
+                     rbac.authorization.k8s.io/aggregate-to-admin: 'true'}";
+    let yaml = cluster_role("viewers-exec", into_view, &grants("[nodes/proxy]"))
+        + &cluster_role("editors-all", into_both, &grants("['*']"))
+        + &cluster_role("viewers-pods", into_view, &grants("[pods]"))
+        + &cluster_role(
+            "not-aggregated",
+            "{rbac.authorization.k8s.io/aggregate-to-view: 'false'}",
+            &grants("[nodes/proxy]"),
+        )
+        + &bind_user("b", "viewers-pods", "alice");
+    let (_, warnings) = parse(&yaml);
+    let named: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("labelled to be aggregated"))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "ClusterRole viewers-exec (line 1) covers nodes and is labelled to be aggregated into \
+             the bootstrap ClusterRole view: every subject bound to it in the cluster gains what \
+             it grants",
+            "ClusterRole editors-all (line 11) covers nodes and is labelled to be aggregated into \
+             the bootstrap ClusterRoles admin, edit: every subject bound to them in the cluster \
+             gains what it grants",
+        ],
+        "{warnings:#?}"
+    );
+}
