@@ -452,7 +452,7 @@ rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
         warnings
             .iter()
             .any(|w| w.starts_with("ClusterRole debug-view (-:1)")
-                && w.contains("aggregated into the bootstrap ClusterRole view")),
+                && w.contains("aggregated into the bootstrap ClusterRoles admin, edit, view")),
         "{warnings:#?}"
     );
 }

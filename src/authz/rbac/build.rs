@@ -371,17 +371,22 @@ impl RawBinding {
 
 /// [`qualified`] from an object's metadata.
 /// The bootstrap ClusterRoles of every cluster that `labels` aggregate a ClusterRole into: the
-/// `rbac.authorization.k8s.io/aggregate-to-<role>: "true"` labels their selectors match.
+/// `rbac.authorization.k8s.io/aggregate-to-<role>: "true"` labels their selectors match, and
+/// onwards, as `view` itself is aggregated into `edit`, and `edit` into `admin`.
 fn aggregated_into(labels: Option<&BTreeMap<String, String>>) -> Vec<&'static str> {
-    ["admin", "edit", "view"]
+    let labelled = |role: &str| {
+        labels
+            .and_then(|labels| {
+                labels.get(&format!("rbac.authorization.k8s.io/aggregate-to-{role}"))
+            })
+            .is_some_and(|value| value == "true")
+    };
+    let view = labelled("view");
+    let edit = view || labelled("edit");
+    let admin = edit || labelled("admin");
+    [(admin, "admin"), (edit, "edit"), (view, "view")]
         .into_iter()
-        .filter(|role| {
-            labels
-                .and_then(|labels| {
-                    labels.get(&format!("rbac.authorization.k8s.io/aggregate-to-{role}"))
-                })
-                .is_some_and(|value| value == "true")
-        })
+        .filter_map(|(into, role)| into.then_some(role))
         .collect()
 }
 
