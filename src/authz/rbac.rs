@@ -136,7 +136,8 @@ pub struct SubjectGrant<'a> {
     /// The subject, with Kubernetes' defaults applied (`apiGroup` of users and groups filled in;
     /// a RoleBinding's ServiceAccount subject in the binding's namespace when it named none).
     pub subject: &'a Subject,
-    /// The role's effective rules (for an aggregated role, the union of the selected roles' rules).
+    /// The role's effective rules (for an aggregated role, the union of the selected roles' rules,
+    /// and of its stored rules when auditing: `PolicyBuilder::with_stored_aggregates`).
     pub rules: &'a [PolicyRule],
     /// Whether the binding is a ClusterRoleBinding or a RoleBinding.
     pub binding_kind: BindingKind,
@@ -157,7 +158,8 @@ pub struct RoleView<'a> {
     pub namespace: &'a str,
     /// Name of the role.
     pub name: &'a str,
-    /// Its effective rules (an aggregated ClusterRole's are those of the roles it selects).
+    /// Its effective rules (an aggregated ClusterRole's are those of the roles it selects, and
+    /// its stored rules when auditing).
     pub rules: &'a [PolicyRule],
     /// Where the role was read.
     pub location: &'a Location,
@@ -182,7 +184,8 @@ pub struct UnresolvedBinding {
     pub location: Location,
 }
 
-/// Something loaded that grants less than it seems to. Never fatal.
+/// Something loaded that grants otherwise than it seems to: less (a namespaced grant of nodes, a
+/// binding to a missing role), or more (a role aggregated into the bootstrap roles). Never fatal.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PolicyWarning {
     /// A Role, or a RoleBinding's role, covers `nodes`, which only a ClusterRoleBinding can grant.

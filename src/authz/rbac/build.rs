@@ -121,8 +121,8 @@ impl fmt::Display for PolicyWarning {
             } => write!(
                 f,
                 "ClusterRole {name} ({location}) covers nodes and is labelled to be aggregated \
-                 into the bootstrap ClusterRole{} {}: every subject bound to {} in the cluster \
-                 gains what it grants",
+                 into the bootstrap ClusterRole{} {}: every subject a ClusterRoleBinding binds \
+                 to {} in the cluster gains what it grants",
                 if into.len() == 1 { "" } else { "s" },
                 into.join(", "),
                 if into.len() == 1 { "it" } else { "them" },
@@ -369,7 +369,6 @@ impl RawBinding {
     }
 }
 
-/// [`qualified`] from an object's metadata.
 /// The bootstrap ClusterRoles of every cluster that `labels` aggregate a ClusterRole into: the
 /// `rbac.authorization.k8s.io/aggregate-to-<role>: "true"` labels their selectors match, and
 /// onwards, as `view` itself is aggregated into `edit`, and `edit` into `admin`.
@@ -390,6 +389,7 @@ fn aggregated_into(labels: Option<&BTreeMap<String, String>>) -> Vec<&'static st
         .collect()
 }
 
+/// [`qualified`] from an object's metadata.
 fn qualified_meta(metadata: &ObjectMeta) -> String {
     qualified(
         metadata.namespace.as_deref().unwrap_or_default(),

@@ -449,11 +449,11 @@ fn a_role_aggregated_into_a_bootstrap_role_that_covers_nodes_is_named() {
         [
             // view's rules flow on into edit, and edit's into admin.
             "ClusterRole viewers-exec (line 1) covers nodes and is labelled to be aggregated into \
-             the bootstrap ClusterRoles admin, edit, view: every subject bound to them in the \
-             cluster gains what it grants",
+             the bootstrap ClusterRoles admin, edit, view: every subject a ClusterRoleBinding \
+             binds to them in the cluster gains what it grants",
             "ClusterRole editors-all (line 11) covers nodes and is labelled to be aggregated into \
-             the bootstrap ClusterRoles admin, edit: every subject bound to them in the cluster \
-             gains what it grants",
+             the bootstrap ClusterRoles admin, edit: every subject a ClusterRoleBinding binds to \
+             them in the cluster gains what it grants",
         ],
         "{warnings:#?}"
     );
