@@ -458,6 +458,26 @@ rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
 }
 
 #[test]
+fn a_bare_json_array_of_objects_is_audited_as_a_list() {
+    // `kubectl get clusterroles,clusterrolebindings -o json | jq .items`
+    let items = r#"[
+  {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+   "metadata": {"name": "exec"},
+   "rules": [{"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]}]},
+  {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+   "metadata": {"name": "exec"},
+   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "exec"},
+   "subjects": [{"kind": "User", "name": "erin"}]}
+]"#;
+    let run = audit(&["-f", "-", "-o", "json"], Some(items));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(
+        find(&run.json(), "erin", "nodes/proxy")["severity"],
+        "critical"
+    );
+}
+
+#[test]
 fn expected_admin_access_never_trips_fail_on() {
     let admins = RULES
         .split("---")

@@ -165,10 +165,17 @@ impl Inputs {
         }
     }
 
-    /// The RBAC objects of `documents`, Lists unpacked; older RBAC versions are read as `v1`.
+    /// The RBAC objects of `documents`, Lists and bare arrays unpacked; older RBAC versions are
+    /// read as `v1`.
     fn rbac_only(&mut self, source: &str, documents: Vec<Document>) -> Vec<Document> {
         let mut kept = Vec::new();
         for Document { line, value, .. } in documents {
+            // `jq .items` and the like print a bare array: read it as the List it came from,
+            // rather than skip it as an object of no kind.
+            let value = match value {
+                Value::Array(items) => serde_json::json!({"kind": "List", "items": items}),
+                value => value,
+            };
             let kind = text(&value, "kind");
             if kind == "List"
                 || kind
