@@ -76,6 +76,13 @@ pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// that pipelines requests and reads no answer would otherwise keep its slot for ever. A scraper
 /// that keeps its connection alive opens a new one now and then.
 pub const ADMIN_LIFETIME: Duration = Duration::from_secs(60);
+/// After a failed accept (out of file descriptors, say): logs it, and pauses, as accepting again
+/// at once would spin.
+async fn accept_failed(listener: &'static str, error: &std::io::Error) {
+    tracing::warn!(listener, %error, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 /// Largest admin request head (the endpoints take no parameters).
 const ADMIN_MAX_HEAD: usize = 8192;
 
@@ -114,8 +121,7 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed("--listen", &e).await;
                     continue;
                 }
             },
@@ -181,9 +187,7 @@ pub async fn serve_admin(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors, say: accepting again at once would spin.
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed("--metrics-listen", &e).await;
                     continue;
                 }
             },
