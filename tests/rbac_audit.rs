@@ -436,24 +436,89 @@ fn an_aggregated_role_grants_the_rules_stored_in_it() {
     assert_ne!(run.status, 0, "--fail-on critical passed: {}", run.stderr);
 }
 
-#[test]
-fn a_chart_role_aggregated_into_view_that_grants_nodes_proxy_is_named() {
-    let chart = r#"apiVersion: rbac.authorization.k8s.io/v1
+/// A chart that binds nothing, but labels a role into `view` (as metrics-server's
+/// `system:aggregated-metrics-reader` is, with `nodes` of `metrics.k8s.io`, not the kubelet's).
+const AGGREGATED_INTO_VIEW: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
   name: debug-view
   labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
-rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
+rules: [{apiGroups: [""], resources: [nodes/proxy, nodes/metrics], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: aggregated-metrics-reader
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [metrics.k8s.io], resources: [pods, nodes], verbs: [get, list, watch]}]
 "#;
-    let run = audit(&["-f", "-", "-o", "json"], Some(chart));
-    assert_eq!(run.status, 0, "{}", run.stderr);
-    let warnings = warnings(&run.json());
+
+#[test]
+fn a_chart_role_aggregated_into_view_is_a_finding_of_views_subjects() {
+    let run = audit(
+        &["-f", "-", "-o", "json", "--fail-on", "critical"],
+        Some(AGGREGATED_INTO_VIEW),
+    );
+    assert_eq!(run.status, 1, "--fail-on critical passed: {}", run.stderr);
+    let report = run.json();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    let proxy = find(&report, "view", "nodes/proxy");
+    assert_eq!(
+        proxy["subject"],
+        serde_json::json!({"kind": "ClusterRole", "name": "view", "namespace": ""})
+    );
+    assert_eq!(proxy["severity"], "critical");
+    assert_eq!(proxy["execCapable"], true);
+    assert_eq!(
+        proxy["via"],
+        serde_json::json!([{"binding": "", "role": "debug-view", "location": "-:1"}])
+    );
+    // No ClusterRoleBinding to suggest for a bootstrap role's subjects: the fix is the label.
+    assert!(proxy.get("suggestion").is_none(), "{proxy:#}");
+    assert_eq!(find(&report, "view", "nodes/metrics")["severity"], "low");
+    let warnings = warnings(&report);
     assert!(
         warnings
             .iter()
             .any(|w| w.starts_with("ClusterRole debug-view (-:1)")
                 && w.contains("aggregated into the bootstrap ClusterRoles admin, edit, view")),
         "{warnings:#?}"
+    );
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.contains("aggregated-metrics-reader")),
+        "{warnings:#?}"
+    );
+
+    let table = audit(&["-f", "-"], Some(AGGREGATED_INTO_VIEW));
+    assert!(
+        table.stdout.lines().any(|line| line.starts_with("critical")
+            && line.contains("ClusterRole view")
+            && line.ends_with("debug-view (aggregated)")),
+        "{}",
+        table.stdout
+    );
+    assert!(!table.stdout.contains("Suggestions"), "{}", table.stdout);
+
+    let sarif = audit(&["-f", "-", "-o", "sarif"], Some(AGGREGATED_INTO_VIEW)).json();
+    let result = sarif["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ruleId"] == "kubelet-exec")
+        .unwrap_or_else(|| panic!("no kubelet-exec result: {sarif:#}"));
+    assert_eq!(
+        result["locations"][0]["logicalLocations"],
+        serde_json::json!([{"name": "debug-view", "kind": "ClusterRole"}])
+    );
+    let text = result["message"]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(
+            "ClusterRole view holds get on nodes/proxy through ClusterRole debug-view"
+        ),
+        "{text}"
     );
 }
 

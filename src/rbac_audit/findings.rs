@@ -4,7 +4,10 @@
 //! each ClusterRoleBinding, aggregation included): this module only asks it, per rule and per verb
 //! the rule lists, about `nodes/<subresource>` for each subresource the kubelet checks, and
 //! gathers the answers per subject. RoleBindings are asked the same question and, since they can
-//! never grant cluster-scoped `nodes`, reported as ineffective when the answer is yes.
+//! never grant cluster-scoped `nodes`, reported as ineffective when the answer is yes. A
+//! ClusterRole labelled to be aggregated into `view`, `edit` or `admin` is asked too, on behalf of
+//! whoever is bound to that bootstrap role in a cluster (a subject of kind `ClusterRole`): a chart
+//! that ships one grants them, whatever it binds.
 //!
 //! Severity (issue 6): `critical` for `get`, `create` or `*` on `nodes/proxy` (command execution
 //! on every reachable node), `high` for other writes or `nodes/log` / `nodes/checkpoint`, `medium`
@@ -19,7 +22,7 @@ use serde::{Serialize, Serializer};
 
 use super::suggest::Suggestion;
 use crate::authz::rbac::{
-    self, Location, NameScope, Policy, PolicyWarning, ResourceRequest, SubjectGrant,
+    self, Location, NameScope, Policy, PolicyWarning, ResourceRequest, RoleKind, SubjectGrant,
     UnresolvedBinding,
 };
 
@@ -40,7 +43,10 @@ pub const SUBRESOURCES: [&str; 10] = [
 /// A binding subject: who a finding is about.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Subject {
-    /// `User`, `Group` or `ServiceAccount`.
+    /// `User`, `Group` or `ServiceAccount`; or `ClusterRole` for whoever a ClusterRoleBinding
+    /// binds, in any cluster, to the bootstrap role `view`, `edit` or `admin` (named by `name`),
+    /// when a role in the input is labelled to be aggregated into it (and `view` flows on into
+    /// `edit`, `edit` into `admin`).
     pub kind: String,
     /// Its name.
     pub name: String,
@@ -67,7 +73,8 @@ pub enum Severity {
 /// One binding that grants a finding's access, through one role.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Via {
-    /// The ClusterRoleBinding.
+    /// The ClusterRoleBinding; empty on the finding of a `ClusterRole` subject, where `role` is
+    /// the role aggregated into it and no binding in the input is involved.
     pub binding: String,
     /// The ClusterRole it refers to.
     pub role: String,
@@ -124,6 +131,9 @@ const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "*"];
 /// Bootstrap ClusterRoles whose holders are expected to have kubelet access.
 const ADMIN_ROLES: [&str; 2] = ["cluster-admin", "system:kubelet-api-admin"];
 
+/// The subject kind standing for whoever is bound to a bootstrap role a role is aggregated into.
+const BOOTSTRAP_HOLDERS: &str = "ClusterRole";
+
 /// The group that is superuser by construction.
 const MASTERS: &str = "system:masters";
 
@@ -136,6 +146,36 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
             let entry = held.entry((subject.clone(), index)).or_default();
             entry.merge(access);
             entry.via.insert(Via::of(&grant));
+        }
+    }
+    // A ClusterRole labelled into the bootstrap roles grants their subjects in every cluster,
+    // bound or not in the input: a finding of the narrowest role its labels reach.
+    for warning in &policy_warnings {
+        let PolicyWarning::AggregatedIntoBootstrap {
+            name,
+            into,
+            location,
+        } = warning
+        else {
+            continue;
+        };
+        let (Some(bootstrap), Some(role)) = (
+            into.last(),
+            policy
+                .roles()
+                .find(|role| role.kind == RoleKind::ClusterRole && role.name == name),
+        ) else {
+            continue;
+        };
+        let subject = Subject::holders_of(bootstrap);
+        for (index, access) in accesses(role.rules) {
+            let entry = held.entry((subject.clone(), index)).or_default();
+            entry.merge(access);
+            entry.via.insert(Via {
+                binding: String::new(),
+                role: name.clone(),
+                location: location.clone(),
+            });
         }
     }
     let exec_capable: BTreeSet<&Subject> = held
@@ -203,6 +243,20 @@ impl Subject {
         }
     }
 
+    /// Whoever a ClusterRoleBinding binds to the bootstrap ClusterRole `role` in a cluster.
+    fn holders_of(role: &str) -> Subject {
+        Subject {
+            kind: BOOTSTRAP_HOLDERS.to_owned(),
+            name: role.to_owned(),
+            namespace: String::new(),
+        }
+    }
+
+    /// Whether this stands for the subjects of a bootstrap role rather than for one subject.
+    pub(super) fn is_bootstrap_holders(&self) -> bool {
+        self.kind == BOOTSTRAP_HOLDERS
+    }
+
     /// The binding subject, defaulted as the evaluator expects (for [`rbac::subject_matches`]).
     pub(super) fn to_rbac(&self) -> RbacSubject {
         let service_account = self.kind == "ServiceAccount";
@@ -241,6 +295,16 @@ impl Severity {
 impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Via {
+    /// `binding -> role`, or `role (aggregated)` without a binding.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.binding.as_str() {
+            "" => write!(f, "{} (aggregated)", self.role),
+            binding => write!(f, "{binding} -> {}", self.role),
+        }
     }
 }
 
@@ -379,8 +443,8 @@ fn missing_role(binding: &UnresolvedBinding) -> String {
         .iter()
         .map(|subject| Subject::of(subject).to_string())
         .collect();
-    let bootstrap = ADMIN_ROLES.contains(&binding.role.as_str())
-        && binding.role_kind == rbac::RoleKind::ClusterRole;
+    let bootstrap =
+        ADMIN_ROLES.contains(&binding.role.as_str()) && binding.role_kind == RoleKind::ClusterRole;
     let hint = match bootstrap {
         true => format!(
             "; {} is a bootstrap ClusterRole that grants nodes/proxy in every cluster: audit the \

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::findings::{Finding, Severity};
+use super::findings::{Finding, Severity, Via};
 use super::refusals::Refusals;
 use super::suggest::Suggestion;
 
@@ -203,11 +203,7 @@ fn row(finding: &Finding) -> [String; 6] {
         true => "*".to_owned(),
         false => finding.resource_names.join(","),
     };
-    let via: Vec<String> = finding
-        .via
-        .iter()
-        .map(|via| format!("{} -> {}", via.binding, via.role))
-        .collect();
+    let via: Vec<String> = finding.via.iter().map(Via::to_string).collect();
     [
         finding.severity.to_string(),
         finding.subject.to_string(),

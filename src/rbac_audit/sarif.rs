@@ -1,9 +1,9 @@
 //! The `sarif` output: SARIF 2.1.0 (OASIS), as code-scanning services such as GitHub's read it.
 //!
 //! One rule per severity; one result per finding, located at its bindings (file and line when the
-//! input was a file, the binding's name always), with `properties.security-severity` on the rules
-//! so that scanners rank them, and a fingerprint per subject and subresource so that a result
-//! keeps its identity across runs. Warnings become tool notifications of the invocation.
+//! input was a file, the binding's name always; for a role aggregated into a bootstrap role, the
+//! role), with `properties.security-severity` on the rules so that scanners rank them, and a
+//! fingerprint per subject and subresource so that a result keeps its identity across runs. Warnings become tool notifications of the invocation.
 
 use std::io::{self, Write};
 
@@ -142,11 +142,13 @@ fn result(finding: &Finding) -> Value {
     let via: Vec<String> = finding
         .via
         .iter()
-        .map(|via| {
-            format!(
-                "ClusterRoleBinding {} -> ClusterRole {}",
-                via.binding, via.role
-            )
+        .map(|via| match via.binding.as_str() {
+            "" => format!(
+                "ClusterRole {}, labelled to be aggregated into it, so every subject a \
+                 ClusterRoleBinding binds to it in a cluster holds this",
+                via.role
+            ),
+            binding => format!("ClusterRoleBinding {binding} -> ClusterRole {}", via.role),
         })
         .collect();
     let mut text = format!(
@@ -200,9 +202,13 @@ fn result(finding: &Finding) -> Value {
     })
 }
 
-/// Where a binding was read: a file and line when it came from a file, always its name.
+/// Where a binding was read (or, for an aggregated role, the role): a file and line when it came
+/// from a file, always its name.
 fn location(via: &Via) -> Value {
-    let logical = json!([{"name": via.binding, "kind": "ClusterRoleBinding"}]);
+    let logical = match via.binding.as_str() {
+        "" => json!([{"name": via.role, "kind": "ClusterRole"}]),
+        binding => json!([{"name": binding, "kind": "ClusterRoleBinding"}]),
+    };
     let source = via.location.source.as_str();
     if matches!(source, "" | "-" | "cluster") {
         return json!({"logicalLocations": logical});

@@ -63,10 +63,14 @@ pub const NODE_PROXY_NOTE: &str = "Dropping nodes/proxy also breaks scraping thr
 /// The default for subjects whose use is unknown: what metrics and pod-listing agents need.
 const GUESS: [&str; 3] = ["metrics", "stats", "pods"];
 
-/// Attaches a suggestion to every `nodes/proxy` finding short of expected admin access.
+/// Attaches a suggestion to every `nodes/proxy` finding short of expected admin access, but not
+/// to a bootstrap role's subjects: what fixes theirs is the aggregated role, not a binding.
 pub(super) fn attach(findings: &mut [Finding], usage: Option<&Usage>) {
     for finding in findings.iter_mut() {
-        if finding.subresource == "nodes/proxy" && finding.severity != Severity::Info {
+        if finding.subresource == "nodes/proxy"
+            && finding.severity != Severity::Info
+            && !finding.subject.is_bootstrap_holders()
+        {
             finding.suggestion = Some(suggest(&finding.subject, &finding.via, usage));
         }
     }
