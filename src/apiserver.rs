@@ -267,12 +267,12 @@ impl TokenReviewer for ApiServer {
                     "authenticated TokenReview without a username".into(),
                 ));
             };
-            Ok(TokenOutcome::Authenticated(Arc::new(Identity {
+            Ok(TokenOutcome::Authenticated(Arc::new(Identity::new(
                 name,
-                uid: user.uid.unwrap_or_default(),
-                groups: user.groups.unwrap_or_default().into(),
-                extra: user.extra.unwrap_or_default(),
-            })))
+                user.uid.unwrap_or_default(),
+                user.groups.unwrap_or_default(),
+                user.extra.unwrap_or_default(),
+            ))))
         })
     }
 }
@@ -432,12 +432,12 @@ mod tests {
     }
 
     fn alice() -> Identity {
-        Identity {
-            name: "alice".into(),
-            uid: "u-1".into(),
-            groups: Arc::new(["ops".to_owned()]),
-            extra: [("scopes".to_owned(), vec!["a".to_owned()])].into(),
-        }
+        Identity::new(
+            "alice",
+            "u-1",
+            ["ops".to_owned()],
+            [("scopes".to_owned(), vec!["a".to_owned()])].into(),
+        )
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@ pub mod token;
 pub mod x509;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderMap;
 
@@ -25,11 +26,16 @@ const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
 
 /// An authenticated caller, as sent in SubjectAccessReviews.
 ///
-/// Equal identities are equal in every field; the hash covers the name and UID only, which tell
-/// callers apart in practice: a decision-cache lookup on every request then hashes two strings,
-/// not every group and extra value (equality still compares them all).
+/// Built by [`Identity::new`], which hashes every field once with a key random per process: a
+/// decision-cache lookup on every request then hashes one number, and identities that differ only
+/// in their groups or extra (one service account's tokens, each with its own
+/// `authentication.kubernetes.io/credential-id`) do not pile up on one hash for a caller minting
+/// tokens to aim at. Equal identities are equal in every field, the digest included, so a field
+/// changed after `new` can make equal identities unequal (a cache miss), never the reverse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// The keyed hash of the fields below; first, so that most unequal identities differ at once.
+    digest: u64,
     /// User name.
     pub name: String,
     /// User UID, empty when unknown.
@@ -43,8 +49,7 @@ pub struct Identity {
 
 impl std::hash::Hash for Identity {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-        self.uid.hash(state);
+        state.write_u64(self.digest);
     }
 }
 
@@ -124,14 +129,35 @@ pub struct Authenticator {
 }
 
 impl Identity {
+    /// An identity, with its digest.
+    pub fn new(
+        name: impl Into<String>,
+        uid: impl Into<String>,
+        groups: impl Into<Arc<[String]>>,
+        extra: BTreeMap<String, Vec<String>>,
+    ) -> Self {
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        let (name, uid, groups) = (name.into(), uid.into(), groups.into());
+        let digest = KEY
+            .get_or_init(RandomState::new)
+            .hash_one((&name, &uid, &groups, &extra));
+        Self {
+            digest,
+            name,
+            uid,
+            groups,
+            extra,
+        }
+    }
+
     /// The identity of a caller without credentials.
     pub fn anonymous() -> Self {
-        Self {
-            name: "system:anonymous".into(),
-            uid: String::new(),
-            groups: Arc::new([UNAUTHENTICATED_GROUP.to_owned()]),
-            extra: BTreeMap::new(),
-        }
+        Self::new(
+            "system:anonymous",
+            "",
+            [UNAUTHENTICATED_GROUP.to_owned()],
+            BTreeMap::new(),
+        )
     }
 
     /// Whether this is the identity of a caller without credentials.
@@ -152,11 +178,11 @@ impl Identity {
     /// Adds `system:authenticated` as the kubelet's authenticator chain does (Kubernetes'
     /// `AuthenticatedGroupAdder`): not to `system:anonymous`, and not when the groups already
     /// hold `system:authenticated` or `system:unauthenticated`.
-    pub fn authenticated(mut self) -> Self {
+    pub fn authenticated(self) -> Self {
         if self.gets_authenticated_group() {
             let mut groups = self.groups.to_vec();
             groups.push(AUTHENTICATED_GROUP.into());
-            self.groups = groups.into();
+            return Self::new(self.name, self.uid, groups, self.extra);
         }
         self
     }
@@ -268,24 +294,43 @@ mod tests {
     }
 
     #[test]
-    fn authenticated_group_is_added_once() {
-        let identity = Identity {
-            name: "a".into(),
-            uid: String::new(),
-            groups: Arc::new(["g".to_owned()]),
-            extra: BTreeMap::new(),
+    fn one_service_accounts_tokens_do_not_share_a_hash() {
+        let token = |credential: &str| {
+            let extra = BTreeMap::from([(
+                "authentication.kubernetes.io/credential-id".to_owned(),
+                vec![format!("JTI={credential}")],
+            )]);
+            Identity::new(
+                "system:serviceaccount:a:default",
+                "u",
+                ["g".to_owned()],
+                extra,
+            )
         };
+        // One state, as a cache's table has.
+        let state = RandomState::new();
+        let hash = |identity: &Identity| state.hash_one(identity);
+        let hashes: std::collections::HashSet<u64> =
+            (0..1000).map(|n| hash(&token(&n.to_string()))).collect();
+        assert_eq!(hashes.len(), 1000, "colliding hashes");
+        assert_eq!(token("1"), token("1"));
+        assert_eq!(hash(&token("1")), hash(&token("1")));
+        assert_ne!(
+            hash(&Identity::new("a", "", ["g".to_owned()], BTreeMap::new())),
+            hash(&Identity::new("a", "", ["h".to_owned()], BTreeMap::new())),
+            "groups count"
+        );
+    }
+
+    #[test]
+    fn authenticated_group_is_added_once() {
+        let identity = Identity::new("a", "", ["g".to_owned()], BTreeMap::new());
         let identity = identity.authenticated().authenticated();
         assert_eq!(identity.groups[..], ["g", AUTHENTICATED_GROUP]);
         // As Kubernetes' AuthenticatedGroupAdder: never to system:anonymous or to a caller that
         // already claims system:unauthenticated (a certificate's O, a token file's group).
         for (name, group) in [("system:anonymous", "g"), ("a", UNAUTHENTICATED_GROUP)] {
-            let identity = Identity {
-                name: name.into(),
-                uid: String::new(),
-                groups: Arc::new([group.to_owned()]),
-                extra: BTreeMap::new(),
-            };
+            let identity = Identity::new(name, "", [group.to_owned()], BTreeMap::new());
             assert_eq!(identity.authenticated().groups[..], [group], "{name}");
         }
         assert!(

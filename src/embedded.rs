@@ -143,12 +143,12 @@ mod tests {
 
     /// An authenticated user named `name`.
     fn user(name: &str) -> Identity {
-        Identity {
-            name: name.to_owned(),
-            uid: String::new(),
-            groups: Arc::new(["system:authenticated".to_owned()]),
-            extra: Default::default(),
-        }
+        Identity::new(
+            name,
+            "",
+            ["system:authenticated".to_owned()],
+            Default::default(),
+        )
     }
 
     #[tokio::test]

@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use kubelet_guard::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
 use kubelet_guard::authn::Identity;
@@ -250,19 +249,20 @@ fn check_emitted(dir: &Path, report: &Value) -> usize {
             Policy::parse(&yaml).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(warnings.is_empty(), "{}: {warnings:?}", file.display());
         let subject = &finding["subject"];
-        let who = Identity {
-            name: format!(
+        let groups = [
+            "system:serviceaccounts".to_owned(),
+            "system:authenticated".to_owned(),
+        ];
+        let who = Identity::new(
+            format!(
                 "system:serviceaccount:{}:{}",
                 subject["namespace"].as_str().unwrap(),
                 subject["name"].as_str().unwrap()
             ),
-            uid: String::new(),
-            groups: Arc::new([
-                "system:serviceaccounts".to_owned(),
-                "system:authenticated".to_owned(),
-            ]),
-            extra: BTreeMap::new(),
-        };
+            "",
+            groups.clone(),
+            BTreeMap::new(),
+        );
         let expected = suggested(suggestion);
         for subresource in SUBRESOURCES {
             for verb in KUBELET_VERBS {
@@ -285,10 +285,7 @@ fn check_emitted(dir: &Path, report: &Value) -> usize {
             }
         }
         // Nobody else gets anything from it.
-        let stranger = Identity {
-            name: "system:serviceaccount:other:x".to_owned(),
-            ..who.clone()
-        };
+        let stranger = Identity::new("system:serviceaccount:other:x", "", groups, BTreeMap::new());
         let metrics = ResourceRequest {
             api_group: "",
             resource: "nodes",

@@ -18,7 +18,7 @@
 //! - a quoted field cannot span lines.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -170,17 +170,13 @@ fn record(line: &str) -> Result<(String, Identity), RecordProblem> {
         return Err(RecordProblem::EmptyUser);
     }
     let groups = rest.first().map(String::as_str).unwrap_or_default();
-    let identity = Identity {
-        name: name.clone(),
-        uid: uid.clone(),
-        groups: groups
-            .split(',')
-            .map(str::trim)
-            .filter(|group| !group.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        extra: Default::default(),
-    };
+    let groups: Vec<String> = groups
+        .split(',')
+        .map(str::trim)
+        .filter(|group| !group.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let identity = Identity::new(name.clone(), uid.clone(), groups, BTreeMap::new());
     Ok((token.clone(), identity))
 }
 

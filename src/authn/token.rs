@@ -133,6 +133,7 @@ impl TokenAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn digests_are_sha256() {
@@ -154,8 +155,7 @@ mod tests {
             let outcome = if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
                 TokenOutcome::Rejected
             } else {
-                let mut bob = Identity::anonymous();
-                bob.name = "bob".into();
+                let bob = Identity::new("bob", "", [], BTreeMap::new());
                 TokenOutcome::Authenticated(Arc::new(bob))
             };
             self.started.notify_one();

@@ -66,7 +66,7 @@ fn identity(leaf: &CertificateDer<'_>) -> Result<(Identity, SystemTime, Issued),
     let groups = subject
         .iter_organization()
         .map(|o| text(o).map(str::to_owned))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let uid_oid = Oid::from(&UID_OID).map_err(|_| "internal: the UID attribute's OID")?;
     let uid = match subject
         .iter_by_oid(&uid_oid)
@@ -89,16 +89,7 @@ fn identity(leaf: &CertificateDer<'_>) -> Result<(Identity, SystemTime, Issued),
         issuer: cert.issuer().to_string(),
         serial: format!("{:x}", cert.tbs_certificate.serial),
     };
-    Ok((
-        Identity {
-            name,
-            uid,
-            groups,
-            extra,
-        },
-        not_after,
-        issued,
-    ))
+    Ok((Identity::new(name, uid, groups, extra), not_after, issued))
 }
 
 #[cfg(test)]

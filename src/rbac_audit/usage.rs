@@ -166,12 +166,12 @@ impl Call {
         let path = event.request_uri.split('?').next().unwrap_or_default();
         let endpoint = path.split('/').find(|segment| !segment.is_empty());
         Some(Call {
-            who: Identity {
-                name: event.user.username.clone(),
-                uid: String::new(),
-                groups: event.user.groups.as_slice().into(),
-                extra: BTreeMap::new(),
-            },
+            who: Identity::new(
+                event.user.username.clone(),
+                "",
+                event.user.groups.as_slice(),
+                BTreeMap::new(),
+            ),
             subresource,
             verb: event.verb.clone(),
             endpoint: format!("/{}", endpoint.unwrap_or_default()),

@@ -12,12 +12,15 @@ use super::{Policy, PolicyError, ResourceRequest};
 use crate::authn::Identity;
 
 pub(super) fn who(name: &str, groups: &[&str]) -> Identity {
-    Identity {
-        name: name.to_owned(),
-        uid: String::new(),
-        groups: groups.iter().map(|group| (*group).to_owned()).collect(),
-        extra: BTreeMap::new(),
-    }
+    Identity::new(
+        name,
+        "",
+        groups
+            .iter()
+            .map(|group| (*group).to_owned())
+            .collect::<Vec<_>>(),
+        BTreeMap::new(),
+    )
 }
 
 pub(super) fn node(subresource: &'static str, verb: &'static str) -> ResourceRequest<'static> {
