@@ -11,9 +11,10 @@
 //! [`Event::weight`]): a forwarded request's URI is recorded whole, up to the request head limit,
 //! so 10,000 of them could otherwise hold gigabytes while a webhook receiver is down.
 //!
-//! Half of each queue is kept for the events of authenticated requests (allowed, forbidden, or
-//! undecided): a flood of unauthenticated or malformed requests (401, 400, 405) fills the other
-//! half and then loses its own events (`reason="reserved-for-authenticated"`), never an exec's.
+//! Half of each queue, in events and in bytes, is kept for the events of authenticated requests
+//! (allowed, forbidden, or undecided): a flood of unauthenticated or malformed requests (401, 400,
+//! 405) fills the other half and then loses its own events (`reason="reserved-for-authenticated"`),
+//! never an exec's.
 //!
 //! Log lines name flags, files, counts and statuses, never an event's contents: an event carries
 //! the exec command line and the caller's identity.
@@ -238,13 +239,18 @@ impl Queues {
     /// See [`Auditor::record`].
     fn record(&self, event: Arc<Event>, priority: Priority) {
         let weight = event.weight();
+        let unauthenticated = priority == Priority::Unauthenticated;
+        // The authenticated half of the bytes too: an unauthenticated event can be as big as an
+        // exec's (a classified target's annotations), so counting events alone would not keep it.
+        let budget = match unauthenticated {
+            true => self.bytes / 2,
+            false => self.bytes,
+        };
         for sink in &self.sinks {
-            let reason = if priority == Priority::Unauthenticated
-                && sink.events.capacity() <= self.reserved
-            {
+            let reason = if unauthenticated && sink.events.capacity() <= self.reserved {
                 DROP_REASONS[1]
-            } else if !sink.hold(weight, self.bytes) {
-                DROP_REASONS[0]
+            } else if !sink.hold(weight, budget) {
+                DROP_REASONS[usize::from(unauthenticated)]
             } else if sink
                 .events
                 .try_send(Queued {
@@ -472,6 +478,41 @@ pub(crate) mod tests {
         }
         assert_eq!(left, 3);
         assert_eq!(queues.sinks[0].held.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn unauthenticated_events_fill_half_the_bytes_at_most() {
+        let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
+        let (sending, mut queue) = queue(100);
+        let mut big = event(1);
+        big.request_uri = format!("/exec/{}", "x".repeat(20_000));
+        let weight = big.weight();
+        let queues = Queues {
+            sinks: vec![sending],
+            reserved: 50,
+            bytes: 4 * weight,
+            dropped: dropped.clone(),
+            report: Throttle::new(Duration::from_secs(1)),
+        };
+        let big = Arc::new(big);
+        for _ in 0..10 {
+            queues.record(Arc::clone(&big), Priority::Unauthenticated);
+        }
+        let reserved = dropped.with_label_values(&["reserved-for-authenticated"]);
+        assert_eq!(
+            reserved.get(),
+            8,
+            "two fill half the bytes, though 50 events would"
+        );
+        for _ in 0..3 {
+            queues.record(Arc::clone(&big), Priority::Authenticated);
+        }
+        assert_eq!(dropped.with_label_values(&["queue-full"]).get(), 1);
+        let mut held = 0;
+        while queue.try_recv().is_some() {
+            held += 1;
+        }
+        assert_eq!(held, 4, "two unauthenticated, then two authenticated");
     }
 
     #[test]
