@@ -78,3 +78,43 @@ async fn a_token_in_a_command_is_redacted_in_the_event_and_run_as_sent() {
         "the kubelet runs the command as it was sent"
     );
 }
+
+/// A target in absolute or authority form is refused, and its event says what was asked but
+/// for the password in its user information.
+#[tokio::test]
+async fn a_password_in_a_targets_user_information_is_not_recorded() {
+    let log = AuditLog::new();
+    let cluster = Cluster::start(&[log.flag()]).await;
+    cluster.api.add_token(TOKEN, USER, "", &[]);
+    let targets = [
+        (
+            "CONNECT",
+            "alice:s3cr3t-1@localhost:10250",
+            "localhost:10250",
+        ),
+        (
+            "GET",
+            "https://bob:s3cr3t-2@localhost/metrics?x=1",
+            "https://localhost/metrics?x=1",
+        ),
+    ];
+    for (method, target, _) in targets {
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let answer = cluster
+            .client()
+            .raw(cluster.addr(), request.as_bytes())
+            .await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{target}: {answer}");
+    }
+    let events = log.events(targets.len()).await;
+    for (event, (method, _, recorded)) in events.iter().zip(targets) {
+        assert_eq!(event["requestURI"], recorded, "{method}");
+        assert_eq!(event["responseStatus"]["code"], 400, "{method}");
+    }
+    let trail = log.text();
+    assert!(!trail.contains("s3cr3t"), "{trail}");
+    assert_eq!(cluster.kubelet.count(), 0);
+}

@@ -118,6 +118,26 @@ pub(super) struct Arrival {
     user_agent: Option<String>,
 }
 
+/// The request-target as received, but for the user information of an absolute or authority
+/// form (`CONNECT user:password@host:port`), which is a credential and which no kubelet path has.
+/// Such a target is refused; its event still says what was asked.
+fn target(uri: &http::Uri) -> String {
+    let Some(authority) = uri.authority() else {
+        return uri
+            .path_and_query()
+            .map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
+    };
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    match (uri.scheme(), uri.path_and_query()) {
+        (Some(scheme), Some(rest)) => format!("{scheme}://{host}{rest}"),
+        (Some(scheme), None) => format!("{scheme}://{host}"),
+        (None, _) => host,
+    }
+}
+
 impl Arrival {
     /// What the audit event and the debug line need of `request`; only the clock when neither
     /// is written (the hot path of a guard without an audit sink).
@@ -128,10 +148,7 @@ impl Arrival {
             started: Instant::now(),
             method: request.method().clone(),
             target: if detailed {
-                request
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned())
+                target(request.uri())
             } else {
                 String::new()
             },
