@@ -1,5 +1,6 @@
-//! Who is calling: a verified client certificate, else a bearer token (TokenReview or the static
-//! token file, both behind one cache), else `system:anonymous` when `--anonymous-auth` allows it.
+//! Who is calling: a verified client certificate, else a bearer token (of the `Authorization`
+//! header, else of a WebSocket request's bearer subprotocol; TokenReview or the static token file,
+//! both behind one cache), else `system:anonymous` when `--anonymous-auth` allows it.
 //!
 //! Follows docs/kubelet-api.md section 6 and the order of Kubernetes' union authenticator (x509 first).
 //! This module decides identities only: it never authorizes, never chooses a status code, and never
@@ -13,6 +14,9 @@ use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
 
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::HeaderMap;
 
 use crate::review::ReviewError;
@@ -207,7 +211,8 @@ impl Authenticator {
         self.tokens.forget();
     }
 
-    /// Decides who sent a request: the connection's certificate first, then the bearer token.
+    /// Decides who sent a request: the connection's certificate first, then the bearer token of
+    /// the `Authorization` header, then that of a WebSocket bearer subprotocol.
     pub async fn authenticate(
         &self,
         peer: &PeerCertificate,
@@ -229,7 +234,15 @@ impl Authenticator {
             }
             PeerCertificate::Absent => {}
         }
-        match bearer_token(headers)? {
+        let subprotocol;
+        let token = match bearer_token(headers)? {
+            Some(token) => Some(token),
+            None => {
+                subprotocol = subprotocol_token(headers)?;
+                subprotocol.as_deref()
+            }
+        };
+        match token {
             Some(token) => match self
                 .tokens
                 .review(token)
@@ -242,6 +255,67 @@ impl Authenticator {
             None if self.anonymous => Ok(Arc::new(Identity::anonymous())),
             None => Err(AuthnError::NoCredentials),
         }
+    }
+}
+
+/// What precedes the token in Kubernetes' WebSocket bearer subprotocol.
+const BEARER_SUBPROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// Go's `base64.RawURLEncoding`: URL alphabet, no padding, trailing bits not checked.
+const RAW_URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
+
+/// The bearer token of a WebSocket request without an `Authorization` header, as Kubernetes'
+/// WebSocket protocol authenticator reads it (after the bearer token in the kubelet's chain), for
+/// browsers, which cannot set headers: on a WebSocket request (a `Connection` header containing
+/// `upgrade`, the first `Upgrade` header `websocket`), the one subprotocol
+/// `base64url.bearer.authorization.k8s.io.<token, unpadded base64url>` among the comma-separated
+/// values of every `Sec-WebSocket-Protocol` header, beside at least one other. Two of them, one
+/// that does not decode to UTF-8, or one alone is an invalid token (401), as there; an empty one
+/// is no token. On any other request the subprotocol is no credential, as there. Either way it
+/// never reaches the kubelet (`forward`).
+fn subprotocol_token(headers: &HeaderMap) -> Result<Option<String>, AuthnError> {
+    let upgrade = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|value| {
+            value
+                .as_bytes()
+                .to_ascii_lowercase()
+                .windows(b"upgrade".len())
+                .any(|window| window == b"upgrade")
+        });
+    let websocket = headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !(upgrade && websocket) {
+        return Ok(None);
+    }
+    let mut token = None;
+    let mut others = 0;
+    for value in headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        for protocol in String::from_utf8_lossy(value.as_bytes()).split(',') {
+            let Some(encoded) = protocol.trim().strip_prefix(BEARER_SUBPROTOCOL) else {
+                others += 1;
+                continue;
+            };
+            if token.is_some() {
+                return Err(AuthnError::InvalidToken);
+            }
+            let decoded = RAW_URL
+                .decode(encoded)
+                .map_err(|_| AuthnError::InvalidToken)?;
+            token = Some(String::from_utf8(decoded).map_err(|_| AuthnError::InvalidToken)?);
+        }
+    }
+    match token.filter(|token| !token.is_empty()) {
+        Some(_) if others == 0 => Err(AuthnError::InvalidToken),
+        token => Ok(token),
     }
 }
 
@@ -290,6 +364,77 @@ mod tests {
         );
         for bad in ["Basic abc", "Bearer", "Bearer  abc", "Bearer\tabc", ""] {
             assert!(bearer_token(&headers(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_subprotocol_token_is_read_from_websocket_requests_only() {
+        let request = |connection: &str, upgrade: &str, protocols: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in [("connection", connection), ("upgrade", upgrade)] {
+                if !value.is_empty() {
+                    headers.insert(name, value.parse().unwrap());
+                }
+            }
+            for protocol in protocols {
+                headers.append("sec-websocket-protocol", protocol.parse().unwrap());
+            }
+            subprotocol_token(&headers)
+        };
+        // "tok" in unpadded base64url; and "to" with its spare bits set, which Go accepts.
+        let token = "base64url.bearer.authorization.k8s.io.dG9r";
+        let loose = "base64url.bearer.authorization.k8s.io.dG9";
+        let found = |r: Result<Option<String>, AuthnError>| r.unwrap();
+        assert_eq!(
+            found(request("Upgrade", "websocket", &[token, "v5"])).as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            found(request("keep-alive, UPGRADE", "WebSocket", &["v5", token])).as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            found(request(
+                "upgrade",
+                "websocket",
+                &[&format!(" {token} , v5")]
+            ))
+            .as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            found(request("upgrade", "websocket", &[loose, "v5"])).as_deref(),
+            Some("to")
+        );
+        // No WebSocket request, no token; an empty one is none either.
+        assert_eq!(found(request("", "websocket", &[token, "v5"])), None);
+        assert_eq!(found(request("upgrade", "SPDY/3.1", &[token, "v5"])), None);
+        assert_eq!(
+            found(request("upgrade", "websocket, h2c", &[token, "v5"])),
+            None
+        );
+        assert_eq!(
+            found(request(
+                "upgrade",
+                "websocket",
+                &["base64url.bearer.authorization.k8s.io.", "v5"]
+            )),
+            None
+        );
+        for bad in [
+            &[token][..],
+            &[token, token, "v5"],
+            &["base64url.bearer.authorization.k8s.io.dG9r=", "v5"],
+            &["base64url.bearer.authorization.k8s.io.dG9r+", "v5"],
+            &["base64url.bearer.authorization.k8s.io.__8", "v5"],
+        ] {
+            assert!(
+                matches!(
+                    request("upgrade", "websocket", bad),
+                    Err(AuthnError::InvalidToken)
+                ),
+                "{bad:?}"
+            );
         }
     }
 

@@ -178,3 +178,78 @@ async fn anonymous_callers_are_refused_unless_allowed_and_then_still_authorized(
     assert_eq!(sar["user"], "system:anonymous");
     assert_eq!(sar["groups"], json!(["system:unauthenticated"]));
 }
+
+/// A browser cannot set headers, so Kubernetes also reads a WebSocket request's token from a
+/// `base64url.bearer.authorization.k8s.io.<token>` subprotocol, after the `Authorization` header.
+/// An invalid one is a 401 even where anonymous callers may exec, as the kubelet answers; on a
+/// request that is no WebSocket upgrade it is no credential at all, as there.
+#[tokio::test]
+async fn a_websocket_bearer_subprotocol_is_the_callers_token() {
+    use base64::Engine;
+    use tokio_tungstenite::tungstenite::Error;
+
+    let cluster = Cluster::start(&[
+        "--anonymous-auth",
+        "--authorization-webhook-cache-unauthorized-ttl=0s",
+    ])
+    .await;
+    cluster.api.add_token("t-browser", "alice", "", &[]);
+    cluster.api.allow("alice", "create", "proxy");
+    cluster
+        .api
+        .allow("system:unauthenticated", "create", "proxy");
+    let bearer = |token: &str| {
+        format!(
+            "base64url.bearer.authorization.k8s.io.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+        )
+    };
+    let exec = "/exec/default/web-0/web?command=id&stdout=1";
+    let handshake = async |protocols: &[&str]| match cluster
+        .client()
+        .websocket(cluster.addr(), exec, None, protocols)
+        .await
+    {
+        Ok((response, _)) => response.status(),
+        Err(Error::Http(response)) => response.status(),
+        Err(e) => panic!("{protocols:?}: {e}"),
+    };
+
+    let valid = bearer("t-browser");
+    assert_eq!(
+        handshake(&[&valid, "v5.channel.k8s.io"]).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    let reviews = cluster.api.access_reviews();
+    assert_eq!(reviews.last().unwrap()["spec"]["user"], "alice");
+
+    let invalid = bearer("t-unknown");
+    let (other, twice) = (bearer("t-other"), format!("{valid}, {valid}"));
+    for protocols in [
+        &[invalid.as_str(), "v5.channel.k8s.io"][..],
+        &[valid.as_str()],
+        &[twice.as_str(), "v5.channel.k8s.io"],
+        &[valid.as_str(), other.as_str(), "v5.channel.k8s.io"],
+        &[
+            "base64url.bearer.authorization.k8s.io.dA=",
+            "v5.channel.k8s.io",
+        ],
+    ] {
+        assert_eq!(
+            handshake(protocols).await,
+            StatusCode::UNAUTHORIZED,
+            "{protocols:?}"
+        );
+    }
+    assert_eq!(cluster.kubelet.count(), 1, "only alice's exec");
+
+    let mut request = support::client::request("GET", "/healthz", None);
+    let offered = format!("{valid}, v5.channel.k8s.io");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", offered.parse().unwrap());
+    let response = cluster.client().send(cluster.addr(), request).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let reviews = cluster.api.access_reviews();
+    assert_eq!(reviews.last().unwrap()["spec"]["user"], "system:anonymous");
+}
