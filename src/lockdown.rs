@@ -4,7 +4,8 @@
 //! At start and then every `--kubelet-lockdown-interval`, the guard calls its kubelet **without
 //! its client certificate**, with a read-only `GET /healthz` on a connection of its own: once with
 //! no credential and once with the guard's own API-server bearer token (skipped, and said once,
-//! when it has none). A 401, or a handshake the kubelet refuses for want of a client certificate,
+//! when it has none; under `require` the guard then stays unready, as nothing proves the kubelet
+//! refuses tokens). A 401, or a handshake the kubelet refuses for want of a client certificate,
 //! means locked; any other HTTP answer means exposed. A kubelet that cannot be reached changes
 //! nothing and is counted in `kubelet_guard_upstream_errors_total{kind="lockdown-probe"}`.
 //!
@@ -142,14 +143,18 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
             "the kubelet lockdown is not proven yet (--kubelet-lockdown=require)".into(),
         ));
     }
-    if probe.token.is_none() {
+    let tokenless = probe.token.is_none();
+    if tokenless {
         tracing::info!(
+            require,
             "the guard has no API-server token of its own: the lockdown probe with a bearer token \
-             is skipped"
+             is skipped, and under --kubelet-lockdown=require the guard stays unready"
         );
     }
+    // Under `require` the token credential is counted even without a token to probe with: never
+    // proven, it keeps the guard unready rather than let an unproven token path pass.
     let mut credentials = vec![Credential::None];
-    if probe.token.is_some() {
+    if !tokenless || require {
         credentials.push(Credential::Token);
     }
     let own: Vec<Vec<u8>> = probe
@@ -180,6 +185,7 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
                 }),
                 Credential::Token => match probe.token.as_ref().and_then(OwnToken::read) {
                     Some(token) => probe.check(Some(&token)).await.map(|probed| probed.verdict),
+                    None if tokenless => continue,
                     None => {
                         tracing::warn!("the guard's own API-server token cannot be read");
                         continue;
@@ -204,7 +210,9 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
             }
         }
         if require {
-            probe.ready.hold(hold_reason(&credentials, &known));
+            probe
+                .ready
+                .hold(hold_reason(&credentials, &known, tokenless));
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -363,7 +371,11 @@ fn report(metrics: &Metrics, credential: Credential, before: Option<&Verdict>, n
 }
 
 /// Why readiness is held under `require`, or `None` once every probe found the kubelet locked.
-fn hold_reason(credentials: &[Credential], known: &[Option<Verdict>]) -> Option<String> {
+fn hold_reason(
+    credentials: &[Credential],
+    known: &[Option<Verdict>],
+    tokenless: bool,
+) -> Option<String> {
     let mut reasons = Vec::new();
     for (credential, verdict) in credentials.iter().zip(known) {
         match verdict {
@@ -379,6 +391,12 @@ fn hold_reason(credentials: &[Credential], known: &[Option<Verdict>]) -> Option<
                 names.replace('\n', ", "),
                 credential.advice()
             )),
+            None if tokenless && *credential == Credential::Token => reasons.push(
+                "the kubelet lockdown cannot be proven for credential token: the guard has no \
+                 API-server token of its own to probe with (give --kubeconfig one, or run in a \
+                 pod with a service-account token; or use --kubelet-lockdown=warn)"
+                    .to_owned(),
+            ),
             None => reasons.push(format!(
                 "the kubelet lockdown is not proven yet for credential {}",
                 credential.label()
@@ -436,9 +454,14 @@ mod tests {
     #[test]
     fn readiness_is_held_until_every_probe_is_locked() {
         let both = [Credential::None, Credential::Token];
-        let reason = hold_reason(&both, &[Some(Verdict::Locked), None]).unwrap();
+        let reason = hold_reason(&both, &[Some(Verdict::Locked), None], false).unwrap();
         assert!(
             reason.contains("not proven yet for credential token"),
+            "{reason}"
+        );
+        let reason = hold_reason(&both, &[Some(Verdict::Locked), None], true).unwrap();
+        assert!(
+            reason.contains("no API-server token of its own"),
             "{reason}"
         );
         let reason = hold_reason(
@@ -447,11 +470,16 @@ mod tests {
                 Some(Verdict::Locked),
                 Some(Verdict::Exposed(StatusCode::FORBIDDEN)),
             ],
+            false,
         )
         .unwrap();
         assert!(reason.contains("answered 403") && reason.contains("webhook.enabled: false"));
         assert_eq!(
-            hold_reason(&both, &[Some(Verdict::Locked), Some(Verdict::Locked)]),
+            hold_reason(
+                &both,
+                &[Some(Verdict::Locked), Some(Verdict::Locked)],
+                false
+            ),
             None
         );
     }

@@ -341,3 +341,51 @@ async fn an_unreachable_kubelet_changes_nothing_and_is_counted() {
     let readyz = admin_get(admin, "/readyz").await;
     assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
 }
+
+/// A guard without an API-server token of its own (a kubeconfig with none, outside a pod) cannot
+/// show that the kubelet refuses tokens: under `require` it stays unready and says why, even
+/// though the kubelet refuses a bare request.
+#[tokio::test]
+async fn require_without_a_token_of_its_own_keeps_the_guard_unready() {
+    let ca = support::pki::Ca::new("tokenless");
+    let kubeconfig = support::temp_dir("kubeconfig").join("tokenless");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://127.0.0.1:9\n    certificate-authority: {}\nusers:\n- name: u\n  user: {{}}\n\
+             contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+            ca.cert_path().display()
+        ),
+    )
+    .unwrap();
+    let cluster = Cluster::start_with_node_pki(
+        Auth::Webhook,
+        "168h",
+        &[
+            "--kubelet-lockdown=require",
+            "--kubelet-lockdown-interval=100ms",
+            &format!("--kubeconfig={}", kubeconfig.display()),
+        ],
+    )
+    .await;
+    let admin = cluster.guard.admin_addr;
+    support::with_deadline("a bare probe", async {
+        while probes(&cluster).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let readyz = admin_get(admin, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(
+        readyz.contains("no API-server token of its own"),
+        "{readyz}"
+    );
+    assert!(
+        probes(&cluster)
+            .iter()
+            .all(|probe| !probe.headers.contains_key(http::header::AUTHORIZATION))
+    );
+}

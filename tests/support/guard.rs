@@ -195,9 +195,11 @@ pub fn flags(
             upstream.cert_path.display()
         ),
         format!("--upstream-client-key-file={}", upstream.key_path.display()),
-        format!("--kubeconfig={}", api.write_kubeconfig().display()),
         format!("--node-name={NODE}"),
     ];
+    if !extra.iter().any(|flag| flag.starts_with("--kubeconfig=")) {
+        argv.push(format!("--kubeconfig={}", api.write_kubeconfig().display()));
+    }
     // The lockdown probe would add its requests to what the kubelet double records: off unless a
     // test asks for it.
     if !extra
