@@ -219,6 +219,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Threads before any port: a --worker-threads the machine cannot pin fails start-up unbound.
     let workers = server::Workers::start(limits.worker_threads, limits.worker_cpu_affinity)
         .map_err(StartError::Workers)?;
+    // Unready under `require` from the admin listener's first answer, not from the probe task's
+    // first poll.
+    if lockdown_mode == config::Lockdown::Require {
+        ready.hold(Some(lockdown::UNPROVEN.to_owned()));
+    }
     // The admin listener first: probes get an answer (503) while the guarded address is held.
     let admin = server::bind_now(metrics_listen, "--metrics-listen").await?;
     let admin_addr = admin.local_addr()?;

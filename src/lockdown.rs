@@ -135,14 +135,13 @@ impl Credential {
     }
 }
 
-/// Probes every `interval` until `stop`, keeping the gauge, the log and readiness up to date.
+/// Why the guard is unready under `require` before the first probe has answered; held from start.
+pub const UNPROVEN: &str = "the kubelet lockdown is not proven yet (--kubelet-lockdown=require)";
+
+/// Probes every `interval` until `stop`, keeping the gauge, the log and readiness up to date
+/// (under `require`, readiness is held with [`UNPROVEN`] before this starts).
 pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<bool>) {
     let require = probe.mode == Lockdown::Require;
-    if require {
-        probe.ready.hold(Some(
-            "the kubelet lockdown is not proven yet (--kubelet-lockdown=require)".into(),
-        ));
-    }
     let tokenless = probe.token.is_none();
     if tokenless {
         tracing::info!(
