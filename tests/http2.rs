@@ -210,3 +210,23 @@ async fn an_h2_extended_connect_is_refused_without_a_review() {
     assert!(cluster.api.access_reviews().is_empty(), "no access review");
     assert_eq!(cluster.kubelet.count(), 0, "the kubelet is untouched");
 }
+
+/// An h2 request's URI carries its `:authority` (hyper builds it from the pseudo-headers), but
+/// its event records the path and query, and the pod and command it names, as over HTTP/1.1.
+#[tokio::test]
+async fn an_h2_requests_event_records_its_path_pod_and_command() {
+    let log = support::audit_log::AuditLog::new();
+    let cluster = Cluster::start(&[log.flag()]).await;
+    cluster.api.add_token(TOKEN, USER, "uid", &[]);
+    cluster.api.allow(USER, "create", "proxy");
+    let run = "/run/default/web-0/web?cmd=id";
+    let (answer, version) = ask(&cluster.client().http2(), &cluster, "POST", run).await;
+    assert_eq!((answer.status, version), (StatusCode::OK, Version::HTTP_2));
+    let event = &log.events(1).await[0];
+    assert_eq!(event["requestURI"], run);
+    let annotations = &event["annotations"];
+    assert_eq!(annotations["kubelet-guard.io/pod-namespace"], "default");
+    assert_eq!(annotations["kubelet-guard.io/pod-name"], "web-0");
+    assert_eq!(annotations["kubelet-guard.io/container"], "web");
+    assert_eq!(annotations["kubelet-guard.io/command"], "id");
+}

@@ -118,23 +118,20 @@ pub(super) struct Arrival {
     user_agent: Option<String>,
 }
 
-/// The request-target as received, but for the user information of an absolute or authority
-/// form (`CONNECT user:password@host:port`), which is a credential and which no kubelet path has.
-/// Such a target is refused; its event still says what was asked.
+/// The path and query as received (an HTTP/2 request's `:path`; hyper gives every HTTP/2 URI
+/// its `:authority`). A target without a path is the authority form (`CONNECT host:port`,
+/// refused): recorded as host and port, never with the user information it may carry
+/// (`user:password@`), a credential.
 fn target(uri: &http::Uri) -> String {
-    let Some(authority) = uri.authority() else {
-        return uri
-            .path_and_query()
-            .map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
-    };
-    let host = match authority.port() {
-        Some(port) => format!("{}:{port}", authority.host()),
-        None => authority.host().to_owned(),
-    };
-    match (uri.scheme(), uri.path_and_query()) {
-        (Some(scheme), Some(rest)) => format!("{scheme}://{host}{rest}"),
-        (Some(scheme), None) => format!("{scheme}://{host}"),
-        (None, _) => host,
+    if let Some(path) = uri.path_and_query() {
+        return path.as_str().to_owned();
+    }
+    match uri.authority() {
+        Some(authority) => match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        },
+        None => uri.to_string(),
     }
 }
 
