@@ -207,17 +207,3 @@ pub struct ResponseStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
-
-/// A batch of events, as kube-apiserver's webhook backend POSTs it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventList<'a> {
-    /// Always [`EVENT_LIST_KIND`].
-    pub kind: &'static str,
-    /// Always [`API_VERSION`].
-    pub api_version: &'static str,
-    /// Always empty.
-    pub metadata: BTreeMap<String, String>,
-    /// The events.
-    pub items: &'a [Event],
-}

@@ -1,8 +1,7 @@
 //! The audit webhook sink, as kube-apiserver's batching webhook backend
 //! (`k8s.io/apiserver/plugin/pkg/audit/webhook`, `plugin/pkg/audit/buffered`): events are collected
 //! into an `audit.k8s.io/v1` `EventList` of at most `--audit-webhook-batch-max-size` items and
-//! [`BATCH_BYTES`] (by [`Event::weight`], as kube-apiserver's
-//! `--audit-webhook-truncate-max-batch-size`), sent when full or when its first event has waited
+//! [`BATCH_BYTES`] of JSON (as kube-apiserver's `--audit-webhook-truncate-max-batch-size`), sent when full or when its first event has waited
 //! `--audit-webhook-batch-max-wait`, and POSTed as JSON to the `server` URL of the current context
 //! of `--audit-webhook-config-file`.
 //!
@@ -22,11 +21,9 @@
 //! [`SHUTDOWN_GRACE`], retries included. Logs name the kubeconfig file, never the URL (it may
 //! carry credentials) nor an event's contents.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::sink::{AuditError, Queue, Queued, SHUTDOWN_GRACE, WebhookSettings};
-use super::{API_VERSION, EVENT_LIST_KIND, Event, EventList};
+use super::{API_VERSION, EVENT_LIST_KIND};
 use crate::shutdown::stopped;
 
 /// The receiver, its batching and its retry policy.
@@ -70,7 +67,7 @@ const ANSWER_LIMIT: usize = 64 * 1024;
 
 const FLAG: &str = "--audit-webhook-config-file";
 
-/// Most bytes of events (by [`Event::weight`]) in one batch: kube-apiserver's default
+/// Most bytes of events, as JSON, in one batch: kube-apiserver's default
 /// `--audit-webhook-truncate-max-batch-size`, so a receiver that takes its batches takes ours.
 pub(crate) const BATCH_BYTES: usize = 10 << 20;
 
@@ -206,7 +203,7 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
             }
         }
         // The batch is full or its first event has waited long enough.
-        let body = encode(&batch.events);
+        let body = batch.encode();
         let events = batch.len();
         let mut delivery = pin!(sink.deliver(events, body, None));
         let stopping = tokio::select! {
@@ -248,7 +245,7 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
         if Instant::now() >= deadline {
             sink.give_up(events, 0, "shutdown grace period over");
         } else {
-            let delivery = sink.deliver(events, encode(&batch.events), Some(deadline));
+            let delivery = sink.deliver(events, batch.encode(), Some(deadline));
             if tokio::time::timeout_at(deadline, delivery).await.is_err() {
                 sink.give_up(events, 0, "shutdown grace period over");
             }
@@ -257,18 +254,19 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
     }
 }
 
-/// The events of one batch, and their weight.
+/// The events of one batch, written as JSON, comma-separated: what the body will carry, so that
+/// its size is the bytes sent (escaping included), not an estimate.
 struct Batch {
-    events: Vec<Event>,
-    bytes: usize,
+    items: Vec<u8>,
+    events: usize,
     max: usize,
 }
 
 impl Batch {
     fn new(max: usize) -> Self {
         Self {
-            events: Vec::with_capacity(max.min(1024)),
-            bytes: 0,
+            items: Vec::new(),
+            events: 0,
             max,
         }
     }
@@ -276,43 +274,48 @@ impl Batch {
     /// Adds `queued`, or hands it back when it would take a batch that holds something past
     /// [`BATCH_BYTES`].
     fn push(&mut self, queued: Queued) -> Result<(), Queued> {
-        if !self.events.is_empty() && self.bytes + queued.weight > BATCH_BYTES {
-            return Err(queued);
+        // Serializing an event cannot fail: every map key is a string.
+        let json = serde_json::to_vec(&*queued.event).unwrap_or_default();
+        if self.events > 0 {
+            if self.items.len() + 1 + json.len() > BATCH_BYTES {
+                return Err(queued);
+            }
+            self.items.push(b',');
         }
-        self.bytes += queued.weight;
-        self.events.push(Arc::unwrap_or_clone(queued.event));
+        self.items.extend_from_slice(&json);
+        self.events += 1;
         Ok(())
     }
 
     /// Whether the batch holds `--audit-webhook-batch-max-size` events or [`BATCH_BYTES`].
     fn is_full(&self) -> bool {
-        self.events.len() >= self.max || self.bytes >= BATCH_BYTES
+        self.events >= self.max || self.items.len() >= BATCH_BYTES
     }
 
     fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.events == 0
     }
 
     fn len(&self) -> usize {
-        self.events.len()
+        self.events
     }
 
     fn clear(&mut self) {
-        self.events.clear();
-        self.bytes = 0;
+        self.items.clear();
+        self.events = 0;
     }
-}
 
-/// The batch as an `EventList` JSON body.
-fn encode(batch: &[Event]) -> Bytes {
-    let list = EventList {
-        kind: EVENT_LIST_KIND,
-        api_version: API_VERSION,
-        metadata: BTreeMap::new(),
-        items: batch,
-    };
-    // Serializing these types cannot fail: every map key is a string.
-    Bytes::from(serde_json::to_vec(&list).unwrap_or_default())
+    /// The batch as an `EventList` JSON body, as kube-apiserver's webhook POSTs it.
+    fn encode(&self) -> Bytes {
+        let head = format!(
+            r#"{{"kind":"{EVENT_LIST_KIND}","apiVersion":"{API_VERSION}","metadata":{{}},"items":["#
+        );
+        let mut body = Vec::with_capacity(head.len() + self.items.len() + 2);
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(&self.items);
+        body.extend_from_slice(b"]}");
+        Bytes::from(body)
+    }
 }
 
 /// Splits the `server` URL into the origin kube's client is built on and the exact path to POST.
@@ -396,9 +399,20 @@ mod tests {
         assert_eq!(next_backoff(Duration::MAX), MAX_BACKOFF);
     }
 
+    fn queued(event: crate::audit::Event) -> Queued {
+        Queued {
+            weight: event.weight(),
+            event: std::sync::Arc::new(event),
+        }
+    }
+
     #[test]
     fn a_batch_is_an_event_list() {
-        let body = encode(&[event(1), event(2)]);
+        let mut batch = Batch::new(400);
+        for n in [1, 2] {
+            assert!(batch.push(queued(event(n))).is_ok());
+        }
+        let body = batch.encode();
         let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(list["kind"], "EventList");
         assert_eq!(list["apiVersion"], "audit.k8s.io/v1");
@@ -408,5 +422,34 @@ mod tests {
             list["items"][1]["auditID"],
             "00000000-0000-4000-8000-000000000002"
         );
+    }
+
+    /// A batch holds 10 MiB of JSON, escaping included: `"` in a query weighs one byte in memory
+    /// and two once written, so counting memory let a batch grow to twice what receivers take.
+    #[test]
+    fn a_batch_holds_ten_mebibytes_as_written() {
+        let mut quoted = event(1);
+        quoted.request_uri = format!("/metrics?x={}", "\"".repeat(60_000));
+        let (mut batch, mut batches, mut pushed) = (Batch::new(400), Vec::new(), 0);
+        while pushed < 300 {
+            match batch.push(queued(quoted.clone())) {
+                Ok(()) => pushed += 1,
+                Err(_) => {
+                    batches.push(batch.encode());
+                    batch.clear();
+                }
+            }
+        }
+        batches.push(batch.encode());
+        let events: usize = batches
+            .iter()
+            .map(|body| {
+                assert!(body.len() <= BATCH_BYTES + 100, "{} bytes", body.len());
+                let list: serde_json::Value = serde_json::from_slice(body).unwrap();
+                list["items"].as_array().unwrap().len()
+            })
+            .sum();
+        assert_eq!(events, 300);
+        assert_eq!(batches.len(), 4, "about 87 events of 120 KB each per batch");
     }
 }
