@@ -522,6 +522,106 @@ fn a_chart_role_aggregated_into_view_is_a_finding_of_views_subjects() {
     );
 }
 
+/// A cluster's listing: the bootstrap roles as the aggregation controller left them, each holding
+/// the chart role's rule, `view` labelled into `edit` and `edit` into `admin`.
+const BOOTSTRAP_AFTER_AGGREGATION: &str = r#"---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: view
+  labels: {rbac.authorization.k8s.io/aggregate-to-edit: "true"}
+aggregationRule:
+  clusterRoleSelectors: [{matchLabels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}}]
+rules: [{apiGroups: [""], resources: [nodes/proxy, nodes/metrics], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: edit
+  labels: {rbac.authorization.k8s.io/aggregate-to-admin: "true"}
+aggregationRule:
+  clusterRoleSelectors: [{matchLabels: {rbac.authorization.k8s.io/aggregate-to-edit: "true"}}]
+rules: [{apiGroups: [""], resources: [nodes/proxy, nodes/metrics], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: admin}
+aggregationRule:
+  clusterRoleSelectors: [{matchLabels: {rbac.authorization.k8s.io/aggregate-to-admin: "true"}}]
+rules: [{apiGroups: [""], resources: [nodes/proxy, nodes/metrics], verbs: [get]}]
+"#;
+
+#[test]
+fn in_a_clusters_listing_the_aggregated_role_is_reported_once() {
+    let listing = format!("{AGGREGATED_INTO_VIEW}{BOOTSTRAP_AFTER_AGGREGATION}");
+    let report = audit(&["-f", "-", "-o", "json"], Some(&listing)).json();
+    let findings: Vec<(String, String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["subject"]["name"].as_str().unwrap().to_owned(),
+                f["subresource"].as_str().unwrap().to_owned(),
+                f["via"][0]["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        findings,
+        [
+            ("view".into(), "nodes/proxy".into(), "debug-view".into()),
+            ("view".into(), "nodes/metrics".into(), "debug-view".into()),
+        ]
+    );
+    let warnings = warnings(&report);
+    let aggregated: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("labelled to be aggregated"))
+        .collect();
+    assert_eq!(aggregated.len(), 1, "{warnings:#?}");
+    assert!(
+        aggregated[0].starts_with("ClusterRole debug-view"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.ends_with("only through the bootstrap roles its roles are aggregated into")),
+        "{warnings:#?}"
+    );
+
+    // Without the chart role, the listing's view is what reaches edit and admin.
+    let report = audit(
+        &["-f", "-", "-o", "json"],
+        Some(BOOTSTRAP_AFTER_AGGREGATION),
+    )
+    .json();
+    let proxy = find(&report, "edit", "nodes/proxy");
+    assert_eq!(proxy["via"][0]["role"], "view");
+    assert_eq!(report["findings"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn an_admin_role_aggregated_into_view_is_no_expected_admin_access() {
+    let chart = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:kubelet-api-admin
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: ["*"]}]
+"#;
+    let run = audit(
+        &["-f", "-", "-o", "json", "--fail-on", "critical"],
+        Some(chart),
+    );
+    assert_eq!(run.status, 1, "{}", run.stdout);
+    assert_eq!(
+        find(&run.json(), "view", "nodes/proxy")["severity"],
+        "critical"
+    );
+}
+
 #[test]
 fn a_bare_json_array_of_objects_is_audited_as_a_list() {
     // `kubectl get clusterroles,clusterrolebindings -o json | jq .items`

@@ -150,21 +150,12 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
     }
     // A ClusterRole labelled into the bootstrap roles grants their subjects in every cluster,
     // bound or not in the input: a finding of the narrowest role its labels reach.
-    for warning in &policy_warnings {
-        let PolicyWarning::AggregatedIntoBootstrap {
-            name,
-            into,
-            location,
-        } = warning
+    let aggregated = aggregated(&policy_warnings);
+    for &(name, bootstrap, location) in &aggregated {
+        let Some(role) = policy
+            .roles()
+            .find(|role| role.kind == RoleKind::ClusterRole && role.name == name)
         else {
-            continue;
-        };
-        let (Some(bootstrap), Some(role)) = (
-            into.last(),
-            policy
-                .roles()
-                .find(|role| role.kind == RoleKind::ClusterRole && role.name == name),
-        ) else {
             continue;
         };
         let subject = Subject::holders_of(bootstrap);
@@ -173,7 +164,7 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
             entry.merge(access);
             entry.via.insert(Via {
                 binding: String::new(),
-                role: name.clone(),
+                role: name.to_owned(),
                 location: location.clone(),
             });
         }
@@ -209,15 +200,27 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
             .then_with(|| a_index.cmp(b_index))
     });
 
+    let kept: BTreeSet<&str> = aggregated.iter().map(|&(name, _, _)| name).collect();
     let mut warnings = Vec::new();
-    for warning in policy_warnings {
+    for warning in &policy_warnings {
         match warning {
+            PolicyWarning::AggregatedIntoBootstrap { name, .. }
+                if !kept.contains(name.as_str()) => {}
             // Replaced by the precise account of `ineffective` below.
             PolicyWarning::NamespacedNodes { .. } => {}
-            PolicyWarning::MissingRole(binding) => warnings.push(missing_role(&binding)),
+            PolicyWarning::MissingRole(binding) => warnings.push(missing_role(binding)),
             PolicyWarning::NoClusterRoleBinding { .. } => warnings.push(
-                "the input holds no ClusterRoleBinding: nothing in it can grant kubelet access"
-                    .to_owned(),
+                match kept.is_empty() {
+                    true => {
+                        "the input holds no ClusterRoleBinding: nothing in it can grant \
+                             kubelet access"
+                    }
+                    false => {
+                        "the input holds no ClusterRoleBinding: it grants kubelet access \
+                              only through the bootstrap roles its roles are aggregated into"
+                    }
+                }
+                .to_owned(),
             ),
             other => warnings.push(other.to_string()),
         }
@@ -227,6 +230,40 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
         findings: ranked.into_iter().map(|(_, finding)| finding).collect(),
         warnings,
     }
+}
+
+/// The bootstrap roles aggregated into one another, narrowest first: `view` is labelled into
+/// `edit`, `edit` into `admin`.
+const BOOTSTRAP_CHAIN: [&str; 3] = ["view", "edit", "admin"];
+
+/// The ClusterRoles labelled into the bootstrap roles that cover nodes, each with the narrowest
+/// bootstrap role its labels reach and where it was read. `view` or `edit` itself (in a cluster's
+/// listing, covering nodes once a role is aggregated into it) only when no other such role
+/// reaches it already: that role is the one to report, not each link of the chain after it.
+fn aggregated(warnings: &[PolicyWarning]) -> Vec<(&str, &'static str, &Location)> {
+    let rank = |role: &str| BOOTSTRAP_CHAIN.iter().position(|link| *link == role);
+    let labelled: Vec<(&str, &'static str, &Location)> = warnings
+        .iter()
+        .filter_map(|warning| match warning {
+            PolicyWarning::AggregatedIntoBootstrap {
+                name,
+                into,
+                location,
+            } => Some((name.as_str(), *into.last()?, location)),
+            _ => None,
+        })
+        .collect();
+    labelled
+        .iter()
+        .filter(|&&(name, _, _)| {
+            rank(name).is_none_or(|own| {
+                !labelled.iter().any(|&(other, narrowest, _)| {
+                    other != name && rank(narrowest).is_some_and(|reached| reached <= own)
+                })
+            })
+        })
+        .copied()
+        .collect()
 }
 
 impl Subject {
@@ -375,11 +412,12 @@ fn accesses(rules: &[PolicyRule]) -> BTreeMap<usize, Access> {
 /// The severity of `access` to `nodes/<subresource>` for `subject`.
 fn severity(subject: &Subject, subresource: &str, access: &Access) -> Severity {
     let masters = subject.kind == "Group" && subject.name == MASTERS;
+    // Only a binding to an admin role is expected access: one aggregated into `view` is not.
     let admin_role = !access.via.is_empty()
         && access
             .via
             .iter()
-            .all(|via| ADMIN_ROLES.contains(&via.role.as_str()));
+            .all(|via| !via.binding.is_empty() && ADMIN_ROLES.contains(&via.role.as_str()));
     if masters || admin_role {
         Severity::Info
     } else if subresource == "proxy" && access.has_any(&EXEC_VERBS) {
