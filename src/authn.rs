@@ -258,6 +258,48 @@ impl Authenticator {
     }
 }
 
+/// Kubernetes' `wsstream.IsWebSocketRequest`: the first `Upgrade` header is `websocket` under Go's
+/// `strings.EqualFold` (Unicode simple folding: `ſ` is an `s` and the Kelvin sign a `k`), and the
+/// first `Connection` header, lowercased, matches `(^|.*,\s*)upgrade($|\s*,)`: `upgrade` as the
+/// first element of its list, or after a comma and spaces, and followed by the end or spaces and a
+/// comma. Any other request's subprotocols are no credential, as there.
+fn is_websocket_request(headers: &HeaderMap) -> bool {
+    let first = |name| {
+        headers
+            .get(name)
+            .map(|value: &http::HeaderValue| String::from_utf8_lossy(value.as_bytes()))
+    };
+    let websocket = first(http::header::UPGRADE).is_some_and(|upgrade| {
+        let mut letters = upgrade.chars();
+        "websocket".chars().all(|want| {
+            letters.next().is_some_and(|got| {
+                got.to_ascii_lowercase() == want
+                    || (want == 's' && got == '\u{17f}')
+                    || (want == 'k' && got == '\u{212a}')
+            })
+        }) && letters.next().is_none()
+    });
+    // Go's `\s`: space, tab, newline, form feed, carriage return.
+    let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\x0c' | '\r');
+    let upgrade = first(http::header::CONNECTION).is_some_and(|connection| {
+        let connection = connection.to_lowercase();
+        let elements: Vec<&str> = connection.split(',').collect();
+        elements.iter().enumerate().any(|(at, element)| {
+            let element = match at {
+                0 => element,
+                _ => element.trim_start_matches(space),
+            };
+            element
+                .strip_prefix("upgrade")
+                .is_some_and(|rest| match at + 1 == elements.len() {
+                    true => rest.is_empty(),
+                    false => rest.trim_start_matches(space).is_empty(),
+                })
+        })
+    });
+    websocket && upgrade
+}
+
 /// What precedes the token in Kubernetes' WebSocket bearer subprotocol.
 const BEARER_SUBPROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
 
@@ -272,28 +314,15 @@ const RAW_URL: GeneralPurpose = GeneralPurpose::new(
 
 /// The bearer token of a WebSocket request without an `Authorization` header, as Kubernetes'
 /// WebSocket protocol authenticator reads it (after the bearer token in the kubelet's chain), for
-/// browsers, which cannot set headers: on a WebSocket request (a `Connection` header containing
-/// `upgrade`, the first `Upgrade` header `websocket`), the one subprotocol
+/// browsers, which cannot set headers: on a WebSocket request ([`is_websocket_request`]), the one
+/// subprotocol
 /// `base64url.bearer.authorization.k8s.io.<token, unpadded base64url>` among the comma-separated
 /// values of every `Sec-WebSocket-Protocol` header, beside at least one other. Two of them, one
 /// that does not decode to UTF-8, or one alone is an invalid token (401), as there; an empty one
 /// is no token. On any other request the subprotocol is no credential, as there. Either way it
 /// never reaches the kubelet (`forward`).
 fn subprotocol_token(headers: &HeaderMap) -> Result<Option<String>, AuthnError> {
-    let upgrade = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|value| {
-            value
-                .as_bytes()
-                .to_ascii_lowercase()
-                .windows(b"upgrade".len())
-                .any(|window| window == b"upgrade")
-        });
-    let websocket = headers
-        .get(http::header::UPGRADE)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if !(upgrade && websocket) {
+    if !is_websocket_request(headers) {
         return Ok(None);
     }
     let mut token = None;
@@ -406,8 +435,37 @@ mod tests {
             found(request("upgrade", "websocket", &[loose, "v5"])).as_deref(),
             Some("to")
         );
+        let folded = request(
+            "keep-alive,\tupgrade , close",
+            "web\u{17f}oc\u{212a}et",
+            &[token, "v5"],
+        );
+        assert_eq!(found(folded).as_deref(), Some("tok"), "Go's EqualFold");
         // No WebSocket request, no token; an empty one is none either.
         assert_eq!(found(request("", "websocket", &[token, "v5"])), None);
+        for connection in [
+            "x-upgrade",
+            "upgrades",
+            "keep-alive upgrade",
+            " upgrade",
+            "upgrade ",
+        ] {
+            let request = request(connection, "websocket", &[token, "v5"]);
+            assert_eq!(found(request), None, "{connection:?}");
+        }
+        let mut second = HeaderMap::new();
+        second.append("connection", "keep-alive".parse().unwrap());
+        second.append("connection", "upgrade".parse().unwrap());
+        second.insert("upgrade", "websocket".parse().unwrap());
+        second.insert(
+            "sec-websocket-protocol",
+            format!("{token}, v5").parse().unwrap(),
+        );
+        assert_eq!(
+            found(subprotocol_token(&second)),
+            None,
+            "the first Connection header only"
+        );
         assert_eq!(found(request("upgrade", "SPDY/3.1", &[token, "v5"])), None);
         assert_eq!(
             found(request("upgrade", "websocket, h2c", &[token, "v5"])),
