@@ -25,6 +25,9 @@ use token::{TokenAuthenticator, TokenOutcome};
 /// The group Kubernetes adds to every authenticated user.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
+/// The user of callers without credentials.
+const ANONYMOUS_USER: &str = "system:anonymous";
+
 /// The group of callers without credentials.
 const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
 
@@ -49,6 +52,9 @@ pub struct Identity {
     pub groups: Arc<[String]>,
     /// Extra attributes from the TokenReview.
     pub extra: BTreeMap<String, Vec<String>>,
+    /// Whether this is the caller without credentials ([`Identity::anonymous`]), not a token or
+    /// certificate naming `system:anonymous`.
+    anonymous: bool,
 }
 
 impl std::hash::Hash for Identity {
@@ -151,22 +157,28 @@ impl Identity {
             uid,
             groups,
             extra,
+            anonymous: false,
         }
     }
 
     /// The identity of a caller without credentials.
     pub fn anonymous() -> Self {
-        Self::new(
-            "system:anonymous",
-            "",
-            [UNAUTHENTICATED_GROUP.to_owned()],
-            BTreeMap::new(),
-        )
+        Self {
+            anonymous: true,
+            ..Self::new(
+                ANONYMOUS_USER,
+                "",
+                [UNAUTHENTICATED_GROUP.to_owned()],
+                BTreeMap::new(),
+            )
+        }
     }
 
-    /// Whether this is the identity of a caller without credentials.
+    /// Whether this is the identity of a caller without credentials: its requests do not prove
+    /// the connection, and are audited as `anonymous` and with the unauthenticated priority. A
+    /// token or certificate that names `system:anonymous` is not one.
     pub fn is_anonymous(&self) -> bool {
-        self.name == "system:anonymous"
+        self.anonymous
     }
 
     /// [`authenticated`](Self::authenticated) for a shared identity: one that gets no group (the
@@ -191,8 +203,9 @@ impl Identity {
         self
     }
 
+    /// By name, as Kubernetes' `AuthenticatedGroupAdder` decides it.
     fn gets_authenticated_group(&self) -> bool {
-        !self.is_anonymous()
+        self.name != ANONYMOUS_USER
             && !self
                 .groups
                 .iter()
@@ -542,5 +555,10 @@ mod tests {
                 .iter()
                 .any(|g| g == AUTHENTICATED_GROUP)
         );
+        // Only the caller without credentials is anonymous; a token of that name is not.
+        assert!(Identity::anonymous().is_anonymous());
+        let named = Identity::new("system:anonymous", "", [], BTreeMap::new()).authenticated();
+        assert!(!named.is_anonymous());
+        assert!(named.groups.is_empty(), "named so, it gets no group either");
     }
 }

@@ -289,6 +289,15 @@ async fn the_authentication_is_x509_token_or_anonymous() {
         cluster.get("/stats/summary", "t-unknown").await.0,
         StatusCode::UNAUTHORIZED
     );
+    // A token whose review names the anonymous user is still a token.
+    cluster
+        .api
+        .add_token("t-named-anonymous", "system:anonymous", "", &[]);
+    cluster.api.allow("system:anonymous", "get", "configz");
+    assert_eq!(
+        cluster.get("/configz", "t-named-anonymous").await.0,
+        StatusCode::OK
+    );
 
     let authentication =
         |event: &Value| event["annotations"]["kubelet-guard.io/authentication"].clone();
@@ -298,6 +307,8 @@ async fn the_authentication_is_x509_token_or_anonymous() {
     assert_eq!(authentication(&listed), "token");
     let probed = event(&log, "/healthz", "ResponseComplete").await;
     assert_eq!(authentication(&probed), "anonymous");
+    let named = event(&log, "/configz", "ResponseComplete").await;
+    assert_eq!(authentication(&named), "token");
     let refused = event(&log, "/stats/summary", "ResponseComplete").await;
     assert_eq!(
         authentication(&refused),
