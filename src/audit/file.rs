@@ -15,7 +15,9 @@
 //! events it carried and those still buffered, counted in
 //! `kubelet_guard_audit_events_dropped_total{reason="write-error"}`; the next line reopens the
 //! file (recreating it if it was deleted or moved away) and starts on a line of its own, so a
-//! torn line never swallows the next event. This module never logs event contents.
+//! torn line never swallows the next event. A file deleted or moved away without a failed write
+//! (logrotate's `create`) is let go at the next batch, and the path opened again. This module
+//! never logs event contents.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -120,6 +122,7 @@ impl LogSink {
                 }
             }
             Output::File(file) => {
+                file.follow_path();
                 let (mut count, mut failed) = (0, None);
                 for event in events {
                     self.line.clear();
@@ -250,6 +253,26 @@ impl RotatingFile {
         }
         self.unflushed = 0;
         Ok(self.out.insert(BufWriter::new(file)))
+    }
+
+    /// Lets go of the open file when the path no longer names it (deleted, or moved away as
+    /// logrotate's `create` does): the next line opens the path again, so nothing is written on
+    /// unseen. The open file holds no unflushed line between batches.
+    fn follow_path(&mut self) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let Some(out) = &self.out else {
+                return;
+            };
+            let same = match (std::fs::metadata(&self.path), out.get_ref().metadata()) {
+                (Ok(named), Ok(open)) => named.dev() == open.dev() && named.ino() == open.ino(),
+                _ => false,
+            };
+            if !same {
+                self.fail();
+            }
+        }
     }
 
     /// Gives up the open file after a failed write, with what it still buffered; how many lines
@@ -520,6 +543,37 @@ mod tests {
         }
         let live = std::fs::read_to_string(&path).unwrap();
         assert!(live.contains("000000000005"), "{live}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_moved_away_or_deleted_is_opened_again_at_the_next_batch() {
+        let dir = scratch("moved");
+        let path = dir.join("audit.log");
+        let mut sink = file_sink(&path, None);
+        let one = |n| vec![Arc::new(event(n))];
+        sink.write_batch(&one(1)).unwrap();
+        // logrotate's `create`: the file is renamed, and a new one made at the path.
+        let rotated = dir.join("audit.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        sink.write_batch(&one(2)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        sink.write_batch(&one(3)).unwrap();
+        sink.write_batch(&one(4)).unwrap();
+        let ids = |file: &Path| -> Vec<u64> {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .lines()
+                .map(|line| {
+                    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                    let id = event["auditID"].as_str().unwrap();
+                    id.rsplit('-').next().unwrap().parse().unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(ids(&rotated), [1]);
+        assert_eq!(ids(&path), [3, 4], "2 went to the file deleted after it");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
