@@ -603,6 +603,35 @@ fn in_a_clusters_listing_the_aggregated_role_is_reported_once() {
 }
 
 #[test]
+fn a_view_that_grants_more_than_what_is_aggregated_into_it_is_reported() {
+    // A chart's own `view`, labelled into `edit` as the bootstrap one is, with a rule of its own.
+    let chart = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: view
+  labels: {rbac.authorization.k8s.io/aggregate-to-edit: "true"}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [create]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: metrics-view
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [""], resources: [nodes/metrics], verbs: [get]}]
+"#;
+    let run = audit(
+        &["-f", "-", "-o", "json", "--fail-on", "critical"],
+        Some(chart),
+    );
+    assert_eq!(run.status, 1, "{}", run.stdout);
+    let report = run.json();
+    let proxy = find(&report, "edit", "nodes/proxy");
+    assert_eq!(proxy["severity"], "critical");
+    assert_eq!(proxy["via"][0]["role"], "view");
+    assert_eq!(find(&report, "view", "nodes/metrics")["severity"], "low");
+}
+
+#[test]
 fn an_admin_role_aggregated_into_view_is_no_expected_admin_access() {
     let chart = r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole

@@ -150,16 +150,11 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
     }
     // A ClusterRole labelled into the bootstrap roles grants their subjects in every cluster,
     // bound or not in the input: a finding of the narrowest role its labels reach.
-    let aggregated = aggregated(&policy_warnings);
-    for &(name, bootstrap, location) in &aggregated {
-        let Some(role) = policy
-            .roles()
-            .find(|role| role.kind == RoleKind::ClusterRole && role.name == name)
-        else {
-            continue;
-        };
-        let subject = Subject::holders_of(bootstrap);
-        for (index, access) in accesses(role.rules) {
+    let aggregated = aggregated(policy, &policy_warnings);
+    for (labelled, granted) in &aggregated {
+        let (name, location) = (labelled.name, labelled.location);
+        let subject = Subject::holders_of(labelled.into);
+        for (index, access) in accesses(granted) {
             let entry = held.entry((subject.clone(), index)).or_default();
             entry.merge(access);
             entry.via.insert(Via {
@@ -200,7 +195,10 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
             .then_with(|| a_index.cmp(b_index))
     });
 
-    let kept: BTreeSet<&str> = aggregated.iter().map(|&(name, _, _)| name).collect();
+    let kept: BTreeSet<&str> = aggregated
+        .iter()
+        .map(|(labelled, _)| labelled.name)
+        .collect();
     let mut warnings = Vec::new();
     for warning in &policy_warnings {
         match warning {
@@ -236,34 +234,75 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
 /// `edit`, `edit` into `admin`.
 const BOOTSTRAP_CHAIN: [&str; 3] = ["view", "edit", "admin"];
 
-/// The ClusterRoles labelled into the bootstrap roles that cover nodes, each with the narrowest
-/// bootstrap role its labels reach and where it was read. `view` or `edit` itself (in a cluster's
-/// listing, covering nodes once a role is aggregated into it) only when no other such role
-/// reaches it already: that role is the one to report, not each link of the chain after it.
-fn aggregated(warnings: &[PolicyWarning]) -> Vec<(&str, &'static str, &Location)> {
+/// A ClusterRole labelled to be aggregated into the bootstrap roles.
+struct Labelled<'a> {
+    name: &'a str,
+    /// The narrowest bootstrap role its labels reach.
+    into: &'static str,
+    location: &'a Location,
+}
+
+/// The ClusterRoles labelled into the bootstrap roles that cover nodes, with their effective
+/// rules. `view` or `edit` itself (in a cluster's listing, covering nodes once a role is
+/// aggregated into it) only when it grants more of the kubelet than the roles that reach it
+/// together: those are the ones to report, not each link of the chain after them.
+fn aggregated<'a>(
+    policy: &'a Policy,
+    warnings: &'a [PolicyWarning],
+) -> Vec<(Labelled<'a>, &'a [PolicyRule])> {
     let rank = |role: &str| BOOTSTRAP_CHAIN.iter().position(|link| *link == role);
-    let labelled: Vec<(&str, &'static str, &Location)> = warnings
+    let labelled: Vec<(Labelled<'a>, &'a [PolicyRule])> = warnings
         .iter()
         .filter_map(|warning| match warning {
             PolicyWarning::AggregatedIntoBootstrap {
                 name,
                 into,
                 location,
-            } => Some((name.as_str(), *into.last()?, location)),
+            } => {
+                let role = policy
+                    .roles()
+                    .find(|role| role.kind == RoleKind::ClusterRole && role.name == name)?;
+                let labelled = Labelled {
+                    name: name.as_str(),
+                    into: into.last()?,
+                    location,
+                };
+                Some((labelled, role.rules))
+            }
             _ => None,
         })
         .collect();
-    labelled
+    let redundant: Vec<bool> = labelled
         .iter()
-        .filter(|&&(name, _, _)| {
-            rank(name).is_none_or(|own| {
-                !labelled.iter().any(|&(other, narrowest, _)| {
-                    other != name && rank(narrowest).is_some_and(|reached| reached <= own)
+        .map(|(link, rules)| {
+            let Some(own) = rank(link.name) else {
+                return false;
+            };
+            let reaching: Vec<&[PolicyRule]> = labelled
+                .iter()
+                .filter(|(other, _)| {
+                    other.name != link.name && rank(other.into).is_some_and(|at| at <= own)
                 })
-            })
+                .map(|(_, rules)| *rules)
+                .collect();
+            !reaching.is_empty() && covered(&accesses(rules), &accesses(&reaching.concat()))
         })
-        .copied()
+        .collect();
+    labelled
+        .into_iter()
+        .zip(redundant)
+        .filter_map(|(entry, redundant)| (!redundant).then_some(entry))
         .collect()
+}
+
+/// Whether `by` grants everything `these` grant on the kubelet's subresources.
+fn covered(these: &BTreeMap<usize, Access>, by: &BTreeMap<usize, Access>) -> bool {
+    these.iter().all(|(index, access)| {
+        by.get(index).is_some_and(|by| {
+            access.verbs.is_subset(&by.verbs)
+                && (by.unrestricted || (!access.unrestricted && access.names.is_subset(&by.names)))
+        })
+    })
 }
 
 impl Subject {
