@@ -203,8 +203,8 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
             }
         }
         // The batch is full or its first event has waited long enough.
-        let body = batch.encode();
         let events = batch.len();
+        let body = batch.encode();
         let mut delivery = pin!(sink.deliver(events, body, None));
         let stopping = tokio::select! {
             () = &mut delivery => None,
@@ -215,10 +215,8 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
             if tokio::time::timeout_at(deadline, delivery).await.is_err() {
                 sink.give_up(events, 0, "shutdown grace period over");
             }
-            batch.clear();
             break deadline;
         }
-        batch.clear();
         send_at = None;
         if let Some(event) = carried.take() {
             send_at = Some(later(sink.batch_max_wait));
@@ -254,10 +252,13 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
     }
 }
 
-/// The events of one batch, written as JSON, comma-separated: what the body will carry, so that
-/// its size is the bytes sent (escaping included), not an estimate.
+/// One batch, written as the `EventList` JSON body it will be sent as (all but its closing
+/// `]}`), so that its size is the bytes sent, escaping included, not an estimate, and the body is
+/// handed over without a copy.
 struct Batch {
-    items: Vec<u8>,
+    body: Vec<u8>,
+    /// The bytes of its events (and the commas between them), as kube-apiserver counts a batch.
+    bytes: usize,
     events: usize,
     max: usize,
 }
@@ -265,7 +266,8 @@ struct Batch {
 impl Batch {
     fn new(max: usize) -> Self {
         Self {
-            items: Vec::new(),
+            body: Vec::new(),
+            bytes: 0,
             events: 0,
             max,
         }
@@ -274,22 +276,40 @@ impl Batch {
     /// Adds `queued`, or hands it back when it would take a batch that holds something past
     /// [`BATCH_BYTES`].
     fn push(&mut self, queued: Queued) -> Result<(), Queued> {
-        // Serializing an event cannot fail: every map key is a string.
-        let json = serde_json::to_vec(&*queued.event).unwrap_or_default();
+        let Ok(json) = serde_json::to_vec(&*queued.event) else {
+            // Cannot happen (every map key is a string); an empty item would break the list.
+            tracing::error!("an audit event could not be written as JSON; left out of the batch");
+            return Ok(());
+        };
         if self.events > 0 {
-            if self.items.len() + 1 + json.len() > BATCH_BYTES {
+            if self.bytes + 1 + json.len() > BATCH_BYTES {
                 return Err(queued);
             }
-            self.items.push(b',');
+            self.body.push(b',');
+            self.bytes += 1;
+        } else {
+            self.open();
         }
-        self.items.extend_from_slice(&json);
+        self.body.extend_from_slice(&json);
+        self.bytes += json.len();
         self.events += 1;
         Ok(())
     }
 
+    /// Starts the body: everything before the first item.
+    fn open(&mut self) {
+        self.body.clear();
+        self.body.extend_from_slice(
+            format!(
+                r#"{{"kind":"{EVENT_LIST_KIND}","apiVersion":"{API_VERSION}","metadata":{{}},"items":["#
+            )
+            .as_bytes(),
+        );
+    }
+
     /// Whether the batch holds `--audit-webhook-batch-max-size` events or [`BATCH_BYTES`].
     fn is_full(&self) -> bool {
-        self.events >= self.max || self.items.len() >= BATCH_BYTES
+        self.events >= self.max || self.bytes >= BATCH_BYTES
     }
 
     fn is_empty(&self) -> bool {
@@ -300,20 +320,21 @@ impl Batch {
         self.events
     }
 
+    /// Empties the batch without sending it.
     fn clear(&mut self) {
-        self.items.clear();
-        self.events = 0;
+        self.body.clear();
+        (self.bytes, self.events) = (0, 0);
     }
 
-    /// The batch as an `EventList` JSON body, as kube-apiserver's webhook POSTs it.
-    fn encode(&self) -> Bytes {
-        let head = format!(
-            r#"{{"kind":"{EVENT_LIST_KIND}","apiVersion":"{API_VERSION}","metadata":{{}},"items":["#
-        );
-        let mut body = Vec::with_capacity(head.len() + self.items.len() + 2);
-        body.extend_from_slice(head.as_bytes());
-        body.extend_from_slice(&self.items);
+    /// The batch as an `EventList` JSON body, as kube-apiserver's webhook POSTs it; the batch is
+    /// empty after.
+    fn encode(&mut self) -> Bytes {
+        if self.events == 0 {
+            self.open();
+        }
+        let mut body = std::mem::take(&mut self.body);
         body.extend_from_slice(b"]}");
+        (self.bytes, self.events) = (0, 0);
         Bytes::from(body)
     }
 }
@@ -436,7 +457,6 @@ mod tests {
                 Ok(()) => pushed += 1,
                 Err(_) => {
                     batches.push(batch.encode());
-                    batch.clear();
                 }
             }
         }
