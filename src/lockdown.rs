@@ -143,11 +143,16 @@ pub const UNPROVEN: &str = "the kubelet lockdown is not proven yet (--kubelet-lo
 pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<bool>) {
     let require = probe.mode == Lockdown::Require;
     let tokenless = probe.token.is_none();
-    if tokenless {
-        tracing::info!(
-            require,
+    if tokenless && require {
+        tracing::warn!(
             "the guard has no API-server token of its own: the lockdown probe with a bearer token \
-             is skipped, and under --kubelet-lockdown=require the guard stays unready"
+             is skipped, so nothing proves the kubelet refuses tokens and the guard stays unready \
+             (--kubelet-lockdown=require)"
+        );
+    } else if tokenless {
+        tracing::info!(
+            "the guard has no API-server token of its own: the lockdown probe with a bearer token \
+             is skipped"
         );
     }
     // Under `require` the token credential is counted even without a token to probe with: never

@@ -270,7 +270,8 @@ impl RotatingFile {
                 _ => false,
             };
             if !same {
-                self.fail();
+                let unflushed = self.fail();
+                debug_assert_eq!(unflushed, 0, "every batch ends flushed");
             }
         }
     }
