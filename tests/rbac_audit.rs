@@ -591,14 +591,18 @@ fn in_a_clusters_listing_the_aggregated_role_is_reported_once() {
         "{warnings:#?}"
     );
 
-    // Without the chart role, the listing's view is what reaches edit and admin.
+    // Without the chart role, the listing's view is reported, for its own subjects (and so for
+    // edit's and admin's); edit, which view reaches with the same rules, is not.
     let report = audit(
         &["-f", "-", "-o", "json"],
         Some(BOOTSTRAP_AFTER_AGGREGATION),
     )
     .json();
-    let proxy = find(&report, "edit", "nodes/proxy");
-    assert_eq!(proxy["via"][0]["role"], "view");
+    let proxy = find(&report, "view", "nodes/proxy");
+    assert_eq!(
+        proxy["via"],
+        serde_json::json!([{"binding": "", "role": "view", "location": "-:2"}])
+    );
     assert_eq!(report["findings"].as_array().unwrap().len(), 2);
 }
 
@@ -625,10 +629,45 @@ rules: [{apiGroups: [""], resources: [nodes/metrics], verbs: [get]}]
     );
     assert_eq!(run.status, 1, "{}", run.stdout);
     let report = run.json();
-    let proxy = find(&report, "edit", "nodes/proxy");
+    // Its own subjects hold its rules first (and edit's and admin's after them).
+    let proxy = find(&report, "view", "nodes/proxy");
     assert_eq!(proxy["severity"], "critical");
     assert_eq!(proxy["via"][0]["role"], "view");
     assert_eq!(find(&report, "view", "nodes/metrics")["severity"], "low");
+
+    // Covered verb by verb and node by node: `list` everywhere and `get` on one node do not
+    // cover `get` everywhere.
+    let listing = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: view
+  labels: {rbac.authorization.k8s.io/aggregate-to-edit: "true"}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: lister
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: one-node
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [""], resources: [nodes/proxy], resourceNames: [n1], verbs: [get]}]
+"#;
+    let report = audit(&["-f", "-", "-o", "json"], Some(listing)).json();
+    let proxy = find(&report, "view", "nodes/proxy");
+    assert_eq!(proxy["resourceNames"], serde_json::json!([]), "{proxy:#}");
+    let via: Vec<&str> = proxy["via"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|via| via["role"].as_str().unwrap())
+        .collect();
+    assert!(via.contains(&"view"), "{via:?}");
 }
 
 #[test]

@@ -153,7 +153,12 @@ pub(super) fn evaluate(policy: &Policy, policy_warnings: Vec<PolicyWarning>) -> 
     let aggregated = aggregated(policy, &policy_warnings);
     for (labelled, granted) in &aggregated {
         let (name, location) = (labelled.name, labelled.location);
-        let subject = Subject::holders_of(labelled.into);
+        // A bootstrap role's own rules reach its own subjects first.
+        let holders = match BOOTSTRAP_CHAIN.contains(&name) {
+            true => name,
+            false => labelled.into,
+        };
+        let subject = Subject::holders_of(holders);
         for (index, access) in accesses(granted) {
             let entry = held.entry((subject.clone(), index)).or_default();
             entry.merge(access);
@@ -285,7 +290,7 @@ fn aggregated<'a>(
                 })
                 .map(|(_, rules)| *rules)
                 .collect();
-            !reaching.is_empty() && covered(&accesses(rules), &accesses(&reaching.concat()))
+            !reaching.is_empty() && covered(rules, &reaching.concat())
         })
         .collect();
     labelled
@@ -295,14 +300,73 @@ fn aggregated<'a>(
         .collect()
 }
 
-/// Whether `by` grants everything `these` grant on the kubelet's subresources.
-fn covered(these: &BTreeMap<usize, Access>, by: &BTreeMap<usize, Access>) -> bool {
-    these.iter().all(|(index, access)| {
-        by.get(index).is_some_and(|by| {
-            access.verbs.is_subset(&by.verbs)
-                && (by.unrestricted || (!access.unrestricted && access.names.is_subset(&by.names)))
+/// Whether the rules `by` grant everything the rules `these` grant on the kubelet's
+/// subresources: each verb the kubelet asks about on each subresource, on the same nodes or more
+/// (`*` in `by` standing for every verb).
+fn covered(these: &[PolicyRule], by: &[PolicyRule]) -> bool {
+    let by = scopes(by);
+    scopes(these)
+        .into_iter()
+        .filter(|((_, verb), _)| KUBELET_VERBS.contains(verb))
+        .all(|((index, verb), scope)| {
+            let mut held = [by.get(&(index, verb)), by.get(&(index, "*"))]
+                .into_iter()
+                .flatten();
+            match scope {
+                NodeScope::Any => held.any(|by| *by == NodeScope::Any),
+                NodeScope::Names(names) => {
+                    let mut reached = BTreeSet::new();
+                    for by in held {
+                        match by {
+                            NodeScope::Any => return true,
+                            NodeScope::Names(by) => reached.extend(by.iter().copied()),
+                        }
+                    }
+                    names.is_subset(&reached)
+                }
+            }
         })
-    })
+}
+
+/// On which nodes a verb is granted.
+#[derive(Debug, PartialEq)]
+enum NodeScope<'a> {
+    Any,
+    Names(BTreeSet<&'a str>),
+}
+
+/// What `rules` grant per kubelet subresource (by index in [`SUBRESOURCES`]) and verb, as the
+/// evaluator answers for each verb a rule lists.
+fn scopes(rules: &[PolicyRule]) -> BTreeMap<(usize, &str), NodeScope<'_>> {
+    let mut granted: BTreeMap<(usize, &str), NodeScope<'_>> = BTreeMap::new();
+    for (index, subresource) in SUBRESOURCES.iter().enumerate() {
+        for rule in rules {
+            for verb in &rule.verbs {
+                let request = ResourceRequest {
+                    api_group: "",
+                    resource: "nodes",
+                    subresource,
+                    name: "",
+                    namespace: "",
+                    verb,
+                };
+                let Some(scope) = rbac::rule_scope(rule, &request) else {
+                    continue;
+                };
+                let entry = granted
+                    .entry((index, verb.as_str()))
+                    .or_insert_with(|| NodeScope::Names(BTreeSet::new()));
+                match (scope, &mut *entry) {
+                    (NameScope::Any, _) => *entry = NodeScope::Any,
+                    (NameScope::Only(names), NodeScope::Names(held)) => {
+                        held.extend(names.iter().map(String::as_str));
+                    }
+                    (NameScope::Only(_), NodeScope::Any) => {}
+                }
+            }
+        }
+    }
+    granted
 }
 
 impl Subject {
