@@ -192,12 +192,13 @@ pub(crate) async fn run(sink: WebhookSink, mut queue: Queue, mut shutdown: watch
                 let Some(event) = event else {
                     break Instant::now() + SHUTDOWN_GRACE;
                 };
-                if batch.is_empty() {
-                    send_at = Some(later(sink.batch_max_wait));
-                }
                 if let Err(event) = batch.push(event) {
                     carried = Some(event);
                 } else if !batch.is_full() {
+                    // The first event starts the wait (one left out starts nothing).
+                    if batch.len() == 1 && send_at.is_none() {
+                        send_at = Some(later(sink.batch_max_wait));
+                    }
                     continue;
                 }
             }
@@ -443,6 +444,27 @@ mod tests {
             list["items"][1]["auditID"],
             "00000000-0000-4000-8000-000000000002"
         );
+    }
+
+    #[test]
+    fn a_batch_is_a_valid_event_list_after_every_step() {
+        let items = |body: &Bytes| -> usize {
+            let list: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(list["kind"], "EventList");
+            list["items"].as_array().unwrap().len()
+        };
+        let mut batch = Batch::new(400);
+        assert_eq!(items(&batch.encode()), 0, "never opened");
+        assert!(batch.push(queued(event(1))).is_ok());
+        batch.clear();
+        assert!(batch.is_empty());
+        assert!(batch.push(queued(event(2))).is_ok());
+        assert!(batch.push(queued(event(3))).is_ok());
+        assert_eq!(items(&batch.encode()), 2, "opened again after clear");
+        assert!(batch.is_empty());
+        assert_eq!(items(&batch.encode()), 0, "encoded twice");
+        assert!(batch.push(queued(event(4))).is_ok());
+        assert_eq!(items(&batch.encode()), 1);
     }
 
     /// A batch holds 10 MiB of JSON, escaping included: `"` in a query weighs one byte in memory
