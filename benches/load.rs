@@ -114,7 +114,7 @@ async fn main() {
 
     // The idle connections all come from 127.0.0.1 and never authenticate: let them all in.
     let guard = bench
-        .start_guard(&["--max-unauthenticated-connections-per-source=100000"])
+        .start_guard(&["--max-unauthenticated-connections-per-source=9999"])
         .await;
     let client = TlsClient::new(bench.ca.cert_path(), None);
     println!(

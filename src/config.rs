@@ -279,6 +279,12 @@ pub enum LogFormat {
 const KUBELET_PORT: u16 = 10250;
 /// The smallest `--max-request-header-bytes`: hyper's smallest read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
+
+/// The shortest `--tls-reload-interval` and `--kubelet-lockdown-interval`.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The most `--worker-threads`: each is a thread and a runtime.
+const MAX_WORKER_THREADS: usize = 1024;
 /// The largest `--max-request-header-bytes`: the kubelet's own limit (Go's 1 MiB default).
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
@@ -533,6 +539,24 @@ impl ServeArgs {
                 });
             }
         }
+        // A loop that polls files or probes the kubelet must not spin (`30ms` for `30s`).
+        for (flag, interval) in [
+            ("--tls-reload-interval", self.tls_reload_interval),
+            (
+                "--kubelet-lockdown-interval",
+                self.kubelet_lockdown_interval,
+            ),
+        ] {
+            if interval < MIN_INTERVAL {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: format!(
+                        "must be at least {}",
+                        humantime::format_duration(MIN_INTERVAL)
+                    ),
+                });
+            }
+        }
         // A connection slot is a semaphore permit, and there are only so many.
         if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::Invalid {
@@ -572,6 +596,25 @@ impl ServeArgs {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        if self
+            .worker_threads
+            .is_some_and(|threads| threads > MAX_WORKER_THREADS)
+        {
+            return Err(ConfigError::Invalid {
+                flag: "--worker-threads",
+                message: format!("must be at most {MAX_WORKER_THREADS}"),
+            });
+        }
+        // At or above --max-connections, one address could hold every slot: the cap would be void.
+        if self.max_unauthenticated_connections_per_source >= self.max_connections {
+            return Err(ConfigError::Invalid {
+                flag: "--max-unauthenticated-connections-per-source",
+                message: format!(
+                    "{} would let one address take every one of --max-connections={}: set it lower",
+                    self.max_unauthenticated_connections_per_source, self.max_connections
+                ),
+            });
         }
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_request_header_bytes) {
             return Err(ConfigError::Invalid {
@@ -922,6 +965,27 @@ mod tests {
             (&["--apiserver-timeout=soon"][..], "--apiserver-timeout"),
             (&["--worker-threads=0"][..], "--worker-threads"),
             (&["--worker-threads=all"][..], "--worker-threads"),
+            (&["--worker-threads=1025"][..], "--worker-threads"),
+            (
+                &["--worker-threads=18446744073709551615"][..],
+                "--worker-threads",
+            ),
+            (&["--tls-reload-interval=1ns"][..], "--tls-reload-interval"),
+            (
+                &["--kubelet-lockdown-interval=9ms"][..],
+                "--kubelet-lockdown-interval",
+            ),
+            (
+                &["--max-connections=100"][..],
+                "--max-unauthenticated-connections-per-source",
+            ),
+            (
+                &[
+                    "--max-connections=100",
+                    "--max-unauthenticated-connections-per-source=100",
+                ][..],
+                "--max-unauthenticated-connections-per-source",
+            ),
         ] {
             let err = args(extra).unwrap_err();
             assert!(err.contains(flag), "{extra:?}: {err}");

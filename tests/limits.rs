@@ -57,16 +57,29 @@ async fn read_to_close(tls: &mut TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
 
 #[tokio::test]
 async fn connections_over_the_maximum_are_closed_at_once() {
-    let cluster = cluster(&["--max-connections=2"]).await;
-    let client = cluster.client();
+    let cluster = cluster(&[
+        "--max-connections=2",
+        "--max-unauthenticated-connections-per-source=1",
+    ])
+    .await;
+    // Three addresses, so that the per-source cap (one each) is not what closes the third.
+    let from = |source: &str| cluster.client().with_source(source.parse().unwrap());
+    let client = from("127.0.0.1");
     let first = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
-    let _second = client.connect(cluster.addr(), b"http/1.1").await.unwrap();
+    let _second = from("127.0.0.2")
+        .connect(cluster.addr(), b"http/1.1")
+        .await
+        .unwrap();
 
     assert!(
-        client.connect(cluster.addr(), b"http/1.1").await.is_err(),
+        from("127.0.0.3")
+            .connect(cluster.addr(), b"http/1.1")
+            .await
+            .is_err(),
         "the third connection is closed before its handshake"
     );
     assert_eq!(cluster.limit_hits("max-connections").await, 1);
+    assert_eq!(cluster.limit_hits("unauthenticated-per-source").await, 0);
 
     // A slot frees when a connection closes.
     drop(first);

@@ -52,10 +52,21 @@ const BATCH_MAX_WAIT: &str = "--audit-webhook-batch-max-wait";
 const INITIAL_BACKOFF: &str = "--audit-webhook-initial-backoff";
 const QUEUE_SIZE: &str = "--audit-queue-size";
 
+/// The largest `--audit-queue-size`.
+const MAX_QUEUE_SIZE: usize = 1_000_000;
+
 impl AuditArgs {
     /// Checks the flags without touching a file: every error names its flag.
     pub fn validate(self) -> Result<AuditSettings, ConfigError> {
         let queue_size = positive(self.audit_queue_size, QUEUE_SIZE)?;
+        // Each queue also holds at most 64 MiB of events; beyond a million slots a count means
+        // nothing more, and tokio's channel panics far above it.
+        if queue_size.get() > MAX_QUEUE_SIZE {
+            return Err(invalid(
+                QUEUE_SIZE,
+                format!("must be at most {MAX_QUEUE_SIZE}"),
+            ));
+        }
         let log = self
             .audit_log_path
             .map(|path| -> Result<LogSettings, ConfigError> {
@@ -160,6 +171,15 @@ mod tests {
     fn flag_of(e: ConfigError) -> &'static str {
         match e {
             ConfigError::Invalid { flag, .. } | ConfigError::Missing { flag, .. } => flag,
+        }
+    }
+
+    #[test]
+    fn a_queue_size_past_a_million_is_refused() {
+        assert!(parse(&["--audit-queue-size=1000000"]).is_ok());
+        for huge in ["1000001", "2305843009213693952"] {
+            let e = parse(&[&format!("--audit-queue-size={huge}")]).unwrap_err();
+            assert_eq!(flag_of(e), QUEUE_SIZE);
         }
     }
 
