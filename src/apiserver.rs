@@ -333,18 +333,22 @@ impl AccessReviewer for ApiServer {
 
 impl OwnToken {
     /// The bearer token of `--kubeconfig`, else of the in-cluster configuration; `None` when
-    /// neither has one (embedded mode on a machine outside a cluster).
-    pub async fn find(settings: &config::ApiServerSettings) -> Option<Self> {
+    /// the one that applies has none (a client certificate, an exec plugin), or outside a
+    /// cluster without `--kubeconfig`. A `--kubeconfig` that cannot be read is an error.
+    pub async fn find(settings: &config::ApiServerSettings) -> Result<Option<Self>, SetupError> {
         let kube_config = match &settings.kubeconfig {
-            Some(path) => from_file(path).await.ok()?,
-            None => kube::Config::incluster().ok()?,
+            Some(path) => from_file(path).await?,
+            None => match kube::Config::incluster() {
+                Ok(config) => config,
+                Err(_) => return Ok(None),
+            },
         };
         let auth = kube_config.auth_info;
-        match (auth.token, auth.token_file) {
+        Ok(match (auth.token, auth.token_file) {
             (Some(token), _) => Some(Self::Inline(token)),
             (None, Some(file)) => Some(Self::File(file.into())),
             (None, None) => None,
-        }
+        })
     }
 
     /// The token now; `None` if its file cannot be read.

@@ -96,6 +96,13 @@ pub enum StartError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// `--kubelet-lockdown=require` without an API-server token to probe the kubelet with.
+    #[error(
+        "--kubelet-lockdown: require cannot be met: the guard has no API-server token of its own \
+         to prove that the kubelet refuses tokens (give --kubeconfig a user with a token or token \
+         file, or run in a pod with a service-account token; or use warn)"
+    )]
+    LockdownUnprovable,
 }
 
 impl StartError {
@@ -219,6 +226,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Threads before any port: a --worker-threads the machine cannot pin fails start-up unbound.
     let workers = server::Workers::start(limits.worker_threads, limits.worker_cpu_affinity)
         .map_err(StartError::Workers)?;
+    // The lockdown probe's own token, read before anything binds: `require` with none can never
+    // be met, and a --kubeconfig given for it must be readable.
+    let own_token = match lockdown_mode {
+        config::Lockdown::Off => None,
+        _ => apiserver::OwnToken::find(&api_settings).await?,
+    };
+    if lockdown_mode == config::Lockdown::Require && own_token.is_none() {
+        return Err(StartError::LockdownUnprovable);
+    }
     // Unready under `require` from the admin listener's first answer, not from the probe task's
     // first poll.
     if lockdown_mode == config::Lockdown::Require {
@@ -278,7 +294,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let probe = lockdown::Probe {
             upstream: upstream_settings,
             node_ca: never_trusted,
-            token: apiserver::OwnToken::find(&api_settings).await,
+            token: own_token,
             mode: lockdown_mode,
             metrics,
             ready: ready.clone(),

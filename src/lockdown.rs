@@ -142,23 +142,15 @@ pub const UNPROVEN: &str = "the kubelet lockdown is not proven yet (--kubelet-lo
 /// (under `require`, readiness is held with [`UNPROVEN`] before this starts).
 pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<bool>) {
     let require = probe.mode == Lockdown::Require;
-    let tokenless = probe.token.is_none();
-    if tokenless && require {
-        tracing::warn!(
-            "the guard has no API-server token of its own: the lockdown probe with a bearer token \
-             is skipped, so nothing proves the kubelet refuses tokens and the guard stays unready \
-             (--kubelet-lockdown=require)"
-        );
-    } else if tokenless {
+    // Under `require` there is always a token: `start` refuses to start without one.
+    if probe.token.is_none() {
         tracing::info!(
             "the guard has no API-server token of its own: the lockdown probe with a bearer token \
              is skipped"
         );
     }
-    // Under `require` the token credential is counted even without a token to probe with: never
-    // proven, it keeps the guard unready rather than let an unproven token path pass.
     let mut credentials = vec![Credential::None];
-    if !tokenless || require {
+    if probe.token.is_some() {
         credentials.push(Credential::Token);
     }
     let own: Vec<Vec<u8>> = probe
@@ -189,7 +181,6 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
                 }),
                 Credential::Token => match probe.token.as_ref().and_then(OwnToken::read) {
                     Some(token) => probe.check(Some(&token)).await.map(|probed| probed.verdict),
-                    None if tokenless => continue,
                     None => {
                         tracing::warn!("the guard's own API-server token cannot be read");
                         continue;
@@ -214,9 +205,7 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
             }
         }
         if require {
-            probe
-                .ready
-                .hold(hold_reason(&credentials, &known, tokenless));
+            probe.ready.hold(hold_reason(&credentials, &known));
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -375,11 +364,7 @@ fn report(metrics: &Metrics, credential: Credential, before: Option<&Verdict>, n
 }
 
 /// Why readiness is held under `require`, or `None` once every probe found the kubelet locked.
-fn hold_reason(
-    credentials: &[Credential],
-    known: &[Option<Verdict>],
-    tokenless: bool,
-) -> Option<String> {
+fn hold_reason(credentials: &[Credential], known: &[Option<Verdict>]) -> Option<String> {
     let mut reasons = Vec::new();
     for (credential, verdict) in credentials.iter().zip(known) {
         match verdict {
@@ -395,12 +380,6 @@ fn hold_reason(
                 names.replace('\n', ", "),
                 credential.advice()
             )),
-            None if tokenless && *credential == Credential::Token => reasons.push(
-                "the kubelet lockdown cannot be proven for credential token: the guard has no \
-                 API-server token of its own to probe with (give --kubeconfig one, or run in a \
-                 pod with a service-account token; or use --kubelet-lockdown=warn)"
-                    .to_owned(),
-            ),
             None => reasons.push(format!(
                 "the kubelet lockdown is not proven yet for credential {}",
                 credential.label()
@@ -458,14 +437,9 @@ mod tests {
     #[test]
     fn readiness_is_held_until_every_probe_is_locked() {
         let both = [Credential::None, Credential::Token];
-        let reason = hold_reason(&both, &[Some(Verdict::Locked), None], false).unwrap();
+        let reason = hold_reason(&both, &[Some(Verdict::Locked), None]).unwrap();
         assert!(
             reason.contains("not proven yet for credential token"),
-            "{reason}"
-        );
-        let reason = hold_reason(&both, &[Some(Verdict::Locked), None], true).unwrap();
-        assert!(
-            reason.contains("no API-server token of its own"),
             "{reason}"
         );
         let reason = hold_reason(
@@ -474,16 +448,11 @@ mod tests {
                 Some(Verdict::Locked),
                 Some(Verdict::Exposed(StatusCode::FORBIDDEN)),
             ],
-            false,
         )
         .unwrap();
         assert!(reason.contains("answered 403") && reason.contains("webhook.enabled: false"));
         assert_eq!(
-            hold_reason(
-                &both,
-                &[Some(Verdict::Locked), Some(Verdict::Locked)],
-                false
-            ),
+            hold_reason(&both, &[Some(Verdict::Locked), Some(Verdict::Locked)]),
             None
         );
     }

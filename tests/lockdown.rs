@@ -342,11 +342,11 @@ async fn an_unreachable_kubelet_changes_nothing_and_is_counted() {
     assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
 }
 
-/// A guard without an API-server token of its own (a kubeconfig with none, outside a pod) cannot
-/// show that the kubelet refuses tokens: under `require` it stays unready and says why, even
-/// though the kubelet refuses a bare request.
+/// A guard without an API-server token of its own (a kubeconfig with none, outside a pod) could
+/// never show that the kubelet refuses tokens: under `require` it does not start, and says why.
+/// A `--kubeconfig` given for the probe's token must be readable, in embedded mode too.
 #[tokio::test]
-async fn require_without_a_token_of_its_own_keeps_the_guard_unready() {
+async fn require_without_a_token_of_its_own_is_refused_at_start() {
     let ca = support::pki::Ca::new("tokenless");
     let kubeconfig = support::temp_dir("kubeconfig").join("tokenless");
     std::fs::write(
@@ -359,33 +359,39 @@ async fn require_without_a_token_of_its_own_keeps_the_guard_unready() {
         ),
     )
     .unwrap();
-    let cluster = Cluster::start_with_node_pki(
-        Auth::Webhook,
-        "168h",
-        &[
-            "--kubelet-lockdown=require",
-            "--kubelet-lockdown-interval=100ms",
-            &format!("--kubeconfig={}", kubeconfig.display()),
-        ],
-    )
-    .await;
-    let admin = cluster.guard.admin_addr;
-    support::with_deadline("a bare probe", async {
-        while probes(&cluster).is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let readyz = admin_get(admin, "/readyz").await;
-    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    let cluster = Cluster::start(&[]).await;
+    let tokenless = format!("--kubeconfig={}", kubeconfig.display());
+    let refused = start_with_flags(&cluster.flags(&["--kubelet-lockdown=require", &tokenless]))
+        .await
+        .err()
+        .expect("require without a token started");
     assert!(
-        readyz.contains("no API-server token of its own"),
-        "{readyz}"
+        refused.contains("--kubelet-lockdown: require cannot be met"),
+        "{refused}"
     );
+    // warn starts, and skips the token probe.
+    let guard = start_with_flags(&cluster.flags(&["--kubelet-lockdown=warn", &tokenless]))
+        .await
+        .unwrap();
+    guard.stop().await;
+
+    let dir = support::temp_dir("embedded-lockdown");
+    let (tokens, policy) = (dir.join("tokens.csv"), dir.join("policy.yaml"));
+    std::fs::write(&tokens, include_str!("../examples/embedded/tokens.csv")).unwrap();
+    std::fs::write(&policy, include_str!("../examples/embedded/policy.yaml")).unwrap();
+    let embedded = [
+        "--kubelet-lockdown=warn".to_owned(),
+        "--kubeconfig=/nonexistent/kubeconfig".to_owned(),
+        format!("--token-auth-file={}", tokens.display()),
+        format!("--rbac-policy-file={}", policy.display()),
+    ];
+    let embedded: Vec<&str> = embedded.iter().map(String::as_str).collect();
+    let refused = start_with_flags(&cluster.flags(&embedded))
+        .await
+        .err()
+        .expect("an unreadable --kubeconfig started");
     assert!(
-        probes(&cluster)
-            .iter()
-            .all(|probe| !probe.headers.contains_key(http::header::AUTHORIZATION))
+        refused.contains("--kubeconfig /nonexistent/kubeconfig"),
+        "{refused}"
     );
 }
