@@ -195,14 +195,14 @@ pub struct ServeArgs {
     /// kernel free to move a worker off a busy one.
     #[arg(long, env = "KUBELET_GUARD_WORKER_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = LIMITS)]
     pub worker_cpu_affinity: bool,
-    /// Most connections one source address may hold before a request on them authenticated.
+    /// Most connections one source address may hold before a request on them authenticated,
+    /// always fewer than the connection limit [default: 256, or one less than a lower limit]
     #[arg(
         long,
         env = "KUBELET_GUARD_MAX_UNAUTHENTICATED_CONNECTIONS_PER_SOURCE",
-        default_value_t = 256,
         help_heading = LIMITS
     )]
-    pub max_unauthenticated_connections_per_source: usize,
+    pub max_unauthenticated_connections_per_source: Option<usize>,
     /// Largest request head (request line and headers) in bytes; larger ones get 431.
     #[arg(
         long,
@@ -282,6 +282,9 @@ const MIN_HEADER_BYTES: usize = 8192;
 
 /// The shortest `--tls-reload-interval` and `--kubelet-lockdown-interval`.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// `--max-unauthenticated-connections-per-source` when not given (and `--max-connections` allows).
+const PER_SOURCE: usize = 256;
 
 /// The most `--worker-threads`: each is a thread and a runtime.
 const MAX_WORKER_THREADS: usize = 1024;
@@ -585,7 +588,7 @@ impl ServeArgs {
             ("--http2-max-streams", self.http2_max_streams as usize),
             (
                 "--max-unauthenticated-connections-per-source",
-                self.max_unauthenticated_connections_per_source,
+                self.max_unauthenticated_connections_per_source.unwrap_or(1),
             ),
             // Not given is the default (one per CPU), not zero.
             ("--worker-threads", self.worker_threads.unwrap_or(1)),
@@ -606,16 +609,24 @@ impl ServeArgs {
                 message: format!("must be at most {MAX_WORKER_THREADS}"),
             });
         }
-        // At or above --max-connections, one address could hold every slot: the cap would be void.
-        if self.max_unauthenticated_connections_per_source >= self.max_connections {
-            return Err(ConfigError::Invalid {
-                flag: "--max-unauthenticated-connections-per-source",
-                message: format!(
-                    "{} would let one address take every one of --max-connections={}: set it lower",
-                    self.max_unauthenticated_connections_per_source, self.max_connections
-                ),
-            });
-        }
+        // At or above --max-connections, one address could hold every slot: the cap would be
+        // void. Not given, it follows a lowered --max-connections.
+        let per_source = match self.max_unauthenticated_connections_per_source {
+            Some(given) if given >= self.max_connections && self.max_connections > 1 => {
+                return Err(ConfigError::Invalid {
+                    flag: "--max-unauthenticated-connections-per-source",
+                    message: format!(
+                        "{given} would let one address take every one of --max-connections={}: \
+                         set it lower",
+                        self.max_connections
+                    ),
+                });
+            }
+            Some(given) => given,
+            None => PER_SOURCE
+                .min(self.max_connections.saturating_sub(1))
+                .max(1),
+        };
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_request_header_bytes) {
             return Err(ConfigError::Invalid {
                 flag: "--max-request-header-bytes",
@@ -667,7 +678,7 @@ impl ServeArgs {
                 idle_timeout: self.idle_timeout,
                 stream_unread_millis: stream_unread_millis(self.stream_unread_timeout)?,
                 http2_max_streams: self.http2_max_streams,
-                unauthenticated_per_source: self.max_unauthenticated_connections_per_source,
+                unauthenticated_per_source: per_source,
                 max_header_bytes: self.max_request_header_bytes,
                 worker_threads: self.worker_threads.and_then(NonZeroUsize::new),
                 worker_cpu_affinity: self.worker_cpu_affinity,
@@ -976,10 +987,6 @@ mod tests {
                 "--kubelet-lockdown-interval",
             ),
             (
-                &["--max-connections=100"][..],
-                "--max-unauthenticated-connections-per-source",
-            ),
-            (
                 &[
                     "--max-connections=100",
                     "--max-unauthenticated-connections-per-source=100",
@@ -990,6 +997,25 @@ mod tests {
             let err = args(extra).unwrap_err();
             assert!(err.contains(flag), "{extra:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_per_source_cap_stays_below_the_connection_limit() {
+        let per_source = |extra: &[&str]| args(extra).unwrap().limits.unauthenticated_per_source;
+        assert_eq!(per_source(&[]), 256);
+        assert_eq!(
+            per_source(&["--max-connections=100"]),
+            99,
+            "follows it when not given"
+        );
+        assert_eq!(per_source(&["--max-connections=1"]), 1);
+        assert_eq!(
+            per_source(&[
+                "--max-connections=100",
+                "--max-unauthenticated-connections-per-source=20"
+            ]),
+            20
+        );
     }
 
     #[test]

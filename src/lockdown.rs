@@ -4,8 +4,8 @@
 //! At start and then every `--kubelet-lockdown-interval`, the guard calls its kubelet **without
 //! its client certificate**, with a read-only `GET /healthz` on a connection of its own: once with
 //! no credential and once with the guard's own API-server bearer token (skipped, and said once,
-//! when it has none; under `require` the guard then stays unready, as nothing proves the kubelet
-//! refuses tokens). A 401, or a handshake the kubelet refuses for want of a client certificate,
+//! when it has none; with `require` the guard then does not start, as nothing could prove the
+//! kubelet refuses tokens). A 401, or a handshake the kubelet refuses for want of a client certificate,
 //! means locked; any other HTTP answer means exposed. A kubelet that cannot be reached changes
 //! nothing and is counted in `kubelet_guard_upstream_errors_total{kind="lockdown-probe"}`.
 //!

@@ -369,10 +369,21 @@ async fn require_without_a_token_of_its_own_is_refused_at_start() {
         refused.contains("--kubelet-lockdown: require cannot be met"),
         "{refused}"
     );
-    // warn starts, and skips the token probe.
+    // warn starts, and skips the token probe: no probe carries a credential.
     let guard = start_with_flags(&cluster.flags(&["--kubelet-lockdown=warn", &tokenless]))
         .await
         .unwrap();
+    support::with_deadline("a bare probe", async {
+        while probes(&cluster).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        probes(&cluster)
+            .iter()
+            .all(|probe| !probe.headers.contains_key(http::header::AUTHORIZATION))
+    );
     guard.stop().await;
 
     let dir = support::temp_dir("embedded-lockdown");
