@@ -25,6 +25,9 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+    /// Which of `serve`'s values came from its `--config` file, and from which line.
+    #[arg(skip)]
+    pub from_file: file::FromFile,
 }
 
 /// The binary's subcommands.

@@ -424,6 +424,15 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The flag at fault, with its dashes.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Missing { flag, .. } | Self::Invalid { flag, .. } => flag,
+        }
+    }
+}
+
 impl NodeName {
     /// Validates a node name; `flag` names where it came from in the error.
     pub fn parse(raw: &str, flag: &'static str) -> Result<Self, ConfigError> {

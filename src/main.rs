@@ -29,7 +29,10 @@ fn main() -> ExitCode {
             init_tracing(args.log_format, "info");
             let config = match args.validate() {
                 Ok(config) => config,
-                Err(e) => return fail(EXIT_CONFIG, &e),
+                Err(e) => {
+                    let at = cli.from_file.locate(e.flag());
+                    return fail(EXIT_CONFIG, &format_args!("{at}{e}"));
+                }
             };
             raise_open_files(config.limits.max_connections);
             run(serve(config))

@@ -234,8 +234,11 @@ fn the_binary_reads_the_file_below_the_environment() {
     let (code, stderr) = run(&args, &[]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(
-        stderr.contains("--upstream-timeout"),
-        "from the file: {stderr}"
+        stderr.contains(&format!(
+            "--config {}:1: --upstream-timeout",
+            path.display()
+        )),
+        "from the file, which is named with the line: {stderr}"
     );
 
     let (code, stderr) = run(&args, &[("KUBELET_GUARD_UPSTREAM_TIMEOUT", "5s")]);
@@ -243,6 +246,10 @@ fn the_binary_reads_the_file_below_the_environment() {
     assert!(
         stderr.contains("--apiserver-timeout") && !stderr.contains("--upstream-timeout"),
         "the environment wins: {stderr}"
+    );
+    assert!(
+        !stderr.contains("--config"),
+        "a flag's error does not name the file: {stderr}"
     );
 
     let (code, stderr) = run(

@@ -5,7 +5,9 @@
 //! The file fills in only what neither a flag nor a `KUBELET_GUARD_*` variable set (clap's value
 //! source says which), so the order is flags, then environment, then file, then defaults. Each
 //! value goes through its flag's own parser, so no flag is described twice, and an unknown key or
-//! a bad value is an error naming the file and the line.
+//! a bad value is an error naming the file and the line. So is a value the file gave that only
+//! validation refuses (a zero timeout, two flags that contradict each other): [`FromFile`] keeps
+//! where each came from, for `main` to name.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,27 @@ pub enum CliError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// The values `serve` took from its `--config` file: where each was written, so that an error
+/// found when the flags are validated names the file and line as a parse error does.
+#[derive(Debug, Default)]
+pub struct FromFile {
+    path: PathBuf,
+    /// Each flag taken from the file (`--upstream-timeout`), with its 1-based line.
+    lines: Vec<(String, u64)>,
+}
+
+impl FromFile {
+    /// `--config PATH:LINE: ` for an error about `flag` when its value came from the file; empty
+    /// when it came from the command line, the environment or the default.
+    pub fn locate(&self, flag: &str) -> String {
+        self.lines
+            .iter()
+            .find(|(taken, _)| taken == flag)
+            .map(|(_, line)| format!("--config {}:{line}: ", self.path.display()))
+            .unwrap_or_default()
+    }
 }
 
 /// The file's entries in order, each with where it was written.
@@ -75,6 +98,10 @@ impl Cli {
         let serve_command = command
             .find_subcommand("serve")
             .ok_or_else(|| file_error(path, 0, "internal: no serve command"))?;
+        let mut from_file = FromFile {
+            path: path.clone(),
+            lines: Vec::new(),
+        };
         for (key, value) in read(path)?.0 {
             let line = key.referenced.line();
             let Some(arg) = serve_command
@@ -126,10 +153,13 @@ impl Cli {
                         .iter()
                         .map(|text| OsString::from(format!("{flag}={text}"))),
                 );
+                from_file.lines.push((flag, value.referenced.line()));
             }
         }
         let matches = command.try_get_matches_from(&argv)?;
-        Ok(Cli::from_arg_matches(&matches)?)
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.from_file = from_file;
+        Ok(cli)
     }
 }
 
