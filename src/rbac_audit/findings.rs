@@ -335,35 +335,19 @@ enum NodeScope<'a> {
     Names(BTreeSet<&'a str>),
 }
 
-/// What `rules` grant per kubelet subresource (by index in [`SUBRESOURCES`]) and verb, as the
-/// evaluator answers for each verb a rule lists.
+/// What `rules` grant per kubelet subresource (by index in [`SUBRESOURCES`]) and verb.
 fn scopes(rules: &[PolicyRule]) -> BTreeMap<(usize, &str), NodeScope<'_>> {
     let mut granted: BTreeMap<(usize, &str), NodeScope<'_>> = BTreeMap::new();
-    for (index, subresource) in SUBRESOURCES.iter().enumerate() {
-        for rule in rules {
-            for verb in &rule.verbs {
-                let request = ResourceRequest {
-                    api_group: "",
-                    resource: "nodes",
-                    subresource,
-                    name: "",
-                    namespace: "",
-                    verb,
-                };
-                let Some(scope) = rbac::rule_scope(rule, &request) else {
-                    continue;
-                };
-                let entry = granted
-                    .entry((index, verb.as_str()))
-                    .or_insert_with(|| NodeScope::Names(BTreeSet::new()));
-                match (scope, &mut *entry) {
-                    (NameScope::Any, _) => *entry = NodeScope::Any,
-                    (NameScope::Only(names), NodeScope::Names(held)) => {
-                        held.extend(names.iter().map(String::as_str));
-                    }
-                    (NameScope::Only(_), NodeScope::Any) => {}
-                }
+    for (index, verb, scope) in grants(rules) {
+        let entry = granted
+            .entry((index, verb.as_str()))
+            .or_insert_with(|| NodeScope::Names(BTreeSet::new()));
+        match (scope, &mut *entry) {
+            (NameScope::Any, _) => *entry = NodeScope::Any,
+            (NameScope::Only(names), NodeScope::Names(held)) => {
+                held.extend(names.iter().map(String::as_str));
             }
+            (NameScope::Only(_), NodeScope::Any) => {}
         }
     }
     granted
@@ -479,32 +463,39 @@ impl Access {
     }
 }
 
-/// What `rules` grant on each kubelet subresource (by index in [`SUBRESOURCES`]), asking the
-/// evaluator once per rule, subresource and verb the rule lists; only subresources with a verb the
-/// kubelet asks about are kept.
+/// Each grant of `rules` on a kubelet subresource: its index in [`SUBRESOURCES`], the verb, and
+/// on which nodes, as the evaluator answers once per rule, subresource and verb the rule lists.
+fn grants(rules: &[PolicyRule]) -> impl Iterator<Item = (usize, &String, NameScope<'_>)> {
+    SUBRESOURCES
+        .iter()
+        .enumerate()
+        .flat_map(move |(index, subresource)| {
+            rules.iter().flat_map(move |rule| {
+                rule.verbs.iter().filter_map(move |verb| {
+                    let request = ResourceRequest {
+                        api_group: "",
+                        resource: "nodes",
+                        subresource,
+                        name: "",
+                        namespace: "",
+                        verb,
+                    };
+                    Some((index, verb, rbac::rule_scope(rule, &request)?))
+                })
+            })
+        })
+}
+
+/// What `rules` grant on each kubelet subresource (by index in [`SUBRESOURCES`]); only
+/// subresources with a verb the kubelet asks about are kept.
 fn accesses(rules: &[PolicyRule]) -> BTreeMap<usize, Access> {
     let mut granted: BTreeMap<usize, Access> = BTreeMap::new();
-    for (index, subresource) in SUBRESOURCES.iter().enumerate() {
-        for rule in rules {
-            for verb in &rule.verbs {
-                let request = ResourceRequest {
-                    api_group: "",
-                    resource: "nodes",
-                    subresource,
-                    name: "",
-                    namespace: "",
-                    verb,
-                };
-                let Some(scope) = rbac::rule_scope(rule, &request) else {
-                    continue;
-                };
-                let access = granted.entry(index).or_default();
-                access.verbs.insert(verb.clone());
-                match scope {
-                    NameScope::Any => access.unrestricted = true,
-                    NameScope::Only(names) => access.names.extend(names.iter().cloned()),
-                }
-            }
+    for (index, verb, scope) in grants(rules) {
+        let access = granted.entry(index).or_default();
+        access.verbs.insert(verb.clone());
+        match scope {
+            NameScope::Any => access.unrestricted = true,
+            NameScope::Only(names) => access.names.extend(names.iter().cloned()),
         }
     }
     // Verbs the kubelet never asks about (`list`, `watch`) are reported, not found on their own.
