@@ -19,6 +19,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::HeaderMap;
 
+use crate::kubelet_api::BEARER_SUBPROTOCOL;
 use crate::review::ReviewError;
 use token::{TokenAuthenticator, TokenOutcome};
 
@@ -312,9 +313,6 @@ fn is_websocket_request(headers: &HeaderMap) -> bool {
     });
     websocket && upgrade
 }
-
-/// What precedes the token in Kubernetes' WebSocket bearer subprotocol.
-const BEARER_SUBPROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
 
 /// Go's `base64.RawURLEncoding`: URL alphabet, no padding, trailing bits not checked.
 const RAW_URL: GeneralPurpose = GeneralPurpose::new(

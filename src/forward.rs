@@ -34,6 +34,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamSettings;
+use crate::kubelet_api::BEARER_SUBPROTOCOL;
 use crate::reload::{FileError, Poll, Watched};
 use crate::shutdown::{Drain, Tracked};
 use crate::tls::{self, UpstreamCredential};
@@ -169,10 +170,6 @@ const FORWARDING: [HeaderName; 3] = [
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-client-ip"),
 ];
-
-/// The prefix of a bearer token sent as a WebSocket subprotocol (Kubernetes' WebSocket protocol
-/// authenticator).
-const BEARER_SUBPROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
 
 /// Caller credentials and identity assertions the kubelet must never see from a caller.
 const CREDENTIALS: [HeaderName; 3] = [

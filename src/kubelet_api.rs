@@ -356,6 +356,11 @@ enum Checks {
 }
 
 /// Step 1 of section 3, fine-grained paths; the first match adds one check.
+/// The prefix of a bearer token sent as a WebSocket subprotocol
+/// (`base64url.bearer.authorization.k8s.io.<token>`, Kubernetes' WebSocket protocol
+/// authenticator): `authn` reads it, `forward` never passes it on.
+pub const BEARER_SUBPROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
 const FINE_GRAINED: [(&str, Subresource); 4] = [
     ("/pods", Subresource::Pods),
     ("/healthz", Subresource::Healthz),
