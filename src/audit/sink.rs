@@ -443,20 +443,26 @@ pub(crate) mod tests {
         auditor.record(event(1), Priority::Authenticated);
     }
 
-    #[test]
-    fn a_queue_holds_events_up_to_its_byte_budget_and_frees_what_is_taken() {
+    /// One sink of 100 events (50 kept for authenticated requests) and `events` of `big`'s weight,
+    /// its queue, and the drop counter.
+    fn one_sink(big: &Event, events: usize) -> (Queues, Queue, IntCounterVec) {
         let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
-        let (sending, mut queue) = queue(100);
-        let mut big = event(1);
-        big.request_uri = format!("/metrics?{}", "x".repeat(100_000));
-        let weight = big.weight();
+        let (sending, queue) = queue(100);
         let queues = Queues {
             sinks: vec![sending],
             reserved: 50,
-            bytes: 3 * weight,
+            bytes: events * big.weight(),
             dropped: dropped.clone(),
             report: Throttle::new(Duration::from_secs(1)),
         };
+        (queues, queue, dropped)
+    }
+
+    #[test]
+    fn a_queue_holds_events_up_to_its_byte_budget_and_frees_what_is_taken() {
+        let mut big = event(1);
+        big.request_uri = format!("/metrics?{}", "x".repeat(100_000));
+        let (queues, mut queue, dropped) = one_sink(&big, 3);
         let big = Arc::new(big);
         for _ in 0..5 {
             queues.record(Arc::clone(&big), Priority::Authenticated);
@@ -482,18 +488,9 @@ pub(crate) mod tests {
 
     #[test]
     fn unauthenticated_events_fill_half_the_bytes_at_most() {
-        let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
-        let (sending, mut queue) = queue(100);
         let mut big = event(1);
         big.request_uri = format!("/exec/{}", "x".repeat(20_000));
-        let weight = big.weight();
-        let queues = Queues {
-            sinks: vec![sending],
-            reserved: 50,
-            bytes: 4 * weight,
-            dropped: dropped.clone(),
-            report: Throttle::new(Duration::from_secs(1)),
-        };
+        let (queues, mut queue, dropped) = one_sink(&big, 4);
         let big = Arc::new(big);
         for _ in 0..10 {
             queues.record(Arc::clone(&big), Priority::Unauthenticated);
