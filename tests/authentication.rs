@@ -222,6 +222,16 @@ async fn a_websocket_bearer_subprotocol_is_the_callers_token() {
     );
     let reviews = cluster.api.access_reviews();
     assert_eq!(reviews.last().unwrap()["spec"]["user"], "alice");
+    // The kubelet gets the other subprotocols, and no credential of the caller's.
+    let forwarded = &cluster.kubelet.requests()[0];
+    let offered: Vec<_> = forwarded
+        .headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(offered, ["v5.channel.k8s.io"]);
+    assert!(!forwarded.headers.contains_key(http::header::AUTHORIZATION));
 
     let invalid = bearer("t-unknown");
     let (other, twice) = (bearer("t-other"), format!("{valid}, {valid}"));
