@@ -351,14 +351,16 @@ impl OwnToken {
         })
     }
 
-    /// The token now; `None` if its file cannot be read.
-    pub fn read(&self) -> Option<String> {
+    /// The token now; an error names its file when that cannot be read or holds no token.
+    pub fn read(&self) -> Result<String, String> {
         use secrecy::ExposeSecret;
         match self {
-            Self::Inline(token) => Some(token.expose_secret().to_owned()),
-            Self::File(path) => std::fs::read_to_string(path)
-                .ok()
-                .map(|token| token.trim().to_owned()),
+            Self::Inline(token) => Ok(token.expose_secret().to_owned()),
+            Self::File(path) => match std::fs::read_to_string(path) {
+                Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+                Ok(_) => Err(format!("token file {} is empty", path.display())),
+                Err(e) => Err(format!("token file {}: {e}", path.display())),
+            },
         }
     }
 }

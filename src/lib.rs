@@ -103,6 +103,9 @@ pub enum StartError {
          file, or run in a pod with a service-account token; or use warn)"
     )]
     LockdownUnprovable,
+    /// `--kubelet-lockdown=require` with an API-server token file that cannot be read now.
+    #[error("--kubelet-lockdown: require cannot be met: the guard's own API-server {0}")]
+    LockdownTokenUnreadable(String),
 }
 
 impl StartError {
@@ -232,8 +235,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config::Lockdown::Off => None,
         _ => apiserver::OwnToken::find(&api_settings).await?,
     };
-    if lockdown_mode == config::Lockdown::Require && own_token.is_none() {
-        return Err(StartError::LockdownUnprovable);
+    if lockdown_mode == config::Lockdown::Require {
+        match own_token.as_ref().map(apiserver::OwnToken::read) {
+            None => return Err(StartError::LockdownUnprovable),
+            Some(Err(why)) => return Err(StartError::LockdownTokenUnreadable(why)),
+            Some(Ok(_)) => {}
+        }
     }
     // Unready under `require` from the admin listener's first answer, not from the probe task's
     // first poll.

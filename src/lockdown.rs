@@ -179,12 +179,13 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
                     named = Some(probed.client_cas);
                     probed.verdict
                 }),
-                Credential::Token => match probe.token.as_ref().and_then(OwnToken::read) {
-                    Some(token) => probe.check(Some(&token)).await.map(|probed| probed.verdict),
-                    None => {
-                        tracing::warn!("the guard's own API-server token cannot be read");
+                Credential::Token => match probe.token.as_ref().map(OwnToken::read) {
+                    Some(Ok(token)) => probe.check(Some(&token)).await.map(|probed| probed.verdict),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "the guard's own API-server token cannot be read");
                         continue;
                     }
+                    None => continue,
                 },
                 Credential::Certificate => {
                     let Some(named) = &named else {

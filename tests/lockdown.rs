@@ -405,4 +405,34 @@ async fn require_without_a_token_of_its_own_is_refused_at_start() {
         refused.contains("--kubeconfig /nonexistent/kubeconfig"),
         "{refused}"
     );
+
+    // A token file that holds no token proves nothing: an empty bearer is refused by any kubelet.
+    let empty = dir.join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let with_empty_token = dir.join("kubeconfig-empty-token");
+    std::fs::write(
+        &with_empty_token,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://127.0.0.1:9\n    certificate-authority: {}\nusers:\n- name: u\n  user: \
+             {{tokenFile: {}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
+             current-context: c\n",
+            ca.cert_path().display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let mut embedded = embedded.to_vec();
+    let kubeconfig = format!("--kubeconfig={}", with_empty_token.display());
+    embedded[0] = "--kubelet-lockdown=require";
+    embedded[1] = &kubeconfig;
+    let refused = start_with_flags(&cluster.flags(&embedded))
+        .await
+        .err()
+        .expect("require with an empty token file started");
+    assert!(
+        refused.contains("require cannot be met")
+            && refused.contains(&format!("token file {} is empty", empty.display())),
+        "{refused}"
+    );
 }

@@ -482,6 +482,51 @@ fn unusable_upstream_and_apiserver_settings_are_named() {
     assert_refused(&token, &[], &["--upstream-token-file", &display(&empty)]);
 }
 
+/// `--kubelet-lockdown=require` needs the guard's own API-server token to probe the kubelet with:
+/// none, or a token file with nothing in it, is a configuration that can never turn ready.
+#[test]
+fn a_lockdown_that_cannot_be_proven_is_refused() {
+    let f = Fixture::new();
+    let kubeconfig = |name: &str, user: &str| {
+        f.file(
+            name,
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+                 https://127.0.0.1:6443\n    certificate-authority: {}\nusers:\n- name: u\n  \
+                 user: {user}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
+                 current-context: c\n",
+                f.ca.cert_path().display()
+            ),
+        )
+    };
+    let require = set(f.args(), "--kubelet-lockdown", Some(Path::new("require")));
+    let tokenless = set(
+        require.clone(),
+        "--kubeconfig",
+        Some(&kubeconfig("tokenless", "{}")),
+    );
+    assert_refused(
+        &tokenless,
+        &[],
+        &["--kubelet-lockdown", "no API-server token"],
+    );
+    let empty = f.file("empty-token", "");
+    let user = format!("{{tokenFile: {}}}", empty.display());
+    let empty_token = set(
+        require,
+        "--kubeconfig",
+        Some(&kubeconfig("empty-token-kubeconfig", &user)),
+    );
+    assert_refused(
+        &empty_token,
+        &[],
+        &[
+            "--kubelet-lockdown",
+            &format!("{} is empty", display(&empty)),
+        ],
+    );
+}
+
 #[test]
 fn environment_twins_are_checked_like_their_flags() {
     let f = Fixture::new();
