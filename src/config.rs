@@ -10,7 +10,7 @@
 //! URL shape, node name); loading the files the flags name is `tls` and `apiserver`'s job, still
 //! before binding.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,12 +101,12 @@ pub struct ServeArgs {
     /// /attach, /portForward, /run and /containerLogs.
     #[arg(long, env = "KUBELET_GUARD_POD_SCOPED_AUTHZ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = AUTHORIZATION)]
     pub pod_scoped_authz: bool,
-    /// Comma-separated users exempt from --pod-scoped-authz (the API server authorized them).
+    /// Comma-separated users exempt from --pod-scoped-authz (the API server authorized them)
+    /// [default: kube-apiserver-kubelet-client]
     #[arg(
         long,
         env = "KUBELET_GUARD_POD_SCOPE_EXEMPT_USERS",
         value_delimiter = ',',
-        default_value = "kube-apiserver-kubelet-client",
         help_heading = AUTHORIZATION
     )]
     pub pod_scope_exempt_users: Vec<String>,
@@ -277,6 +277,9 @@ pub enum LogFormat {
 
 /// The kubelet's port, which `--listen` takes over on the node's address.
 const KUBELET_PORT: u16 = 10250;
+
+/// The user of the API server's kubelet client certificate as kubeadm issues it.
+const API_SERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
 /// The smallest `--max-request-header-bytes`: hyper's smallest read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -585,12 +588,27 @@ impl ServeArgs {
             });
         }
         let listen = listen(self.listen, std::env::var("NODE_IP").ok().as_deref())?;
-        // Port 0 (any free port, as tests ask) is two different ports.
-        if listen == self.metrics_listen && listen.port() != 0 {
+        if same_socket(listen, self.metrics_listen) {
             return Err(ConfigError::Invalid {
                 flag: "--metrics-listen",
-                message: format!("{listen} is --listen's address too"),
+                message: format!("{} takes --listen={listen}'s port", self.metrics_listen),
             });
+        }
+        // The guard would be its own kubelet, or never get its port while the kubelet holds it.
+        for (listener, flag) in [
+            (listen, "--listen"),
+            (self.metrics_listen, "--metrics-listen"),
+        ] {
+            if upstream_sockets(&upstream.authority).any(|kubelet| same_socket(listener, kubelet)) {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: format!(
+                        "{listener} takes the kubelet's address, --upstream=https://{}; the \
+                         kubelet moves to another (127.0.0.1:10250 by default)",
+                        upstream.authority
+                    ),
+                });
+            }
         }
         for (flag, count) in [
             ("--max-connections", self.max_connections),
@@ -669,12 +687,7 @@ impl ServeArgs {
             anonymous_auth: self.anonymous_auth,
             proxy_fallback: self.proxy_fallback,
             mode: self.mode,
-            pod_scope_exempt: self.pod_scoped_authz.then(|| {
-                self.pod_scope_exempt_users
-                    .into_iter()
-                    .filter(|user| !user.is_empty())
-                    .collect()
-            }),
+            pod_scope_exempt: pod_scope_exempt(self.pod_scoped_authz, self.pod_scope_exempt_users)?,
             reload_interval: self.tls_reload_interval,
             audit: self.audit.validate()?,
             tls_policy: TlsPolicy {
@@ -696,6 +709,27 @@ impl ServeArgs {
             node_pki_dir: self.node_pki_dir,
             lockdown: (self.kubelet_lockdown, self.kubelet_lockdown_interval),
         })
+    }
+}
+
+/// `--pod-scope-exempt-users` when `--pod-scoped-authz` is on. Not given is the API server's
+/// default client name; given empty (`--pod-scope-exempt-users=`) is no one.
+fn pod_scope_exempt(
+    pod_scoped: bool,
+    users: Vec<String>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    match (pod_scoped, users.is_empty()) {
+        (false, true) => Ok(None),
+        (false, false) => Err(ConfigError::Invalid {
+            flag: "--pod-scope-exempt-users",
+            message: "exempts callers from --pod-scoped-authz, which is off: turn it on, or drop \
+                      this flag"
+                .into(),
+        }),
+        (true, true) => Ok(Some(vec![API_SERVER_CLIENT.to_owned()])),
+        (true, false) => Ok(Some(
+            users.into_iter().filter(|user| !user.is_empty()).collect(),
+        )),
     }
 }
 
@@ -744,6 +778,33 @@ fn listen(flag: Option<SocketAddr>, node_ip: Option<&str>) -> Result<SocketAddr,
                   kubelet still listening on 0.0.0.0:10250",
         }),
     }
+}
+
+/// Whether two listeners would want one socket: the same port (not 0, which is any free port) on
+/// the same address or under a wildcard. `[::]` covers IPv4 too, as Linux binds it dual-stack.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: IpAddr, other: IpAddr| match wild {
+        IpAddr::V4(wild) => wild.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(wild) => wild.is_unspecified(),
+    };
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a.port() == b.port() && a.port() != 0 && (x == y || covers(x, y) || covers(y, x))
+}
+
+/// The addresses `--upstream` names when its host is an IP address or `localhost`; none for a
+/// DNS name, which only a lookup could place.
+fn upstream_sockets(authority: &http::uri::Authority) -> impl Iterator<Item = SocketAddr> {
+    let port = authority.port_u16().unwrap_or(KUBELET_PORT);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ips: Vec<IpAddr> = if host.eq_ignore_ascii_case("localhost") {
+        vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+    } else {
+        host.parse().into_iter().collect()
+    };
+    ips.into_iter().map(move |ip| SocketAddr::new(ip, port))
 }
 
 /// The kernel's host name, lower-cased as the kubelet does when it names its node.
@@ -877,14 +938,21 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Result<Config, String> {
-        let mut flags = vec![
+        let given = |flag: &str| {
+            let name = flag.split('=').next().unwrap_or(flag);
+            extra.iter().any(|e| e.split('=').next() == Some(name))
+        };
+        let mut flags: Vec<&str> = [
             "--tls-cert-file=c",
             "--tls-private-key-file=k",
             "--upstream-ca-file=ca",
             "--upstream-token-file=t",
             "--node-name=node-1",
             "--listen=10.0.0.10:10250",
-        ];
+        ]
+        .into_iter()
+        .filter(|flag| !given(flag))
+        .collect();
         flags.extend_from_slice(extra);
         let serve = ServeArgs::try_parse_flags(flags).map_err(|e| e.to_string())?;
         serve.validate().map_err(|e| e.to_string())
@@ -978,6 +1046,25 @@ mod tests {
                 "--metrics-listen",
             ),
             (
+                &["--listen=0.0.0.0:9250", "--metrics-listen=127.0.0.1:9250"][..],
+                "--metrics-listen",
+            ),
+            (
+                &["--listen=[::]:9250", "--metrics-listen=127.0.0.1:9250"][..],
+                "--metrics-listen",
+            ),
+            (
+                &["--listen=127.0.0.1:10250", "--metrics-listen=[::]:10250"][..],
+                "--metrics-listen",
+            ),
+            (&["--upstream=https://10.0.0.10:10250"][..], "--listen"),
+            (&["--listen=0.0.0.0:10250"][..], "--listen"),
+            (&["--listen=[::ffff:127.0.0.1]:10250"][..], "--listen"),
+            (
+                &["--upstream=https://localhost:9250"][..],
+                "--metrics-listen",
+            ),
+            (
                 &["--upstream=https://u:p@127.0.0.1:10250"][..],
                 "--upstream",
             ),
@@ -1005,6 +1092,53 @@ mod tests {
         ] {
             let err = args(extra).unwrap_err();
             assert!(err.contains(flag), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn pod_scope_exemptions_need_pod_scoped_authz() {
+        let exempt = |extra: &[&str]| args(extra).map(|config| config.pod_scope_exempt);
+        assert_eq!(exempt(&[]).unwrap(), None);
+        assert_eq!(
+            exempt(&["--pod-scoped-authz"]).unwrap().unwrap(),
+            ["kube-apiserver-kubelet-client"]
+        );
+        assert_eq!(
+            exempt(&["--pod-scoped-authz", "--pod-scope-exempt-users=a,,b"])
+                .unwrap()
+                .unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            exempt(&["--pod-scoped-authz", "--pod-scope-exempt-users="])
+                .unwrap()
+                .unwrap(),
+            Vec::<String>::new()
+        );
+        for extra in [
+            &["--pod-scope-exempt-users=a"][..],
+            &["--pod-scope-exempt-users="][..],
+            &["--pod-scoped-authz=false", "--pod-scope-exempt-users=a"][..],
+        ] {
+            let err = exempt(extra).unwrap_err();
+            assert!(
+                err.starts_with("--pod-scope-exempt-users"),
+                "{extra:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn distinct_sockets_on_one_port_are_accepted() {
+        for extra in [
+            &["--metrics-listen=10.0.0.10:9250"][..],
+            &["--listen=10.0.0.10:9250"][..],
+            &["--listen=127.0.0.2:10250"][..],
+            &["--listen=[fd00::1]:10250"][..],
+            &["--upstream=https://kubelet.local:10250"][..],
+            &["--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0"][..],
+        ] {
+            assert!(args(extra).is_ok(), "{extra:?}: {:?}", args(extra).err());
         }
     }
 
