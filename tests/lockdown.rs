@@ -435,4 +435,20 @@ async fn require_without_a_token_of_its_own_is_refused_at_start() {
             && refused.contains(&format!("token file {} is empty", empty.display())),
         "{refused}"
     );
+    // Under warn it starts, and probes without a token rather than with an empty bearer.
+    let before = probes(&cluster).len();
+    embedded[0] = "--kubelet-lockdown=warn";
+    let guard = start_with_flags(&cluster.flags(&embedded)).await.unwrap();
+    support::with_deadline("a probe", async {
+        while probes(&cluster).len() == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    guard.stop().await;
+    assert!(
+        probes(&cluster)
+            .iter()
+            .all(|probe| !probe.headers.contains_key(http::header::AUTHORIZATION))
+    );
 }
