@@ -33,10 +33,10 @@ pub struct AuditArgs {
     )]
     pub audit_webhook_batch_max_size: usize,
     /// Longest an event waits for its webhook batch to fill before the batch is sent anyway.
-    #[arg(long, env = "KUBELET_GUARD_AUDIT_WEBHOOK_BATCH_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KUBELET_GUARD_AUDIT_WEBHOOK_BATCH_MAX_WAIT", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub audit_webhook_batch_max_wait: Duration,
     /// Wait before the first retry of a failed webhook batch; each later retry waits 1.5 times longer.
-    #[arg(long, env = "KUBELET_GUARD_AUDIT_WEBHOOK_INITIAL_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KUBELET_GUARD_AUDIT_WEBHOOK_INITIAL_BACKOFF", default_value = "10s", value_parser = crate::config::parse_duration)]
     pub audit_webhook_initial_backoff: Duration,
     /// Events each sink's queue holds before new events are dropped (and counted).
     #[arg(long, env = "KUBELET_GUARD_AUDIT_QUEUE_SIZE", default_value_t = 10000)]
@@ -244,6 +244,18 @@ mod tests {
         let webhook = settings.webhook.unwrap();
         assert_eq!(webhook.batch_max_wait, Duration::from_millis(500));
         assert_eq!(webhook.initial_backoff, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn webhook_durations_past_a_year_are_refused() {
+        for flag in [BATCH_MAX_WAIT, INITIAL_BACKOFF] {
+            let argv = ["kubelet-guard", &format!("{flag}=367d")];
+            let Err(e) = Cli::try_parse_from(argv) else {
+                panic!("{flag} took 367d");
+            };
+            let e = e.to_string();
+            assert!(e.contains(flag) && e.contains("longer than a year"), "{e}");
+        }
     }
 
     #[test]
