@@ -142,6 +142,27 @@ fn unknown_keys_are_errors_with_their_line() {
     }
 }
 
+/// A number is first what the file says (`1.10` is no `1.1`), then what YAML makes of it.
+#[test]
+fn numbers_keep_their_spelling_where_the_flag_takes_text() {
+    let args = parse(
+        &file(
+            "node-name: 1.10\nauth-token-audiences: [1.10, 0x1F, x]\nmax-connections: 1_000\n\
+             max-request-header-bytes: 0x10000\nanonymous-auth: yes\n",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(args.node_name.as_deref(), Some("1.10"));
+    assert_eq!(args.auth_token_audiences, ["1.10", "0x1F", "x"]);
+    assert_eq!(args.max_connections, 1_000);
+    assert_eq!(args.max_request_header_bytes, 0x10000);
+    assert!(args.anonymous_auth);
+    let (line, message) = file_error(parse(&file("\nidle-timeout: 90\n"), &[]));
+    assert_eq!(line, 2, "{message}");
+    assert!(message.contains("--idle-timeout"), "{message}");
+}
+
 #[test]
 fn values_are_checked_by_their_flags_parser_with_their_line() {
     for (yaml, line, says) in [
@@ -163,7 +184,17 @@ fn values_are_checked_by_their_flags_parser_with_their_line() {
             "--tls-cipher-suites",
         ),
         ("listen: [127.0.0.1:1, 127.0.0.1:2]\n", 1, "takes one value"),
-        ("listen:\n  host: 127.0.0.1\n", 2, ""),
+        (
+            "listen:\n  host: 127.0.0.1\n",
+            2,
+            "expected a value or a list of values",
+        ),
+        ("node-name: n\nlisten:\n", 2, "no value"),
+        (
+            "tls-cipher-suites:\n- TLS_AES_128_GCM_SHA256\n- RC4\n",
+            3,
+            "--tls-cipher-suites",
+        ),
     ] {
         let (at, message) = file_error(parse(&file(yaml), &[]));
         assert_eq!(at, line, "{yaml}: {message}");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use serde::Deserialize;
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
 use super::Cli;
 
@@ -58,15 +58,13 @@ impl FromFile {
     }
 }
 
-/// The file's entries in order, each with where it was written.
-struct Entries(Vec<(Spanned<String>, Spanned<Value>)>);
+/// The file's entries in order, each with where it was written, and the file's text.
+struct Entries(Vec<(Spanned<String>, Spanned<Value>)>, String);
 
-/// A value as YAML typed it; flags take text.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A value as YAML typed it, a list's items with where each is written; flags take text.
 enum Value {
     One(Scalar),
-    Many(Vec<Scalar>),
+    Many(Vec<Spanned<Scalar>>),
 }
 
 #[derive(Deserialize)]
@@ -102,7 +100,8 @@ impl Cli {
             path: path.clone(),
             lines: Vec::new(),
         };
-        for (key, value) in read(path)?.0 {
+        let Entries(entries, source) = read(path)?;
+        for (key, value) in entries {
             let line = key.referenced.line();
             let Some(arg) = serve_command
                 .get_arguments()
@@ -119,8 +118,15 @@ impl Cli {
                 ));
             };
             let flag = format!("--{}", key.value);
+            let written = |at: &Location| {
+                let span = at.span();
+                let start = usize::try_from(span.byte_offset()?).ok()?;
+                let len = usize::try_from(span.byte_len()?).ok()?;
+                source.get(start..start.checked_add(len)?)
+            };
+            let line = value.referenced.line();
             let values = match value.value {
-                Value::One(scalar) => vec![scalar.into_text()],
+                Value::One(scalar) => vec![(scalar.texts(written(&value.referenced)), line)],
                 Value::Many(_) if !matches!(arg.get_action(), ArgAction::Append) => {
                     return Err(file_error(
                         path,
@@ -129,20 +135,22 @@ impl Cli {
                     ));
                 }
                 // `[]` is the command line's `--flag=`: an empty list, not the default.
-                Value::Many(scalars) if scalars.is_empty() => vec![String::new()],
-                Value::Many(scalars) => scalars.into_iter().map(Scalar::into_text).collect(),
+                Value::Many(scalars) if scalars.is_empty() => vec![(vec![String::new()], line)],
+                Value::Many(scalars) => scalars
+                    .into_iter()
+                    .map(|scalar| {
+                        let line = scalar.referenced.line();
+                        (scalar.value.texts(written(&scalar.referenced)), line)
+                    })
+                    .collect(),
             };
-            // The flag's own parser: the file accepts exactly what the command line does.
-            let alone = ["kubelet-guard".to_owned(), "serve".to_owned()]
+            let values = values
                 .into_iter()
-                .chain(values.iter().map(|text| format!("{flag}={text}")));
-            if let Err(e) = command.clone().try_get_matches_from(alone) {
-                return Err(file_error(
-                    path,
-                    value.referenced.line(),
-                    clap_message(&flag, &e),
-                ));
-            }
+                .map(|(readings, line)| {
+                    first_taken(&command, &flag, readings)
+                        .map_err(|message| file_error(path, line, message))
+                })
+                .collect::<Result<Vec<String>, _>>()?;
             let set_elsewhere = matches!(
                 serve.value_source(arg.get_id().as_str()),
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
@@ -164,13 +172,64 @@ impl Cli {
 }
 
 impl Scalar {
-    fn into_text(self) -> String {
-        match self {
-            Self::Bool(b) => b.to_string(),
+    /// The readings of a value, what the file says first: a number as written (`1.10`), then as
+    /// YAML reads it (`1_000` is 1000); a boolean as YAML reads it (`yes` is `true`).
+    fn texts(self, written: Option<&str>) -> Vec<String> {
+        let typed = match self {
+            Self::Bool(b) => return vec![b.to_string()],
+            Self::Text(text) => return vec![text],
             Self::Integer(n) => n.to_string(),
             Self::Float(x) => x.to_string(),
-            Self::Text(text) => text,
+        };
+        match written {
+            Some(written) if written != typed => vec![written.to_owned(), typed],
+            _ => vec![typed],
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Value;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+
+            fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+                Ok(Value::One(Scalar::Bool(b)))
+            }
+
+            fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+                Ok(Value::One(Scalar::Integer(n)))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Value, E> {
+                Ok(Value::One(Scalar::Text(n.to_string())))
+            }
+
+            fn visit_f64<E>(self, x: f64) -> Result<Value, E> {
+                Ok(Value::One(Scalar::Float(x)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Value, E> {
+                Ok(Value::One(Scalar::Text(text.to_owned())))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Value::Many(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -192,19 +251,43 @@ impl<'de> Deserialize<'de> for Entries {
                 while let Some(entry) = map.next_entry()? {
                     entries.push(entry);
                 }
-                Ok(Entries(entries))
+                Ok(Entries(entries, String::new()))
             }
 
             fn visit_unit<E>(self) -> Result<Entries, E> {
-                Ok(Entries(Vec::new()))
+                Ok(Entries(Vec::new(), String::new()))
             }
 
             fn visit_none<E>(self) -> Result<Entries, E> {
-                Ok(Entries(Vec::new()))
+                Ok(Entries(Vec::new(), String::new()))
             }
         }
         deserializer.deserialize_map(Visitor)
     }
+}
+
+/// Of a value's readings, the first its flag's own parser takes, so the file accepts exactly
+/// what the command line does; else that parser's refusal of the first.
+fn first_taken(
+    command: &clap::Command,
+    flag: &str,
+    readings: Vec<String>,
+) -> Result<String, String> {
+    let mut refusal = None;
+    for text in readings {
+        let alone = [
+            "kubelet-guard".to_owned(),
+            "serve".to_owned(),
+            format!("{flag}={text}"),
+        ];
+        match command.clone().try_get_matches_from(alone) {
+            Ok(_) => return Ok(text),
+            Err(e) => {
+                refusal.get_or_insert_with(|| clap_message(flag, &e));
+            }
+        }
+    }
+    Err(refusal.unwrap_or_default())
 }
 
 /// Reads and parses the file.
@@ -214,14 +297,15 @@ fn read(path: &Path) -> Result<Entries, CliError> {
         let line = line.trim();
         line.is_empty() || line.starts_with('#') || line == "---"
     }) {
-        return Ok(Entries(Vec::new()));
+        return Ok(Entries(Vec::new(), text));
     }
-    serde_saphyr::from_str::<Entries>(&text).map_err(|e| {
+    let entries = serde_saphyr::from_str::<Entries>(&text).map_err(|e| {
         let line = e.location().map_or(0, |location| location.line());
         let rendered = e.to_string();
         let message = yaml_message(rendered.lines().next().unwrap_or_default());
         file_error(path, line, message)
-    })
+    })?;
+    Ok(Entries(entries.0, text))
 }
 
 /// serde-saphyr's first error line without the prefixes the file error already gives.
@@ -231,8 +315,8 @@ fn yaml_message(first: &str) -> String {
         Some((place, rest)) if place.starts_with("line ") && place.contains(" column ") => rest,
         _ => message,
     };
-    if message.contains("untagged enum Value") {
-        "expected a value or a list of values".to_owned()
+    if let Some(rest) = message.strip_prefix("invalid type: unit value, ") {
+        format!("no value: {rest}")
     } else if message.starts_with("expected mapping") {
         "expected a mapping of flag names to values".to_owned()
     } else {
