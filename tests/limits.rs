@@ -392,6 +392,43 @@ async fn a_response_the_caller_never_lets_through_closes_its_connection() {
     assert_eq!(cluster.limit_hits("response-unread").await, 1);
 }
 
+/// HTTP/1.1 pipelining: a caller that sends request after request and reads none of the answers
+/// stops the guard reading once its answers fill the socket; the connection then idles, and is
+/// closed a head's time after its graceful shutdown, whose answer the caller does not read either.
+#[tokio::test]
+async fn a_pipelining_caller_that_reads_nothing_keeps_no_connection() {
+    let cluster = cluster(&["--idle-timeout=1s", "--header-read-timeout=1s"]).await;
+    cluster.api.allow(USER, "get", "log");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let tcp = socket.connect(cluster.addr()).await.unwrap();
+    let mut tls = cluster.client().handshake(tcp, b"http/1.1").await.unwrap();
+    // Answers of 16 KiB each fill the guard's socket within a few hundred requests.
+    let file = "a".repeat(16_000);
+    let requests =
+        format!("GET /logs/{file} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+            .repeat(10);
+    with_deadline("the guard stops reading", async {
+        while tokio::time::timeout(Duration::from_secs(1), tls.write_all(requests.as_bytes()))
+            .await
+            .is_ok()
+        {}
+    })
+    .await;
+    with_deadline("the connection is closed", async {
+        while !cluster
+            .metrics()
+            .await
+            .contains("\nkubelet_guard_open_connections 0\n")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(cluster.limit_hits("idle-timeout").await, 1);
+    drop(tls);
+}
+
 #[tokio::test]
 async fn an_idle_caller_that_ignores_the_shutdown_is_closed_anyway() {
     let cluster = cluster(&["--idle-timeout=300ms", "--header-read-timeout=300ms"]).await;

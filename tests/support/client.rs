@@ -119,9 +119,18 @@ impl TlsClient {
         addr: SocketAddr,
         alpn: &[u8],
     ) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = self.tcp(addr).await?;
+        self.handshake(tcp, alpn).await
+    }
+
+    /// Completes a TLS handshake offering `alpn` on a connection the test opened itself.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        alpn: &[u8],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let mut config = (*self.config).clone();
         config.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = self.tcp(addr).await?;
         TlsConnector::from(Arc::new(config))
             .connect(self.server_name.clone(), tcp)
             .await
