@@ -8,8 +8,9 @@
 //! with backoff within that deadline, as the kubelet's webhook clients do, so an API server
 //! restart or a burst of its flow control does not turn into refusals.
 //!
-//! At most [`MAX_IN_FLIGHT`] TokenReviews and as many SubjectAccessReviews run at once; more wait
-//! their turn within the same deadline (timed as code `queued` if it passes first). Each distinct
+//! At most [`MAX_IN_FLIGHT`] TokenReviews and as many SubjectAccessReviews run at once; up to
+//! [`MAX_WAITING`] more wait their turn within the same deadline (timed as code `queued` if it
+//! passes first), and past those a call fails at once (code `queue-full`). Each distinct
 //! bad token costs a TokenReview, and kube's client opens an HTTP/1.1 connection per concurrent
 //! call: without a bound, callers spraying random tokens over many HTTP/2 streams would open
 //! thousands of connections to the API server and use up the node's ports. Apart, so such a
@@ -18,6 +19,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -68,6 +70,46 @@ pub enum OwnToken {
 /// second.
 pub const MAX_IN_FLIGHT: usize = 32;
 
+/// The most calls of one API that may wait for a turn. Past it a call fails at once: a spray of
+/// distinct tokens (each its own TokenReview) would otherwise hold every request that waits, its
+/// headers and its HTTP/2 stream, for up to `--apiserver-timeout`. At a few milliseconds a call,
+/// 256 waiting clear in well under a second.
+pub const MAX_WAITING: usize = 256;
+
+/// Turns for one API's calls: [`MAX_IN_FLIGHT`] at once, [`MAX_WAITING`] more waiting.
+struct Turns {
+    in_flight: Semaphore,
+    waiting: AtomicUsize,
+}
+
+/// One call's place among those waiting for a turn, given back when it has one or gives up.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Turns {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            waiting: AtomicUsize::new(0),
+        })
+    }
+
+    /// A place in the queue, unless [`MAX_WAITING`] calls already wait.
+    fn queue(&self) -> Option<Waiting<'_>> {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting < MAX_WAITING).then_some(waiting + 1)
+            })
+            .ok()
+            .map(|_| Waiting(&self.waiting))
+    }
+}
+
 /// A client for the two review APIs, bound to one node name.
 #[derive(Clone)]
 pub struct ApiServer {
@@ -76,9 +118,9 @@ pub struct ApiServer {
     node: NodeName,
     timeout: Duration,
     /// Turns for TokenReviews in flight.
-    token_reviews: Arc<Semaphore>,
+    token_reviews: Arc<Turns>,
     /// Turns for SubjectAccessReviews in flight.
-    access_reviews: Arc<Semaphore>,
+    access_reviews: Arc<Turns>,
     metrics: Metrics,
 }
 
@@ -110,8 +152,8 @@ impl ApiServer {
             audiences: settings.audiences.clone(),
             node,
             timeout: settings.timeout,
-            token_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            access_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            token_reviews: Turns::new(),
+            access_reviews: Turns::new(),
             metrics,
         })
     }
@@ -123,7 +165,7 @@ impl ApiServer {
     async fn call<T, F>(
         &self,
         api: &str,
-        turns: &Semaphore,
+        turns: &Turns,
         call: impl Fn() -> F,
     ) -> Result<T, ReviewError>
     where
@@ -136,11 +178,17 @@ impl ApiServer {
         let mut failed: Option<ReviewError> = None;
         loop {
             let started = Instant::now();
+            let Some(waiting) = turns.queue() else {
+                self.metrics.apiserver(api, "queue-full", started.elapsed());
+                return Err(failed.unwrap_or(ReviewError::QueueFull(MAX_WAITING)));
+            };
             // The semaphore is never closed.
-            let Ok(turn) = tokio::time::timeout_at(deadline, turns.acquire()).await else {
+            let Ok(turn) = tokio::time::timeout_at(deadline, turns.in_flight.acquire()).await
+            else {
                 self.metrics.apiserver(api, "queued", started.elapsed());
                 return Err(failed.unwrap_or(ReviewError::Queued(self.timeout)));
             };
+            drop(waiting);
             let (code, result) = match tokio::time::timeout_at(deadline, call()).await {
                 Err(_) => (
                     "timeout".to_owned(),
@@ -206,7 +254,10 @@ fn transient(error: &ReviewError) -> bool {
             }
             false
         }
-        ReviewError::Timeout(_) | ReviewError::Queued(_) | ReviewError::Inconsistent(_) => false,
+        ReviewError::Timeout(_)
+        | ReviewError::Queued(_)
+        | ReviewError::QueueFull(_)
+        | ReviewError::Inconsistent(_) => false,
     }
 }
 
@@ -398,8 +449,8 @@ mod tests {
             audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             node: NodeName::parse("node-a", "--node-name").unwrap(),
             timeout: Duration::from_secs(5),
-            token_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            access_reviews: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            token_reviews: Turns::new(),
+            access_reviews: Turns::new(),
             metrics,
         };
         (api, handle)
@@ -510,6 +561,45 @@ mod tests {
         )
         .await;
         assert!(matches!(reviewed.await.unwrap(), TokenOutcome::Failed));
+    }
+
+    #[tokio::test]
+    async fn past_the_calls_that_wait_for_a_turn_a_call_fails_at_once() {
+        let (api, mut handle) = api_server(&[]);
+        let held: Vec<_> = (0..MAX_IN_FLIGHT + MAX_WAITING)
+            .map(|n| {
+                let api = api.clone();
+                tokio::spawn(async move { TokenReviewer::review(&api, &format!("t{n}")).await })
+            })
+            .collect();
+        // The calls in flight reach the API server (and are never answered); the rest wait.
+        let mut unanswered = Vec::new();
+        for _ in 0..MAX_IN_FLIGHT {
+            unanswered.push(handle.next_request().await.unwrap());
+        }
+        while api.token_reviews.waiting.load(Ordering::Acquire) < MAX_WAITING {
+            tokio::task::yield_now().await;
+        }
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            TokenReviewer::review(&api, "one-more"),
+        )
+        .await
+        .expect("refused at once, not queued");
+        assert!(
+            matches!(refused, Err(ReviewError::QueueFull(MAX_WAITING))),
+            "{:?}",
+            refused.err()
+        );
+        // The other API keeps its own turns.
+        assert_eq!(api.access_reviews.waiting.load(Ordering::Acquire), 0);
+        for call in held {
+            call.abort();
+        }
+        // A call that gave up gives its place back.
+        while api.token_reviews.waiting.load(Ordering::Acquire) > 0 {
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]

@@ -245,7 +245,8 @@ impl Metrics {
     }
 
     /// Times one API call; `code` is the HTTP status, or `error`/`timeout`, or `queued` (no turn
-    /// within the deadline: the guard's own limit on calls in flight was full).
+    /// within the deadline: the guard's own limit on calls in flight was full), or `queue-full`
+    /// (not even a place to wait for one).
     pub fn apiserver(&self, api: &str, code: &str, took: Duration) {
         self.apiserver
             .with_label_values(&[api, code])

@@ -34,6 +34,9 @@ pub enum ReviewError {
     /// The guard's own limit on calls in flight left no turn within `--apiserver-timeout`.
     #[error("no turn for an API-server call within {0:?}: the guard's limit was full")]
     Queued(Duration),
+    /// The guard's own limit on calls waiting for a turn was full: the call was not queued.
+    #[error("{0} API-server calls already wait for a turn: the guard's limit")]
+    QueueFull(usize),
     /// The answer contradicts itself (for example both allowed and denied).
     #[error("the API server's answer is inconsistent: {0}")]
     Inconsistent(String),
