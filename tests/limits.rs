@@ -246,6 +246,7 @@ async fn idle_connections_are_closed_but_requests_in_flight_are_not() {
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -381,6 +382,40 @@ async fn stalled_healthz(cluster: &Cluster) -> TlsStream<tokio::net::TcpStream> 
         .await
         .unwrap();
     tls
+}
+
+/// HTTP/2 flow control bounds what a caller can make the guard hold of request bodies it has not
+/// read (none is read before the request is authorized): the protocol's default 64 KiB a stream
+/// and a connection, not hyper's 1 MiB of each.
+#[tokio::test]
+async fn http2_windows_stay_at_the_protocol_default() {
+    let cluster = cluster(&[]).await;
+    let mut tls = h2_caller(&cluster, &[]).await;
+    let (kind, flags, _, settings) = read_frame(&mut tls).await;
+    assert_eq!((kind, flags), (SETTINGS, 0));
+    for setting in settings.chunks(6) {
+        let id = u16::from_be_bytes([setting[0], setting[1]]);
+        let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+        assert!(
+            id != INITIAL_WINDOW_SIZE || value <= 65_535,
+            "stream window {value}"
+        );
+    }
+    // Whatever the guard sends at the start arrives before the answer to a PING.
+    tls.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+    tls.write_all(&frame(PING, 0, 0, b"window?!"))
+        .await
+        .unwrap();
+    loop {
+        let (kind, flags, stream, payload) = read_frame(&mut tls).await;
+        assert!(
+            !(kind == WINDOW_UPDATE && stream == 0),
+            "the connection window was opened by {payload:?}"
+        );
+        if kind == PING && flags == 0x1 {
+            break;
+        }
+    }
 }
 
 #[tokio::test]

@@ -62,6 +62,9 @@ use crate::tls::{CallerTrust, Serving};
 /// connection's task, so an idle connection has none of its own; hyper reads the rest from rustls.
 const FIRST_READ: usize = 64;
 
+/// HTTP/2's default window (RFC 9113, section 6.9.2), kept for every stream and the connection.
+const H2_WINDOW: u32 = 65_535;
+
 /// How long a caller may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -187,8 +190,16 @@ impl Context {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         // Extended CONNECT (RFC 8441) is let in so the classifier can refuse it as an upgrade with
         // 405, as the kubelet would, rather than h2 resetting the stream.
+        // Flow control at the protocol's default (hyper's are 1 MiB and 400 KiB): a caller can make
+        // the guard hold no more than 64 KiB of request body it has not read yet per connection
+        // (none is read before the request is authorized), and a stream whose window the caller
+        // keeps shut no more than 64 KiB of its response. The kubelet's requests carry small
+        // bodies or none; responses stream from a socket, which refills the buffer.
         http2
             .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_WINDOW)
+            .initial_connection_window_size(H2_WINDOW)
+            .max_send_buf_size(H2_WINDOW as usize)
             .enable_connect_protocol()
             .max_concurrent_streams(limits.http2_max_streams)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
