@@ -1,12 +1,14 @@
-//! Admission of connections before their caller has proven who it is: a cap per source address
-//! on connections that have not yet completed an authenticated request.
+//! Admission of connections before their caller has proven it may be here: a cap per source
+//! address on connections that have not yet made an authorized request.
 //!
 //! Anything that reaches the node's address can open connections before it authenticates. Without
 //! a cap per source, one address holding silent or slow connections takes every
 //! `--max-connections` slot (and the memory of every unfinished request head) from the scrapers
-//! and the API server. A connection leaves its source's count once a verified client certificate
-//! or a request's bearer token authenticated it, or when it closes; a connection over the cap is
-//! closed at once, before its TLS handshake costs anything.
+//! and the API server. A connection leaves its source's count once a request on it was allowed
+//! (by its certificate or its token, not anonymously), or when it closes. Authentication alone is
+//! not enough: every pod has a service-account token and every node a client certificate from
+//! the cluster's CA. A connection over the cap is closed at once, before its TLS handshake costs
+//! anything.
 //!
 //! IPv4-mapped IPv6 addresses count as their IPv4 address. Must not: keep anything but counts.
 

@@ -195,7 +195,7 @@ pub struct ServeArgs {
     /// kernel free to move a worker off a busy one.
     #[arg(long, env = "KUBELET_GUARD_WORKER_CPU_AFFINITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = LIMITS)]
     pub worker_cpu_affinity: bool,
-    /// Most connections one source address may hold before a request on them authenticated,
+    /// Most connections one source address may hold before a request on them was authorized,
     /// always fewer than the connection limit [default: 256, or one less than a lower limit]
     #[arg(
         long,

@@ -183,9 +183,6 @@ async fn decide(
             .await
             .map_err(Refusal::Unauthenticated)?,
     );
-    if !who.is_anonymous() {
-        peer.admission.prove();
-    }
     // Authorize: the fine-grained subresource first, nodes/proxy only where the kubelet falls back.
     let verdict = state
         .authorizer
@@ -203,6 +200,11 @@ async fn decide(
             verb: classified.verb(),
             checks: classified.checks().to_vec(),
         });
+    }
+    // Allowed something, the connection leaves its source's count. A credential alone does not
+    // earn that: every pod has a token and every node a certificate. Anyone may be anonymous.
+    if !who.is_anonymous() {
+        peer.admission.prove();
     }
     // Pod scope: exec, attach, port-forward, run and container logs also need the namespaced
     // permission the API server would require, unless the caller is the API server itself.

@@ -82,6 +82,80 @@ async fn silent_connections_from_another_address_leave_the_scraper_its_slots() {
     drop(held);
 }
 
+/// A credential the cluster accepts is not yet a reason to let a connection past its source's cap:
+/// any pod has a service-account token, and any node a client certificate. Only a caller allowed
+/// something leaves the count.
+#[tokio::test]
+async fn only_an_authorized_caller_leaves_its_sources_count() {
+    let cluster = cluster(&["--max-unauthenticated-connections-per-source=2"]).await;
+    cluster.api.add_token(
+        "t-nobody",
+        "system:serviceaccount:default:nobody",
+        "uid",
+        &[],
+    );
+    let held_open = |client: support::client::TlsClient, token: Option<&'static str>| {
+        let addr = cluster.addr();
+        async move {
+            let mut tls = client.connect(addr, b"http/1.1").await.ok()?;
+            if let Some(token) = token {
+                let request = format!(
+                    "GET /metrics HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {token}\r\n\r\n"
+                );
+                tls.write_all(request.as_bytes()).await.ok()?;
+                let mut answer = [0u8; 12];
+                tokio::io::AsyncReadExt::read_exact(&mut tls, &mut answer)
+                    .await
+                    .ok()?;
+                return Some((tls, String::from_utf8_lossy(&answer).into_owned()));
+            }
+            Some((tls, String::new()))
+        }
+    };
+    // A token that authenticates but is allowed nothing: its connections stay counted.
+    let token = cluster.client().with_source(attacker());
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (tls, answer) = held_open(token.clone(), Some("t-nobody")).await.unwrap();
+        assert_eq!(answer, "HTTP/1.1 403");
+        held.push(tls);
+    }
+    let third = held_open(token.clone(), Some("t-nobody")).await;
+    assert!(third.is_none(), "a third connection was admitted");
+    assert_eq!(cluster.limit_hits("unauthenticated-per-source").await, 1);
+    drop(held);
+
+    // A node's certificate from the cluster's CA, allowed nothing on this node: the same.
+    let node = cluster
+        .client_with_cert("system:node:other", &["system:nodes"])
+        .with_source(attacker());
+    with_deadline("the token's connections are let go", async {
+        loop {
+            let first = held_open(node.clone(), None).await;
+            let second = held_open(node.clone(), None).await;
+            if first.is_some() && second.is_some() {
+                let third = held_open(node.clone(), None).await;
+                assert!(
+                    third.is_none(),
+                    "a third certificate connection was admitted"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // Allowed, the scraper's connections leave the count: more than two stay open.
+    let scraper = cluster.client().with_source(attacker());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (tls, answer) = held_open(scraper.clone(), Some(TOKEN)).await.unwrap();
+        assert_eq!(answer, "HTTP/1.1 200");
+        held.push(tls);
+    }
+}
+
 #[tokio::test]
 async fn unfinished_heads_from_another_address_do_not_stop_the_scraper() {
     let cluster = cluster(&["--max-unauthenticated-connections-per-source=20"]).await;

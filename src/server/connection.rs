@@ -409,15 +409,15 @@ async fn handshake(
         Ok(Ok(tls)) => {
             let chain = tls.get_ref().1.peer_certificates();
             let certificate = x509::peer_identity(chain);
-            // A verified certificate is proof enough: the connection leaves its source's count.
             let trust = match (&certificate, chain) {
                 (PeerCertificate::Identity { .. }, Some(chain)) => {
                     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-                    let trust = CallerTrust::new(chain, Arc::clone(watched), serving, resumed);
-                    if trust.holds() {
-                        admission.prove();
-                    }
-                    Some(Box::new(trust))
+                    Some(Box::new(CallerTrust::new(
+                        chain,
+                        Arc::clone(watched),
+                        serving,
+                        resumed,
+                    )))
                 }
                 _ => None,
             };
