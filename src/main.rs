@@ -61,8 +61,9 @@ fn main() -> ExitCode {
             run(async {
                 match kubelet_guard::rbac_audit::run(args).await {
                     Ok(outcome) => ExitCode::from(outcome.exit_code()),
-                    Err(e) if e.is_usage() => fail(EXIT_CONFIG, &e),
-                    Err(e) => fail(1, &e),
+                    // Exit 1 says a finding tripped --fail-on; an audit that could not finish
+                    // (a flag, an input, the cluster's listing, the report) is never that.
+                    Err(e) => fail(EXIT_CONFIG, &e),
                 }
             })
         }

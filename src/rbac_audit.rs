@@ -166,22 +166,6 @@ pub enum RbacAuditError {
     Output(#[source] io::Error),
 }
 
-impl RbacAuditError {
-    /// Whether a flag names something unusable (exit 64) rather than the cluster or the
-    /// environment failing (exit 1).
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            Self::AuditLog { .. }
-                | Self::NoAuditEvents { .. }
-                | Self::StdinTwice
-                | Self::SarifWithoutFindings
-                | Self::EmitRoles { .. }
-                | Self::Kubeconfig(_)
-        )
-    }
-}
-
 impl Outcome {
     /// 64 when an input could not be audited (the audit is incomplete, whatever it found), else 1
     /// when `--fail-on` tripped, else 0.
