@@ -98,11 +98,11 @@ pub struct ServeArgs {
     /// Also require the API server's namespaced permission on the pod named in the path.
     ///
     /// create on pods/exec, pods/attach or pods/portforward, get on pods/log, for /exec,
-    /// /attach, /portForward, /run and /containerLogs.
+    /// /attach, /portForward, /run, /containerLogs and container log files under /logs/.
     #[arg(long, env = "KUBELET_GUARD_POD_SCOPED_AUTHZ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = AUTHORIZATION)]
     pub pod_scoped_authz: bool,
-    /// Comma-separated users exempt from --pod-scoped-authz (the API server authorized them)
-    /// [default: kube-apiserver-kubelet-client]
+    /// Comma-separated users exempt from --pod-scoped-authz by client certificate (the API
+    /// server authorized them) [default: kube-apiserver-kubelet-client]
     #[arg(
         long,
         env = "KUBELET_GUARD_POD_SCOPE_EXEMPT_USERS",
