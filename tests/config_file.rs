@@ -147,13 +147,16 @@ fn unknown_keys_are_errors_with_their_line() {
 fn numbers_keep_their_spelling_where_the_flag_takes_text() {
     let args = parse(
         &file(
-            "node-name: 1.10\nauth-token-audiences: [1.10, 0x1F, x]\nmax-connections: 1_000\n\
-             max-request-header-bytes: 0x10000\nanonymous-auth: yes\n",
+            "node-name: &n 1.10\nupstream-server-name: *n\nauth-token-audiences: [1.10, 0x1F, x]\n\
+             max-connections: 1_000\nmax-request-header-bytes: 0x10000\nanonymous-auth: yes\n\
+             kubeconfig: 0x1F\n",
         ),
         &[],
     )
     .unwrap();
     assert_eq!(args.node_name.as_deref(), Some("1.10"));
+    assert_eq!(args.upstream_server_name.as_deref(), Some("1.10"));
+    assert_eq!(args.kubeconfig.unwrap(), Path::new("0x1F"));
     assert_eq!(args.auth_token_audiences, ["1.10", "0x1F", "x"]);
     assert_eq!(args.max_connections, 1_000);
     assert_eq!(args.max_request_header_bytes, 0x10000);
@@ -190,6 +193,7 @@ fn values_are_checked_by_their_flags_parser_with_their_line() {
             "expected a value or a list of values",
         ),
         ("node-name: n\nlisten:\n", 2, "no value"),
+        ("auth-token-audiences: [a, [b]]\n", 1, "plain values only"),
         (
             "tls-cipher-suites:\n- TLS_AES_128_GCM_SHA256\n- RC4\n",
             3,

@@ -126,7 +126,7 @@ impl Cli {
             };
             let line = value.referenced.line();
             let values = match value.value {
-                Value::One(scalar) => vec![(scalar.texts(written(&value.referenced)), line)],
+                Value::One(scalar) => vec![(scalar.texts(written(&value.defined)), line)],
                 Value::Many(_) if !matches!(arg.get_action(), ArgAction::Append) => {
                     return Err(file_error(
                         path,
@@ -140,7 +140,7 @@ impl Cli {
                     .into_iter()
                     .map(|scalar| {
                         let line = scalar.referenced.line();
-                        (scalar.value.texts(written(&scalar.referenced)), line)
+                        (scalar.value.texts(written(&scalar.defined)), line)
                     })
                     .collect(),
             };
@@ -206,8 +206,11 @@ impl<'de> Deserialize<'de> for Value {
                 Ok(Value::One(Scalar::Integer(n)))
             }
 
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Value, E> {
-                Ok(Value::One(Scalar::Text(n.to_string())))
+            fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+                Ok(Value::One(match i64::try_from(n) {
+                    Ok(n) => Scalar::Integer(n),
+                    Err(_) => Scalar::Text(n.to_string()),
+                }))
             }
 
             fn visit_f64<E>(self, x: f64) -> Result<Value, E> {
@@ -317,6 +320,8 @@ fn yaml_message(first: &str) -> String {
     };
     if let Some(rest) = message.strip_prefix("invalid type: unit value, ") {
         format!("no value: {rest}")
+    } else if message.contains("untagged enum Scalar") {
+        "a list takes plain values only".to_owned()
     } else if message.starts_with("expected mapping") {
         "expected a mapping of flag names to values".to_owned()
     } else {
