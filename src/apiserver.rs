@@ -395,7 +395,12 @@ impl OwnToken {
             },
         };
         let auth = kube_config.auth_info;
-        Ok(match (auth.token, auth.token_file) {
+        // An empty token is none, and a token file then applies, as client-go reads a kubeconfig.
+        let token = auth.token.filter(|token| {
+            use secrecy::ExposeSecret;
+            !token.expose_secret().trim().is_empty()
+        });
+        Ok(match (token, auth.token_file) {
             (Some(token), _) => Some(Self::Inline(token)),
             (None, Some(file)) => Some(Self::File(file.into())),
             (None, None) => None,

@@ -435,12 +435,15 @@ async fn require_without_a_token_of_its_own_is_refused_at_start() {
             && refused.contains(&format!("token file {} is empty", empty.display())),
         "{refused}"
     );
-    // Under warn it starts, and probes without a token rather than with an empty bearer.
+    // Under warn it starts, and probes without a token rather than with an empty bearer: three
+    // rounds, each of which would have had its token probe.
     let before = probes(&cluster).len();
     embedded[0] = "--kubelet-lockdown=warn";
-    let guard = start_with_flags(&cluster.flags(&embedded)).await.unwrap();
-    support::with_deadline("a probe", async {
-        while probes(&cluster).len() == before {
+    let mut warn = embedded.clone();
+    warn.push("--kubelet-lockdown-interval=10ms");
+    let guard = start_with_flags(&cluster.flags(&warn)).await.unwrap();
+    support::with_deadline("three rounds of probes", async {
+        while probes(&cluster).len() < before + 3 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

@@ -510,6 +510,16 @@ fn a_lockdown_that_cannot_be_proven_is_refused() {
         &[],
         &["--kubelet-lockdown", "no API-server token"],
     );
+    let empty_inline = set(
+        require.clone(),
+        "--kubeconfig",
+        Some(&kubeconfig("empty-inline-token", "{token: \"\"}")),
+    );
+    assert_refused(
+        &empty_inline,
+        &[],
+        &["--kubelet-lockdown", "no API-server token"],
+    );
     let empty = f.file("empty-token", "");
     let user = format!("{{tokenFile: {}}}", empty.display());
     let empty_token = set(
