@@ -81,14 +81,14 @@ impl Unproven {
 }
 
 impl Ticket {
-    /// The connection's caller authenticated: it no longer counts against its source.
+    /// A request on the connection was allowed: it no longer counts against its source.
     pub fn prove(&self) {
         if self.counted.swap(false, Ordering::AcqRel) {
             self.table.release(self.source);
         }
     }
 
-    /// Whether the connection's caller has authenticated.
+    /// Whether a request on the connection was allowed.
     pub fn is_proven(&self) -> bool {
         !self.counted.load(Ordering::Acquire)
     }

@@ -57,8 +57,8 @@ pub struct Peer {
     /// When the client certificate expires ([`PeerCertificate::expires`]): the connection and
     /// its upgraded streams end then.
     pub expires: Option<tokio::time::Instant>,
-    /// The connection's count against its source's unauthenticated connections, proven by the
-    /// first request that authenticates.
+    /// The connection's count against its source's unproven connections, proven by the first
+    /// request that is allowed (not anonymously).
     pub admission: Ticket,
     /// The connection's own kubelet connection: HTTP/1.1 callers only.
     pub lane: Option<forward::Lane>,

@@ -460,7 +460,11 @@ async fn a_pipelining_caller_that_reads_nothing_keeps_no_connection() {
         }
     })
     .await;
-    assert_eq!(cluster.limit_hits("idle-timeout").await, 1);
+    // Which limit closes it depends on where the socket filled (between answers: idle; during
+    // one: unread); one of them did.
+    let hits =
+        cluster.limit_hits("idle-timeout").await + cluster.limit_hits("response-unread").await;
+    assert_eq!(hits, 1);
     drop(tls);
 }
 

@@ -193,8 +193,9 @@ impl Context {
         // Flow control at the protocol's default (hyper's are 1 MiB and 400 KiB): a caller can make
         // the guard hold no more than 64 KiB of request body it has not read yet per connection
         // (none is read before the request is authorized), and a stream whose window the caller
-        // keeps shut no more than 64 KiB of its response. The kubelet's requests carry small
-        // bodies or none; responses stream from a socket, which refills the buffer.
+        // keeps shut about 64 KiB of its response (plus the one chunk from the kubelet in hand,
+        // which h2 takes whole). The kubelet's requests carry small bodies or none; responses
+        // stream from a socket, which refills the buffer.
         http2
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_WINDOW)
