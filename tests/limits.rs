@@ -418,6 +418,41 @@ async fn http2_windows_stay_at_the_protocol_default() {
     }
 }
 
+/// A caller that vanishes without a word (a node that lost power, a dropped NAT entry) gives its
+/// slot back: the guard turns TCP keep-alive on for every caller connection, as Go's listeners
+/// do, so the kernel's keep-alive timer runs on it while it is quiet.
+#[tokio::test]
+async fn caller_connections_have_tcp_keep_alive() {
+    let cluster = cluster(&[]).await;
+    let tls = cluster
+        .client()
+        .connect(cluster.addr(), b"http/1.1")
+        .await
+        .unwrap();
+    let (guard, caller) = (
+        format!(":{:04X}", cluster.addr().port()),
+        format!(":{:04X}", tls.get_ref().0.local_addr().unwrap().port()),
+    );
+    // /proc/net/tcp: slot, local and remote address, state, queues, then the timer that runs
+    // (`02`: keep-alive) and when it fires.
+    with_deadline("the keep-alive timer", async {
+        loop {
+            let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+            let timer = table.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.len() > 5 && fields[1].ends_with(&guard) && fields[2].ends_with(&caller))
+                    .then(|| fields[5].split(':').next().unwrap_or_default().to_owned())
+            });
+            if timer.as_deref() == Some("02") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drop(tls);
+}
+
 #[tokio::test]
 async fn a_response_the_caller_never_lets_through_closes_its_connection() {
     let cluster = cluster(&["--idle-timeout=1s"]).await;

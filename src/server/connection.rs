@@ -22,6 +22,8 @@
 //!   closes it when the caller takes nothing for that long (it reads nothing while the kubelet
 //!   sends, so its window stays shut, or it is gone), which `forward` reports as `caller-unread`
 //!   and counts as limit `stream-unread`.
+//! - Every caller socket has `TCP_NODELAY` and TCP keep-alive as Go's listeners set it (15 s idle,
+//!   15 s apart, 9 probes), so a caller that vanished is noticed while its connection is quiet.
 //! - A phase change stamps the time and wakes the timer only if the new phase's deadline comes
 //!   before the timer would wake; otherwise the timer finds the change when it wakes. While idle
 //!   it wakes at least every `--header-read-timeout`, so a head that starts is still cut at its own
@@ -64,6 +66,10 @@ const FIRST_READ: usize = 64;
 
 /// HTTP/2's default window (RFC 9113, section 6.9.2), kept for every stream and the connection.
 const H2_WINDOW: u32 = 65_535;
+
+/// Go's TCP keep-alive idle time and interval, and its count of unanswered probes.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const KEEP_ALIVE_PROBES: u32 = 9;
 
 /// How long a caller may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -397,6 +403,22 @@ fn ended_with(ended: Result<(), hyper::Error>, metrics: &Metrics, addr: SocketAd
     tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
 }
 
+/// TCP keep-alive as Go's listeners (the kubelet's among them) set it on every connection they
+/// accept: a probe after 15 s of silence, every 15 s, nine unanswered and the kernel closes the
+/// connection. A caller that vanished (a node that lost power, a dropped NAT entry) then gives
+/// back its slot within about 2.5 minutes, also while its followed log is quiet and nothing is
+/// sent that could go unacknowledged.
+fn keep_alive(tcp: &TcpStream) {
+    use rustix::net::sockopt;
+    let set = sockopt::set_socket_keepalive(tcp, true)
+        .and_then(|()| sockopt::set_tcp_keepidle(tcp, KEEP_ALIVE))
+        .and_then(|()| sockopt::set_tcp_keepintvl(tcp, KEEP_ALIVE))
+        .and_then(|()| sockopt::set_tcp_keepcnt(tcp, KEEP_ALIVE_PROBES));
+    if let Err(e) = set {
+        tracing::debug!(error = %e, "could not turn TCP keep-alive on");
+    }
+}
+
 /// Completes the TLS handshake and reads what the connection proves about the caller.
 async fn handshake(
     acceptor: TlsAcceptor,
@@ -406,6 +428,7 @@ async fn handshake(
     (watched, serving): (&Arc<Watched<Serving>>, Arc<Serving>),
 ) -> Option<(Box<TlsStream<TcpStream>>, Arc<Peer>)> {
     let _ = tcp.set_nodelay(true);
+    keep_alive(&tcp);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let chain = tls.get_ref().1.peer_certificates();
