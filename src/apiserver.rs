@@ -395,12 +395,7 @@ impl OwnToken {
             },
         };
         let auth = kube_config.auth_info;
-        // An empty token is none, and a token file then applies, as client-go reads a kubeconfig.
-        let token = auth.token.filter(|token| {
-            use secrecy::ExposeSecret;
-            !token.expose_secret().trim().is_empty()
-        });
-        Ok(match (token, auth.token_file) {
+        Ok(match (auth.token, auth.token_file) {
             (Some(token), _) => Some(Self::Inline(token)),
             (None, Some(file)) => Some(Self::File(file.into())),
             (None, None) => None,
@@ -411,7 +406,10 @@ impl OwnToken {
     pub fn read(&self) -> Result<String, String> {
         use secrecy::ExposeSecret;
         match self {
-            Self::Inline(token) => Ok(token.expose_secret().to_owned()),
+            Self::Inline(token) if !token.expose_secret().trim().is_empty() => {
+                Ok(token.expose_secret().to_owned())
+            }
+            Self::Inline(_) => Err("token in the kubeconfig is blank".to_owned()),
             Self::File(path) => match std::fs::read_to_string(path) {
                 Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
                 Ok(_) => Err(format!("token file {} is empty", path.display())),
@@ -426,7 +424,22 @@ async fn from_file(path: &Path) -> Result<kube::Config, SetupError> {
         path: path.to_owned(),
         message,
     };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| invalid(e.to_string()))?;
+    let mut kubeconfig = Kubeconfig::read_from(path).map_err(|e| invalid(e.to_string()))?;
+    // An empty token is none, so a token file beside it applies, as client-go reads a kubeconfig
+    // (kube's client would send an empty bearer): the reviews and the lockdown probe read the
+    // same credential.
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(auth) = &mut named.auth_info {
+            use secrecy::ExposeSecret;
+            if auth
+                .token
+                .as_ref()
+                .is_some_and(|t| t.expose_secret().is_empty())
+            {
+                auth.token = None;
+            }
+        }
+    }
     kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| invalid(e.to_string()))
@@ -605,6 +618,41 @@ mod tests {
         while api.token_reviews.waiting.load(Ordering::Acquire) > 0 {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// `token: ""` beside a `tokenFile`: both the reviews' client and the lockdown probe use the
+    /// file, as client-go would, not an empty bearer.
+    #[tokio::test]
+    async fn an_empty_inline_token_gives_way_to_the_token_file() {
+        let dir =
+            std::env::temp_dir().join(format!("kubelet-guard-empty-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (kubeconfig, file) = (dir.join("kubeconfig"), dir.join("token"));
+        std::fs::write(&file, "from-file\n").unwrap();
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \
+                 https://127.0.0.1:9}}\nusers:\n- name: u\n  user: {{token: \"\", tokenFile: {}}}\n\
+                 contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let config = from_file(&kubeconfig).await.unwrap();
+        assert!(config.auth_info.token.is_none());
+        let settings = config::ApiServerSettings {
+            token_auth_file: None,
+            rbac_policy_file: None,
+            kubeconfig: Some(kubeconfig),
+            audiences: Vec::new(),
+            timeout: Duration::from_secs(1),
+        };
+        let own = OwnToken::find(&settings).await.unwrap().unwrap();
+        assert_eq!(own.read().unwrap(), "from-file");
+        let blank = OwnToken::Inline(" \n".to_owned().into());
+        assert!(blank.read().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
