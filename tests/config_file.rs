@@ -149,7 +149,7 @@ fn numbers_keep_their_spelling_where_the_flag_takes_text() {
         &file(
             "node-name: &n 1.10\nupstream-server-name: *n\nauth-token-audiences: [1.10, 0x1F, x]\n\
              max-connections: 1_000\nmax-request-header-bytes: 0x10000\nanonymous-auth: yes\n\
-             kubeconfig: 0x1F\n",
+             kubeconfig: 0x1F\nupstream-ca-file: !!int \"0x1F\"\n",
         ),
         &[],
     )
@@ -157,6 +157,7 @@ fn numbers_keep_their_spelling_where_the_flag_takes_text() {
     assert_eq!(args.node_name.as_deref(), Some("1.10"));
     assert_eq!(args.upstream_server_name.as_deref(), Some("1.10"));
     assert_eq!(args.kubeconfig.unwrap(), Path::new("0x1F"));
+    assert_eq!(args.upstream_ca_file.unwrap(), Path::new("31"));
     assert_eq!(args.auth_token_audiences, ["1.10", "0x1F", "x"]);
     assert_eq!(args.max_connections, 1_000);
     assert_eq!(args.max_request_header_bytes, 0x10000);

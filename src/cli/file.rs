@@ -181,8 +181,12 @@ impl Scalar {
             Self::Integer(n) => n.to_string(),
             Self::Float(x) => x.to_string(),
         };
+        // A quoted or block scalar read as a number (`!!int "0x1F"`) is written with its quotes or
+        // its header: YAML's reading is the only one.
         match written {
-            Some(written) if written != typed => vec![written.to_owned(), typed],
+            Some(written) if written != typed && !written.starts_with(['"', '\'', '|', '>']) => {
+                vec![written.to_owned(), typed]
+            }
             _ => vec![typed],
         }
     }
