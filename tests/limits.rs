@@ -433,17 +433,25 @@ async fn caller_connections_have_tcp_keep_alive() {
         format!(":{:04X}", cluster.addr().port()),
         format!(":{:04X}", tls.get_ref().0.local_addr().unwrap().port()),
     );
-    // /proc/net/tcp: slot, local and remote address, state, queues, then the timer that runs
-    // (`02`: keep-alive) and when it fires.
+    // /proc/net/tcp: slot, local and remote address, state (`01`: established), queues, then the
+    // timer that runs (`02`: keep-alive) and in how many ticks it fires: within 15 s (1,500 at
+    // USER_HZ 100), not the kernel's default two hours.
     with_deadline("the keep-alive timer", async {
         loop {
             let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
             let timer = table.lines().find_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.len() > 5 && fields[1].ends_with(&guard) && fields[2].ends_with(&caller))
-                    .then(|| fields[5].split(':').next().unwrap_or_default().to_owned())
+                (fields.len() > 5
+                    && fields[1].ends_with(&guard)
+                    && fields[2].ends_with(&caller)
+                    && fields[3] == "01")
+                    .then(|| fields[5].to_owned())
             });
-            if timer.as_deref() == Some("02") {
+            if let Some((kind, when)) = timer.as_deref().and_then(|timer| timer.split_once(':'))
+                && kind == "02"
+            {
+                let ticks = u64::from_str_radix(when, 16).unwrap();
+                assert!(ticks <= 1_500, "keep-alive fires in {ticks} ticks");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -23,7 +23,8 @@
 //!   sends, so its window stays shut, or it is gone), which `forward` reports as `caller-unread`
 //!   and counts as limit `stream-unread`.
 //! - Every caller socket has `TCP_NODELAY` and TCP keep-alive as Go's listeners set it (15 s idle,
-//!   15 s apart, 9 probes), so a caller that vanished is noticed while its connection is quiet.
+//!   15 s apart, 9 probes), so a caller that vanished is noticed while its connection is quiet
+//!   (an upgraded stream's within `--stream-unread-timeout`, which overrides the probe count).
 //! - A phase change stamps the time and wakes the timer only if the new phase's deadline comes
 //!   before the timer would wake; otherwise the timer finds the change when it wakes. While idle
 //!   it wakes at least every `--header-read-timeout`, so a head that starts is still cut at its own
@@ -407,7 +408,8 @@ fn ended_with(ended: Result<(), hyper::Error>, metrics: &Metrics, addr: SocketAd
 /// accept: a probe after 15 s of silence, every 15 s, nine unanswered and the kernel closes the
 /// connection. A caller that vanished (a node that lost power, a dropped NAT entry) then gives
 /// back its slot within about 2.5 minutes, also while its followed log is quiet and nothing is
-/// sent that could go unacknowledged.
+/// sent that could go unacknowledged. Not an upgraded stream's: from its `101` on,
+/// `TCP_USER_TIMEOUT` (`--stream-unread-timeout`) decides when unanswered probes close it.
 fn keep_alive(tcp: &TcpStream) {
     use rustix::net::sockopt;
     let set = sockopt::set_socket_keepalive(tcp, true)
