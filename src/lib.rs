@@ -127,10 +127,15 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     ready: Readiness,
     drain: watch::Sender<bool>,
-    proxy: JoinHandle<()>,
+    /// Taken by [`failed`](Running::failed) if it ended.
+    proxy: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The background tasks by name; one [`failed`](Running::failed) saw end is taken.
+    tasks: Vec<(&'static str, Option<JoinHandle<()>>)>,
 }
+
+/// How often [`Running::failed`] looks at the tasks.
+const WATCH_TASKS: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Loads every file the configuration names, binds both listeners and starts serving. Nothing is
 /// bound unless every file loaded. If the guarded address is still in use, the guard starts
@@ -273,29 +278,38 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         drain_stop,
     ));
     let mut tasks = vec![
-        audit_writer,
-        tokio::spawn(server::serve_admin(
-            admin,
-            metrics.clone(),
-            ready.clone(),
-            shutdown_grace,
-            stop.clone(),
-        )),
-        tokio::spawn(reload_files(
-            watched,
-            Arc::clone(&state),
-            reload_interval,
-            stop.clone(),
-        )),
+        ("the audit writer", audit_writer),
+        (
+            "the admin listener",
+            tokio::spawn(server::serve_admin(
+                admin,
+                metrics.clone(),
+                ready.clone(),
+                shutdown_grace,
+                stop.clone(),
+            )),
+        ),
+        (
+            "the file reloader",
+            tokio::spawn(reload_files(
+                watched,
+                Arc::clone(&state),
+                reload_interval,
+                stop.clone(),
+            )),
+        ),
     ];
     if let Some(paths) = node_pki {
-        tasks.push(tokio::spawn(node_pki::renew(
-            paths,
-            node_name.clone(),
-            upstream_files,
-            metrics.clone(),
-            stop.clone(),
-        )));
+        tasks.push((
+            "the node PKI renewal",
+            tokio::spawn(node_pki::renew(
+                paths,
+                node_name.clone(),
+                upstream_files,
+                metrics.clone(),
+                stop.clone(),
+            )),
+        ));
     }
     if lockdown_mode != config::Lockdown::Off {
         let probe = lockdown::Probe {
@@ -306,7 +320,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics,
             ready: ready.clone(),
         };
-        tasks.push(tokio::spawn(lockdown::run(probe, lockdown_interval, stop)));
+        tasks.push((
+            "the lockdown check",
+            tokio::spawn(lockdown::run(probe, lockdown_interval, stop)),
+        ));
     }
     tracing::info!(%proxy_addr, %admin_addr, node = %node_name, "kubelet-guard serving");
     Ok(Running {
@@ -314,9 +331,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         ready,
         drain: drain_signal,
-        proxy,
+        proxy: Some(proxy),
         shutdown,
-        tasks,
+        tasks: tasks
+            .into_iter()
+            .map(|(name, task)| (name, Some(task)))
+            .collect(),
     })
 }
 
@@ -327,12 +347,39 @@ impl Running {
     pub async fn stop(self) {
         self.ready.set(false);
         let _ = self.drain.send(true);
-        let _ = self.proxy.await;
+        if let Some(proxy) = self.proxy {
+            let _ = proxy.await;
+        }
         // Only now the rest: probes keep getting their 503 while connections drain, and whatever
         // drained requests record still has somewhere to go.
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
+        for task in self.tasks.into_iter().filter_map(|(_, task)| task) {
             let _ = task.await;
+        }
+    }
+
+    /// Resolves, naming it, when the guarded listener ends or a background task panics before
+    /// [`stop`](Self::stop). Neither happens but by a bug; the process must then not go on
+    /// half-working (`/healthz` answering while no caller is served, or certificates no longer
+    /// reloaded), but stop, so that it is restarted. A task that ends normally early (the audit
+    /// writer without a sink) is let go.
+    pub async fn failed(&mut self) -> &'static str {
+        loop {
+            if self.proxy.as_ref().is_some_and(JoinHandle::is_finished) {
+                if let Some(proxy) = self.proxy.take() {
+                    let _ = proxy.await;
+                }
+                return "the guarded listener";
+            }
+            for (name, slot) in &mut self.tasks {
+                if slot.as_ref().is_some_and(JoinHandle::is_finished)
+                    && let Some(task) = slot.take()
+                    && task.await.is_err()
+                {
+                    return name;
+                }
+            }
+            tokio::time::sleep(WATCH_TASKS).await;
         }
     }
 }
@@ -453,4 +500,63 @@ pub async fn stop_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A guard whose listener task and background tasks are `proxy` and `tasks`.
+    fn running(proxy: JoinHandle<()>, tasks: Vec<(&'static str, JoinHandle<()>)>) -> Running {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Running {
+            proxy_addr: addr,
+            admin_addr: addr,
+            ready: Readiness::default(),
+            drain: watch::channel(false).0,
+            proxy: Some(proxy),
+            shutdown: watch::channel(false).0,
+            tasks: tasks.into_iter().map(|(name, t)| (name, Some(t))).collect(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_panics_or_a_listener_that_ends_is_a_failure_an_early_end_is_not() {
+        let mut guard = running(
+            tokio::spawn(std::future::pending()),
+            vec![
+                ("the audit writer", tokio::spawn(async {})),
+                (
+                    "the file reloader",
+                    tokio::spawn(async {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        panic!("a bug");
+                    }),
+                ),
+            ],
+        );
+        let failed = tokio::time::timeout(Duration::from_secs(60), guard.failed())
+            .await
+            .expect("the panic is seen");
+        assert_eq!(failed, "the file reloader");
+
+        let mut guard = running(tokio::spawn(async {}), Vec::new());
+        assert_eq!(guard.failed().await, "the guarded listener");
+        guard.stop().await;
+
+        // Nothing ends: nothing is reported.
+        let mut guard = running(
+            tokio::spawn(std::future::pending()),
+            vec![("the audit writer", tokio::spawn(async {}))],
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(600), guard.failed())
+                .await
+                .is_err()
+        );
+    }
 }

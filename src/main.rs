@@ -89,15 +89,28 @@ fn run(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 }
 
 async fn serve(config: kubelet_guard::config::Config) -> ExitCode {
-    let running = match kubelet_guard::start(config).await {
+    let mut running = match kubelet_guard::start(config).await {
         Ok(running) => running,
         Err(e) if e.is_configuration() => return fail(EXIT_CONFIG, &e),
         Err(e) => return fail(1, &e),
     };
-    kubelet_guard::stop_signal().await;
-    tracing::info!("shutting down");
+    let failed = tokio::select! {
+        () = kubelet_guard::stop_signal() => None,
+        task = running.failed() => Some(task),
+    };
+    match failed {
+        None => tracing::info!("shutting down"),
+        Some(task) => tracing::error!(
+            task,
+            "stopped unexpectedly (a bug: please report it); shutting down so that the guard is \
+             restarted"
+        ),
+    }
     running.stop().await;
-    ExitCode::SUCCESS
+    match failed {
+        None => ExitCode::SUCCESS,
+        Some(_) => ExitCode::from(1),
+    }
 }
 
 /// Logs to stderr at `default_level`, or as `KUBELET_GUARD_LOG` (an env-filter directive) says.
