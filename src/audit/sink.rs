@@ -197,13 +197,7 @@ impl Auditor {
             sinks.push(tx);
             tasks.push(tokio::spawn(super::webhook::run(webhook, rx, shutdown)));
         }
-        let writers = tokio::spawn(async move {
-            for task in tasks {
-                if let Err(e) = task.await {
-                    tracing::error!(error = %e, "an audit writer failed");
-                }
-            }
-        });
+        let writers = tokio::spawn(supervise(tasks));
         let queues = Queues {
             sinks,
             reserved: capacity / 2,
@@ -232,6 +226,18 @@ impl Auditor {
             return;
         };
         queues.record(Arc::new(event), priority);
+    }
+}
+
+/// Waits for every sink's writer. The first to fail ends the wait, and a panic is raised again,
+/// so the guard sees its audit trail broken (`Running::failed`) and stops, rather than go on while
+/// a sink's queue fills and its events are dropped.
+async fn supervise(writers: Vec<JoinHandle<()>>) {
+    if let Err(e) = futures_util::future::try_join_all(writers).await {
+        tracing::error!(error = %e, "an audit writer failed");
+        if let Ok(panic) = e.try_into_panic() {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
@@ -522,5 +528,19 @@ pub(crate) mod tests {
         assert_eq!(throttle.allow(t0 + Duration::from_millis(1000)), Some(2));
         assert_eq!(throttle.allow(t0 + Duration::from_millis(1500)), None);
         assert_eq!(throttle.allow(t0 + Duration::from_secs(5)), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_fails_the_audit_writer_at_once() {
+        let quiet = tokio::spawn(std::future::pending::<()>());
+        let broken = tokio::spawn(async {
+            tokio::task::yield_now().await;
+            panic!("a bug in a sink");
+        });
+        let supervised = tokio::spawn(supervise(vec![quiet, broken]));
+        let ended = tokio::time::timeout(Duration::from_secs(5), supervised)
+            .await
+            .expect("the first writer to fail ends the wait");
+        assert!(ended.unwrap_err().is_panic());
     }
 }
