@@ -200,6 +200,9 @@ pub fn ensure(
              restart it",
         ));
     }
+    if let Some(ca) = &ca {
+        check_ca_node(paths, ca, node)?;
+    }
     let subject_cn = format!("kubelet-guard:node:{node}");
     let reissue = match &ca {
         None => Some("new CA"),
@@ -459,11 +462,42 @@ fn read_client(paths: &Paths) -> Result<(CertificateDer<'static>, Dates), PkiErr
     Ok((cert, dates))
 }
 
+/// The node CA's common name: it names the one node whose kubelet trusts it.
+fn ca_common_name(node: &NodeName) -> String {
+    format!("kubelet-guard node CA {node}")
+}
+
+/// Refuses a CA made for another node: a directory copied from another machine (a node image
+/// baked after `node-pki` ran, a cloned disk) would share its CA with it, and root on either
+/// node could then call both kubelets as their guard.
+fn check_ca_node(paths: &Paths, ca: &Ca, node: &NodeName) -> Result<(), PkiError> {
+    let parsed = parse(&ca.cert, &paths.ca_cert)?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .last()
+        .and_then(|cn| cn.as_str().ok());
+    if cn == Some(ca_common_name(node).as_str()) {
+        return Ok(());
+    }
+    Err(file_error(
+        &paths.ca_cert,
+        format!(
+            "was made for another node ({}), not {node}: a directory copied from another \
+             machine shares its CA with it, and root on either node could call both kubelets. \
+             Remove {} (the next `node-pki` run makes this node its own CA) and restart the \
+             kubelet so that it trusts the new one",
+            cn.unwrap_or("no common name"),
+            paths.dir.display()
+        ),
+    ))
+}
+
 fn create_ca(paths: &Paths, node: &NodeName, now: SystemTime) -> Result<Ca, PkiError> {
     let mut params = CertificateParams::default();
     params
         .distinguished_name
-        .push(DnType::CommonName, format!("kubelet-guard node CA {node}"));
+        .push(DnType::CommonName, ca_common_name(node));
     params
         .distinguished_name
         .push(DnType::OrganizationName, "kubelet-guard");
@@ -716,12 +750,29 @@ mod tests {
     }
 
     #[test]
-    fn a_renamed_node_or_a_mismatched_pair_gets_a_new_certificate() {
+    fn a_ca_made_for_another_node_is_refused_and_a_mismatched_pair_reissued() {
         let paths = Paths::new(&temp("reissue"));
         let now = SystemTime::now();
         ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
-        let renamed = ensure(&paths, &node("node-b"), WEEK, now, true).unwrap();
-        assert_eq!(renamed.issued, Some("the one there named another node"));
+        let ca = std::fs::read(&paths.ca_cert).unwrap();
+        // A directory copied to another machine (or a renamed node): never one CA for two nodes.
+        for make_ca in [true, false] {
+            let Err(refused) = ensure(&paths, &node("node-b"), WEEK, now, make_ca) else {
+                panic!("node-b used node-a's CA");
+            };
+            let refused = refused.to_string();
+            assert!(
+                refused.contains(
+                    "was made for another node (kubelet-guard node CA node-a), not node-b"
+                ),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(&paths.ca_cert).unwrap(),
+            ca,
+            "nothing was changed"
+        );
 
         // A crash between the two renames: the new key beside the old certificate.
         std::fs::write(
@@ -731,10 +782,10 @@ mod tests {
                 .serialize_pem(),
         )
         .unwrap();
-        let repaired = ensure(&paths, &node("node-b"), WEEK, now, true).unwrap();
+        let repaired = ensure(&paths, &node("node-a"), WEEK, now, true).unwrap();
         assert_eq!(repaired.issued, Some("the one there did not match its key"));
         assert_eq!(
-            ensure(&paths, &node("node-b"), WEEK, now, true)
+            ensure(&paths, &node("node-a"), WEEK, now, true)
                 .unwrap()
                 .issued,
             None
