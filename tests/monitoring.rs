@@ -136,6 +136,7 @@ fn every_alert_the_issue_asks_for_is_there() {
         "KubeletGuardReviewErrors",
         "KubeletGuardAuditEventsDropped",
         "KubeletGuardUpstreamErrors",
+        "KubeletGuardLockdownUnchecked",
         "KubeletGuardServingCertificateExpiresSoon",
         "KubeletGuardUpstreamCertificateExpiresSoon",
     ] {
