@@ -349,14 +349,10 @@ async fn an_unreachable_kubelet_changes_nothing_and_is_counted() {
 async fn require_without_a_token_of_its_own_is_refused_at_start() {
     let ca = support::pki::Ca::new("tokenless");
     let kubeconfig = support::temp_dir("kubeconfig").join("tokenless");
+    let server = "https://127.0.0.1:9";
     std::fs::write(
         &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
-             https://127.0.0.1:9\n    certificate-authority: {}\nusers:\n- name: u\n  user: {{}}\n\
-             contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
-            ca.cert_path().display()
-        ),
+        support::kubeconfig(server, ca.cert_path(), "{}"),
     )
     .unwrap();
     let cluster = Cluster::start(&[]).await;
@@ -410,18 +406,9 @@ async fn require_without_a_token_of_its_own_is_refused_at_start() {
     let empty = dir.join("empty-token");
     std::fs::write(&empty, "\n").unwrap();
     let with_empty_token = dir.join("kubeconfig-empty-token");
-    std::fs::write(
-        &with_empty_token,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
-             https://127.0.0.1:9\n    certificate-authority: {}\nusers:\n- name: u\n  user: \
-             {{tokenFile: {}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
-             current-context: c\n",
-            ca.cert_path().display(),
-            empty.display()
-        ),
-    )
-    .unwrap();
+    let user = format!("{{tokenFile: {}}}", empty.display());
+    let yaml = support::kubeconfig(server, ca.cert_path(), &user);
+    std::fs::write(&with_empty_token, yaml).unwrap();
     let mut embedded = embedded.to_vec();
     let kubeconfig = format!("--kubeconfig={}", with_empty_token.display());
     embedded[0] = "--kubelet-lockdown=require";

@@ -16,6 +16,8 @@ use support::pki::{Ca, CertKey};
 
 /// sysexits EX_USAGE.
 const EXIT_CONFIG: i32 = 64;
+/// The fixture's API server: nothing listens there, and nothing in these tests calls it.
+const API_SERVER: &str = "https://127.0.0.1:6443";
 
 /// Valid files for every flag, so each test breaks exactly one thing.
 struct Fixture {
@@ -34,10 +36,7 @@ impl Fixture {
         let ca = Ca::new("cluster");
         let kubelet_ca = Ca::new("kubelet");
         let kubeconfig = dir.join("kubeconfig");
-        let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
-            ca.cert_path().display()
-        );
+        let yaml = support::kubeconfig(API_SERVER, ca.cert_path(), "{token: t}");
         std::fs::write(&kubeconfig, yaml).unwrap();
         Fixture {
             serving: ca.server_cert("node-1", &["127.0.0.1"]),
@@ -487,54 +486,23 @@ fn unusable_upstream_and_apiserver_settings_are_named() {
 #[test]
 fn a_lockdown_that_cannot_be_proven_is_refused() {
     let f = Fixture::new();
-    let kubeconfig = |name: &str, user: &str| {
-        f.file(
-            name,
-            &format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
-                 https://127.0.0.1:6443\n    certificate-authority: {}\nusers:\n- name: u\n  \
-                 user: {user}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\n\
-                 current-context: c\n",
-                f.ca.cert_path().display()
-            ),
-        )
-    };
     let require = set(f.args(), "--kubelet-lockdown", Some(Path::new("require")));
-    let tokenless = set(
-        require.clone(),
-        "--kubeconfig",
-        Some(&kubeconfig("tokenless", "{}")),
-    );
-    assert_refused(
-        &tokenless,
-        &[],
-        &["--kubelet-lockdown", "no API-server token"],
-    );
-    let empty_inline = set(
-        require.clone(),
-        "--kubeconfig",
-        Some(&kubeconfig("empty-inline-token", "{token: \"\"}")),
-    );
-    assert_refused(
-        &empty_inline,
-        &[],
-        &["--kubelet-lockdown", "no API-server token"],
-    );
     let empty = f.file("empty-token", "");
-    let user = format!("{{tokenFile: {}}}", empty.display());
-    let empty_token = set(
-        require,
-        "--kubeconfig",
-        Some(&kubeconfig("empty-token-kubeconfig", &user)),
-    );
-    assert_refused(
-        &empty_token,
-        &[],
-        &[
-            "--kubelet-lockdown",
-            &format!("{} is empty", display(&empty)),
-        ],
-    );
+    let empty_file = format!("{{tokenFile: {}}}", empty.display());
+    let empty_file_says = format!("{} is empty", display(&empty));
+    for (name, user, says) in [
+        ("tokenless", "{}", "no API-server token"),
+        ("empty-inline-token", "{token: \"\"}", "no API-server token"),
+        (
+            "empty-token-file",
+            empty_file.as_str(),
+            empty_file_says.as_str(),
+        ),
+    ] {
+        let yaml = support::kubeconfig(API_SERVER, f.ca.cert_path(), user);
+        let args = set(require.clone(), "--kubeconfig", Some(&f.file(name, &yaml)));
+        assert_refused(&args, &[], &["--kubelet-lockdown", says]);
+    }
 }
 
 #[test]

@@ -229,12 +229,8 @@ impl ApiServerDouble {
     /// Writes a kubeconfig for this server (CA file, guard token) and returns its path.
     pub fn write_kubeconfig(&self) -> PathBuf {
         let path = super::temp_dir("kubeconfig").join("kubeconfig");
-        let ca = serde_json::to_string(&self.ca_path.display().to_string()).expect("quote path");
-        let token = Self::GUARD_TOKEN;
-        let server = self.url();
-        let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: kubelet-guard\n  user:\n    token: {token}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: kubelet-guard\ncurrent-context: double\n"
-        );
+        let user = format!("{{token: {}}}", Self::GUARD_TOKEN);
+        let yaml = super::kubeconfig(&self.url(), &self.ca_path, &user);
         std::fs::write(&path, yaml).expect("write kubeconfig");
         path
     }

@@ -143,12 +143,8 @@ impl AuditReceiver {
     /// and returns its path.
     pub fn write_kubeconfig(&self) -> PathBuf {
         let path = super::temp_dir("audit-webhook").join("audit-webhook.yaml");
-        let ca = serde_json::to_string(&self.ca_path.display().to_string()).expect("quote path");
-        let token = Self::TOKEN;
-        let server = self.url();
-        let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: receiver\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: kubelet-guard\n  user:\n    token: {token}\ncontexts:\n- name: receiver\n  context:\n    cluster: receiver\n    user: kubelet-guard\ncurrent-context: receiver\n"
-        );
+        let user = format!("{{token: {}}}", Self::TOKEN);
+        let yaml = super::kubeconfig(&self.url(), &self.ca_path, &user);
         std::fs::write(&path, yaml).expect("write kubeconfig");
         path
     }

@@ -47,6 +47,17 @@ pub fn sigterm(pid: u32) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// A kubeconfig with one cluster, at `server` and verified against the CA file `ca`, and one user,
+/// `user` as a YAML flow mapping (`{token: t}`, `{tokenFile: /path}`, `{}`).
+pub fn kubeconfig(server: &str, ca: &std::path::Path, user: &str) -> String {
+    let ca = serde_json::to_string(&ca.display().to_string()).expect("quote the path");
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {server}, \
+         certificate-authority: {ca}}}\nusers:\n- name: u\n  user: {user}\ncontexts:\n- name: c\n  \
+         context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+    )
+}
+
 /// Creates a fresh, empty directory under the system temp dir, unique to this process and call.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
