@@ -429,11 +429,7 @@ fn client_verdict(
     let key_pem = String::from_utf8(key_pem).map_err(|e| file_error(&paths.client_key, e))?;
     let key = KeyPair::from_pem(&key_pem).map_err(|e| file_error(&paths.client_key, e))?;
     let ca_parsed = parse(&ca.cert, &paths.ca_cert)?;
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .last()
-        .and_then(|cn| cn.as_str().ok());
+    let cn = common_name(&parsed);
     let dates = Dates::of(&parsed);
     Ok(
         if parsed
@@ -472,11 +468,7 @@ fn ca_common_name(node: &NodeName) -> String {
 /// node could then call both kubelets as their guard.
 fn check_ca_node(paths: &Paths, ca: &Ca, node: &NodeName) -> Result<(), PkiError> {
     let parsed = parse(&ca.cert, &paths.ca_cert)?;
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .last()
-        .and_then(|cn| cn.as_str().ok());
+    let cn = common_name(&parsed);
     if cn == Some(ca_common_name(node).as_str()) {
         return Ok(());
     }
@@ -621,6 +613,14 @@ fn parse<'a>(der: &'a CertificateDer<'_>, path: &Path) -> Result<X509Certificate
     X509Certificate::from_der(der)
         .map(|(_, cert)| cert)
         .map_err(|e| file_error(path, format!("not an X.509 certificate: {e}")))
+}
+
+/// The subject's last common name, as Go's `pkix.Name` reads it; `None` if it has none in text.
+fn common_name<'a>(cert: &'a X509Certificate<'_>) -> Option<&'a str> {
+    cert.subject()
+        .iter_common_name()
+        .last()
+        .and_then(|cn| cn.as_str().ok())
 }
 
 fn timestamp(at: SystemTime) -> Result<time::OffsetDateTime, PkiError> {
