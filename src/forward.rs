@@ -395,12 +395,48 @@ impl Upstream {
         Ok(response)
     }
 
-    /// A new kubelet connection for a lane: TCP without Nagle, TLS with the guard's credential,
-    /// HTTP/1.1 driven by a task of its own until its last sender is gone.
-    async fn connect(
+    /// A GET of `path` as the guard itself, on a connection of its own, for the guard's checks of
+    /// its own kubelet (the lockdown's read of `/configz`): the status and at most `limit` bytes of
+    /// body. Never carries anything of a caller's.
+    pub async fn get_as_guard(
         &self,
-        clients: &Clients,
-    ) -> Result<http1::SendRequest<Incoming>, ForwardError> {
+        path: &'static str,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), ForwardError> {
+        let clients = self.clients.current();
+        let mut request = Request::get(path)
+            .header(header::HOST, self.host.clone())
+            .header(header::USER_AGENT, "kubelet-guard")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|_| ForwardError::Internal("the guard's own request cannot be built"))?;
+        if let Some(token) = &self.token {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, HeaderValue::clone(&token.current()));
+        }
+        let exchange = async {
+            let mut sender = self.connect(&clients).await?;
+            let response = sender.send_request(request).await.map_err(unreachable)?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(ForwardError::Unreachable)?;
+            Ok((status, body.to_bytes()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ForwardError::Timeout(self.timeout))?
+    }
+
+    /// A new kubelet connection for a lane or the guard's own request: TCP without Nagle, TLS with
+    /// the guard's credential, HTTP/1.1 driven by a task of its own until its last sender is gone.
+    async fn connect<B>(&self, clients: &Clients) -> Result<http1::SendRequest<B>, ForwardError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let tcp = tokio::net::TcpStream::connect(self.authority.as_str())
             .await
             .map_err(unreachable)?;

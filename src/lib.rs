@@ -178,7 +178,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         never_trusted.clone(),
     )?);
     let drain = Drain::new();
-    let upstream = Upstream::new(
+    let upstream = Arc::new(Upstream::new(
         &upstream_settings,
         mode == config::Mode::Observe,
         drain.clone(),
@@ -189,7 +189,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )
         .then(|| metrics.certificate_expiry("upstream")),
         metrics.limit_counter("stream-unread"),
-    )?;
+    )?);
     let upstream_files = upstream.client_files();
     let mut watched: Vec<Arc<dyn Poll>> = vec![serving.clone()];
     watched.extend(upstream.watched());
@@ -222,7 +222,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             cache.unauthorized,
             metrics.clone(),
         )),
-        upstream,
+        upstream: Arc::clone(&upstream),
         metrics: metrics.clone(),
         audit: auditor,
         classify: kubelet_api::Options { proxy_fallback },
@@ -314,6 +314,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if lockdown_mode != config::Lockdown::Off {
         let probe = lockdown::Probe {
             upstream: upstream_settings,
+            kubelet: upstream,
             node_ca: never_trusted,
             token: own_token,
             mode: lockdown_mode,

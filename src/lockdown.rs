@@ -9,6 +9,13 @@
 //! means locked; any other HTTP answer means exposed. A kubelet that cannot be reached changes
 //! nothing and is counted in `kubelet_guard_upstream_errors_total{kind="lockdown-probe"}`.
 //!
+//! The read-only port takes no credential at all, so it is read from the kubelet's running
+//! configuration instead: `GET /configz` as the guard itself (its one request with the guard's
+//! credential), where `kubeletconfig.readOnlyPort` other than 0 (absent means 0) means exposed:
+//! credential `read-only-port`. A kubelet that serves no readable `/configz` (debugging handlers
+//! off) is asked on the default read-only port, 10255 on the kubelet's host: any HTTP answer there
+//! means exposed, a refused connection locked.
+//!
 //! With the node PKI (`--node-pki-dir`), the first probe's handshake also says which client CAs
 //! the kubelet trusts: a Go TLS server names every CA of its client CA pool in its certificate
 //! request. Any CA besides the node PKI's means a certificate the guard never issued reaches the
@@ -19,7 +26,8 @@
 //! first seen to get through (with the kubelet setting to change) and at INFO when it stops; with
 //! `--kubelet-lockdown=require`, `/readyz` answers 503 until both are proven refused.
 //!
-//! Must not: send the guard's certificate or any caller's credential, or any request but that GET.
+//! Must not: send any caller's credential, or any request but those GETs; the `/healthz` probes
+//! never carry the guard's credential.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +44,21 @@ use x509_parser::prelude::FromDer;
 
 use crate::apiserver::OwnToken;
 use crate::config::{self, Lockdown};
+use crate::forward::{ForwardError, Upstream};
 use crate::metrics::{Metrics, Readiness};
 
 /// The path probed: read-only, never streaming, cheap for the kubelet.
 pub const PROBE_PATH: &str = "/healthz";
+
+/// Where the kubelet shows the configuration it runs with (KubeletConfiguration v1beta1, under
+/// `kubeletconfig`).
+const CONFIGZ_PATH: &str = "/configz";
+
+/// The most of `/configz` read: a kubelet's is a few KiB.
+const CONFIGZ_LIMIT: usize = 1 << 20;
+
+/// The kubelet's `--read-only-port` default, asked when its configuration cannot be read.
+pub const DEFAULT_READ_ONLY_PORT: u16 = 10255;
 
 /// How long one probe may take at most.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +67,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Probe {
     /// The kubelet: address, server name and the CA that verifies it.
     pub upstream: config::UpstreamSettings,
+    /// The kubelet as the guard reaches it, for the read of its configuration.
+    pub kubelet: Arc<Upstream>,
     /// The guard's own API-server token, if it has one.
     pub token: Option<OwnToken>,
     /// The node PKI's CA, the one client CA a locked kubelet names; empty without the node PKI.
@@ -69,6 +90,8 @@ pub enum Verdict {
     Exposed(StatusCode),
     /// Named client CAs besides the node PKI's (these, one per line).
     TrustsOthers(String),
+    /// Serves its read-only port, this one.
+    ReadOnly(u16),
 }
 
 /// One probe's verdict, and the client CAs the kubelet named in its handshake (`None` if it asked
@@ -102,6 +125,8 @@ enum Credential {
     Token,
     /// Not a request of its own: the client CAs named in the `None` probe's handshake.
     Certificate,
+    /// The read-only port, which takes none.
+    ReadOnlyPort,
 }
 
 impl Credential {
@@ -110,6 +135,7 @@ impl Credential {
             Self::None => "none",
             Self::Token => "token",
             Self::Certificate => "certificate",
+            Self::ReadOnlyPort => "read-only-port",
         }
     }
 
@@ -130,6 +156,11 @@ impl Credential {
                 "the kubelet trusts client certificates the guard did not issue, so their holders \
                  walk around the guard: set authentication.x509.clientCAFile (and no \
                  --client-ca-file flag) to the node PKI's ca.crt alone, and restart the kubelet"
+            }
+            Self::ReadOnlyPort => {
+                "the kubelet serves its read-only port, which answers without any credential: set \
+                 readOnlyPort: 0 (and no --read-only-port flag) in its KubeletConfiguration, and \
+                 restart the kubelet"
             }
         }
     }
@@ -159,6 +190,7 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
         .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
         .map(|(_, ca)| ca.subject().as_raw().to_vec())
         .collect();
+    credentials.push(Credential::ReadOnlyPort);
     if own.is_empty() {
         tracing::warn!(
             "without --node-pki-dir the lockdown probe cannot tell the guard's client CA from one \
@@ -193,6 +225,7 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
                     };
                     trusted_besides(named.as_deref(), &own)
                 }
+                Credential::ReadOnlyPort => probe.read_only_port().await,
             };
             match outcome {
                 Ok(verdict) => {
@@ -268,6 +301,71 @@ impl Probe {
             client_cas,
         })
     }
+
+    /// Whether the kubelet serves its read-only port: as its `/configz` says, or where it answers
+    /// without one it can read, as the default port answers. A kubelet that cannot be reached
+    /// tells nothing.
+    async fn read_only_port(&self) -> Result<Verdict, ProbeError> {
+        let configured = match self.kubelet.get_as_guard(CONFIGZ_PATH, CONFIGZ_LIMIT).await {
+            Ok((StatusCode::OK, body)) => configured_read_only_port(&body),
+            Ok((status, _)) => {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    "the kubelet's /configz is not readable"
+                );
+                None
+            }
+            Err(ForwardError::Timeout(timeout)) => return Err(ProbeError::Timeout(timeout)),
+            Err(error) => return Err(ProbeError::Unreachable(Box::new(error))),
+        };
+        match configured {
+            Some(0) => Ok(Verdict::Locked),
+            Some(port) => Ok(Verdict::ReadOnly(port)),
+            None => self.answers_on(DEFAULT_READ_ONLY_PORT).await,
+        }
+    }
+
+    /// Whether anything answers plain HTTP on `port` of the kubelet's host: a refused connection
+    /// is locked, any HTTP answer exposed.
+    async fn answers_on(&self, port: u16) -> Result<Verdict, ProbeError> {
+        let address = format!("{}:{port}", self.upstream.authority.host());
+        let request = Request::get(PROBE_PATH)
+            .header(header::HOST, address.as_str())
+            .header(header::USER_AGENT, "kubelet-guard lockdown probe")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
+        let exchange = async {
+            let tcp = match TcpStream::connect(address.as_str()).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(false),
+                tcp => tcp?,
+            };
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            sender.send_request(request).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(true)
+        };
+        let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(ProbeError::Timeout(timeout)),
+            Ok(Ok(true)) => Ok(Verdict::ReadOnly(port)),
+            Ok(Ok(false)) => Ok(Verdict::Locked),
+            Ok(Err(e)) => Err(ProbeError::Unreachable(e)),
+        }
+    }
+}
+
+/// The read-only port in a kubelet's `/configz` (0: none; absent is 0, as v1beta1 omits it), or
+/// `None` if the body is not a kubelet's configuration.
+fn configured_read_only_port(body: &[u8]) -> Option<u16> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let config = value.get("kubeletconfig")?.as_object()?;
+    match config.get("readOnlyPort") {
+        None => Some(0),
+        Some(port) => port.as_u64().and_then(|port| u16::try_from(port).ok()),
+    }
 }
 
 /// Presents no client certificate, and keeps the CA names of the kubelet's certificate request.
@@ -341,6 +439,17 @@ fn report(metrics: &Metrics, credential: Credential, before: Option<&Verdict>, n
                 );
             }
         }
+        Verdict::ReadOnly(port) => {
+            metrics.kubelet_exposed(label, true);
+            if before != Some(now) {
+                tracing::error!(
+                    credential = label,
+                    port,
+                    "the kubelet is reachable around the guard: {}",
+                    credential.advice()
+                );
+            }
+        }
         Verdict::TrustsOthers(names) => {
             metrics.kubelet_exposed(label, true);
             if before != Some(now) {
@@ -374,6 +483,10 @@ fn hold_reason(credentials: &[Credential], known: &[Option<Verdict>]) -> Option<
                 "the kubelet answered {} to a probe with credential {}: {}",
                 status.as_u16(),
                 credential.label(),
+                credential.advice()
+            )),
+            Some(Verdict::ReadOnly(port)) => reasons.push(format!(
+                "the kubelet serves its read-only port {port}: {}",
                 credential.advice()
             )),
             Some(Verdict::TrustsOthers(names)) => reasons.push(format!(
@@ -455,6 +568,38 @@ mod tests {
         assert_eq!(
             hold_reason(&both, &[Some(Verdict::Locked), Some(Verdict::Locked)]),
             None
+        );
+    }
+
+    #[test]
+    fn the_read_only_port_is_read_from_a_kubelets_configuration_only() {
+        let port = |body: &str| configured_read_only_port(body.as_bytes());
+        // v1beta1 omits a port of 0.
+        assert_eq!(port(r#"{"kubeletconfig":{"port":10250}}"#), Some(0));
+        assert_eq!(port(r#"{"kubeletconfig":{"readOnlyPort":0}}"#), Some(0));
+        assert_eq!(
+            port(r#"{"kubeletconfig":{"readOnlyPort":10255}}"#),
+            Some(10255)
+        );
+        for unreadable in [
+            "",
+            "ok",
+            r#"{"componentconfig":{}}"#,
+            r#"{"kubeletconfig":"x"}"#,
+            r#"{"kubeletconfig":{"readOnlyPort":"10255"}}"#,
+            r#"{"kubeletconfig":{"readOnlyPort":-1}}"#,
+            r#"{"kubeletconfig":{"readOnlyPort":65536}}"#,
+        ] {
+            assert_eq!(port(unreadable), None, "{unreadable}");
+        }
+        let reason = hold_reason(
+            &[Credential::ReadOnlyPort],
+            &[Some(Verdict::ReadOnly(10255))],
+        )
+        .unwrap();
+        assert!(
+            reason.contains("read-only port 10255") && reason.contains("readOnlyPort: 0"),
+            "{reason}"
         );
     }
 

@@ -160,7 +160,7 @@ impl Metrics {
         let exposed = IntGaugeVec::new(
             Opts::new(
                 "kubelet_guard_kubelet_exposed",
-                "1 while the kubelet answers a probe without the guard's certificate (credential none or the guard's own token), or trusts a client CA besides the node's own (credential certificate, with the node PKI); 0 once it refuses.",
+                "1 while the kubelet answers a probe without the guard's certificate (credential none or the guard's own token), trusts a client CA besides the node's own (credential certificate, with the node PKI), or serves its read-only port (credential read-only-port); 0 once it refuses.",
             ),
             &["credential"],
         )?;

@@ -5,6 +5,7 @@
 mod record;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -30,7 +31,7 @@ pub struct State {
     /// May they.
     pub authorizer: Authorizer,
     /// The kubelet.
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     /// Counters.
     pub metrics: Metrics,
     /// The audit trail.

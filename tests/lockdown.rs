@@ -20,10 +20,10 @@ fn allow_pods(cluster: &Cluster) {
     cluster.api.allow(USER, "get", "pods");
 }
 
-/// The values of `kubelet_guard_kubelet_exposed{credential}` for none, token and certificate,
-/// once all three have one.
-async fn exposed(cluster: &Cluster) -> (String, String, String) {
-    support::with_deadline("the three lockdown gauges", async {
+/// The values of `kubelet_guard_kubelet_exposed{credential}` for none, token, certificate and
+/// read-only-port, once all four have one.
+async fn exposed(cluster: &Cluster) -> (String, String, String, String) {
+    support::with_deadline("the four lockdown gauges", async {
         loop {
             let metrics = cluster.metrics().await;
             let value = |credential: &str| {
@@ -33,10 +33,13 @@ async fn exposed(cluster: &Cluster) -> (String, String, String) {
                     .lines()
                     .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
             };
-            if let (Some(none), Some(token), Some(certificate)) =
-                (value("none"), value("token"), value("certificate"))
-            {
-                return (none, token, certificate);
+            if let (Some(none), Some(token), Some(certificate), Some(read_only_port)) = (
+                value("none"),
+                value("token"),
+                value("certificate"),
+                value("read-only-port"),
+            ) {
+                return (none, token, certificate, read_only_port);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -77,7 +80,7 @@ async fn an_open_kubelet_reads_exposed_and_require_keeps_the_guard_unready() {
     .await;
     assert_eq!(
         exposed(&cluster).await,
-        ("1".into(), "1".into(), "0".into())
+        ("1".into(), "1".into(), "0".into(), "0".into())
     );
     let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
     eprintln!(
@@ -121,7 +124,7 @@ async fn a_locked_kubelet_reads_locked_and_require_turns_the_guard_ready() {
         Cluster::start_with_node_pki(Auth::Locked, "168h", &["--kubelet-lockdown=require"]).await;
     assert_eq!(
         exposed(&cluster).await,
-        ("0".into(), "0".into(), "0".into())
+        ("0".into(), "0".into(), "0".into(), "0".into())
     );
     let readyz = support::with_deadline("ready", async {
         loop {
@@ -139,17 +142,34 @@ async fn a_locked_kubelet_reads_locked_and_require_turns_the_guard_ready() {
     );
     assert!(readyz.ends_with("ok\n"), "{readyz}");
 
-    // The guard itself gets through, as this node's identity.
+    // The guard itself gets through, as this node's identity. Its own request besides the caller's
+    // is the read of the kubelet's configuration, with no credential but its certificate.
     allow_pods(&cluster);
     let (status, body) = cluster.get("/pods", TOKEN).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let forwarded: Vec<_> = cluster
+    let guards: Vec<_> = cluster
         .kubelet
         .requests()
         .into_iter()
-        .filter_map(|r| r.client_cn)
+        .filter(|r| r.client_cn.is_some())
         .collect();
-    assert_eq!(forwarded, [format!("kubelet-guard:node:{NODE}")]);
+    let mut targets = Vec::new();
+    for request in &guards {
+        assert_eq!(
+            request.client_cn,
+            Some(format!("kubelet-guard:node:{NODE}")),
+            "{request:?}"
+        );
+        assert!(
+            !request.headers.contains_key(http::header::AUTHORIZATION),
+            "{request:?}"
+        );
+        targets.push((request.method.as_str(), request.target.as_str()));
+    }
+    let (configz, forwarded): (Vec<_>, Vec<_>) =
+        targets.into_iter().partition(|t| *t == ("GET", "/configz"));
+    assert!(!configz.is_empty());
+    assert_eq!(forwarded, [("GET", "/pods")]);
     for probe in probes(&cluster) {
         assert_eq!(
             (probe.method.as_str(), probe.target.as_str()),
@@ -174,7 +194,7 @@ async fn a_kubelet_that_also_trusts_the_cluster_ca_reads_exposed_to_certificates
     .await;
     assert_eq!(
         exposed(&cluster).await,
-        ("0".into(), "0".into(), "1".into())
+        ("0".into(), "0".into(), "1".into(), "0".into())
     );
     let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
     eprintln!(
@@ -189,13 +209,111 @@ async fn a_kubelet_that_also_trusts_the_cluster_ca_reads_exposed_to_certificates
     assert!(readyz.contains("clientCAFile"), "{readyz}");
 }
 
+/// Waits until `kubelet_guard_kubelet_exposed{credential="read-only-port"}` reads `value`.
+async fn read_only_port_reads(cluster: &Cluster, value: &str) {
+    let line = format!("kubelet_guard_kubelet_exposed{{credential=\"read-only-port\"}} {value}");
+    support::with_deadline(&line, async {
+        while !cluster.metrics().await.lines().any(|l| l == line) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kubelet_serving_its_read_only_port_reads_exposed_until_it_stops() {
+    let cluster = Cluster::start_with_node_pki(
+        Auth::Locked,
+        "168h",
+        &[
+            "--kubelet-lockdown=require",
+            "--kubelet-lockdown-interval=100ms",
+        ],
+    )
+    .await;
+    // Tokens and anonymous requests refused, but the port that takes no credential is open.
+    cluster.kubelet.report_read_only_port(10255);
+    read_only_port_reads(&cluster, "1").await;
+    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+    eprintln!(
+        "kubelet serving its read-only port, require:\n{}\n{readyz}",
+        gauges(&cluster).await
+    );
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("read-only port 10255"), "{readyz}");
+    assert!(readyz.contains("readOnlyPort: 0"), "{readyz}");
+
+    cluster.kubelet.report_read_only_port(0);
+    read_only_port_reads(&cluster, "0").await;
+    support::with_deadline("ready again", async {
+        while !admin_get(cluster.guard.admin_addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kubelet_without_configz_is_asked_on_the_default_read_only_port() {
+    let cluster = Cluster::start_with_node_pki(
+        Auth::Locked,
+        "168h",
+        &[
+            "--kubelet-lockdown=warn",
+            "--kubelet-lockdown-interval=100ms",
+        ],
+    )
+    .await;
+    cluster.kubelet.disable_debugging_handlers();
+    // A plain HTTP server on the kubelet's host and default read-only port, as the kubelet's own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:10255")
+        .await
+        .expect("127.0.0.1:10255 must be free for this test (something else listens there)");
+    let (heads, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await;
+            let _ = heads.send(String::from_utf8_lossy(&head).into_owned());
+        }
+    });
+    read_only_port_reads(&cluster, "1").await;
+    let head = asked.recv().await.expect("a request on the read-only port");
+    assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("authorization"),
+        "{head}"
+    );
+
+    // Nothing listens there any more: a refused connection is locked.
+    server.abort();
+    let _ = server.await;
+    read_only_port_reads(&cluster, "0").await;
+    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+}
+
 #[tokio::test]
 async fn a_kubelet_on_webhook_authentication_reads_exposed_to_tokens_only() {
     let cluster =
         Cluster::start_with_node_pki(Auth::Webhook, "168h", &["--kubelet-lockdown=warn"]).await;
     assert_eq!(
         exposed(&cluster).await,
-        ("0".into(), "1".into(), "0".into())
+        ("0".into(), "1".into(), "0".into(), "0".into())
     );
     // warn reports it but stays ready.
     let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
@@ -316,7 +434,7 @@ async fn an_unreachable_kubelet_changes_nothing_and_is_counted() {
     .await;
     assert_eq!(
         exposed(&cluster).await,
-        ("0".into(), "0".into(), "0".into())
+        ("0".into(), "0".into(), "0".into(), "0".into())
     );
     let admin = cluster.guard.admin_addr;
     drop(cluster.kubelet);

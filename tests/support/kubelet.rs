@@ -114,7 +114,12 @@ struct Shared {
     /// While set, each request is recorded and then waits for a permit of `answers`.
     holding: std::sync::atomic::AtomicBool,
     answers: Semaphore,
+    /// The `readOnlyPort` `/configz` reports; [`NO_CONFIGZ`]: no `/configz` at all.
+    read_only_port: std::sync::atomic::AtomicI32,
 }
+
+/// `Shared::read_only_port` of a kubelet whose debugging handlers are off: `/configz` is a 404.
+const NO_CONFIGZ: i32 = -1;
 
 impl KubeletDouble {
     /// Starts the kubelet with `serving` as its certificate, verifying client certificates from
@@ -175,6 +180,7 @@ impl KubeletDouble {
             upgrades: AtomicUsize::new(0),
             holding: std::sync::atomic::AtomicBool::new(false),
             answers: Semaphore::new(0),
+            read_only_port: std::sync::atomic::AtomicI32::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
         KubeletDouble { addr, shared, task }
@@ -219,6 +225,21 @@ impl KubeletDouble {
     /// as a kubelet running a long command does.
     pub fn hold_answers(&self) {
         self.shared.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, `/configz` says the kubelet serves its read-only port on `port` (0: none, as by
+    /// default). The double listens on no such port.
+    pub fn report_read_only_port(&self, port: u16) {
+        self.shared
+            .read_only_port
+            .store(i32::from(port), Ordering::SeqCst);
+    }
+
+    /// From now on, `/configz` is a 404, as on a kubelet with `enableDebuggingHandlers: false`.
+    pub fn disable_debugging_handlers(&self) {
+        self.shared
+            .read_only_port
+            .store(NO_CONFIGZ, Ordering::SeqCst);
     }
 
     /// Lets one held request be answered.
@@ -402,10 +423,7 @@ async fn route(
             "text/plain; version=0.0.4; charset=utf-8",
             &metrics(&path),
         ),
-        (_, "/configz") => json_body(&json!({"kubeletconfig": {"kind": "KubeletConfiguration",
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "address": "127.0.0.1", "port": 10250,
-            "readOnlyPort": 0, "authentication": {"webhook": {"enabled": true}},
-            "authorization": {"mode": "Webhook"}}})),
+        (_, "/configz") => configz(&shared),
         (_, "/flagz") => json_body(
             &json!({"kind": "Flagz", "apiVersion": "config.k8s.io/v1alpha1",
             "componentName": "kubelet", "flags": {"v": "2", "node-ip": "10.0.0.10"}}),
@@ -472,6 +490,21 @@ async fn route(
         }
         _ => not_found(),
     }
+}
+
+/// `/configz`: KubeletConfiguration v1beta1, which omits a `readOnlyPort` of 0.
+fn configz(shared: &Shared) -> Response<Body> {
+    let read_only_port = shared.read_only_port.load(Ordering::SeqCst);
+    if read_only_port == NO_CONFIGZ {
+        return not_found();
+    }
+    let mut config = json!({"kind": "KubeletConfiguration",
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "address": "127.0.0.1", "port": 10250,
+        "authentication": {"webhook": {"enabled": true}}, "authorization": {"mode": "Webhook"}});
+    if read_only_port != 0 {
+        config["readOnlyPort"] = json!(read_only_port);
+    }
+    json_body(&json!({ "kubeletconfig": config }))
 }
 
 /// `/containerLogs/{ns}/{pod}/{ctr}`: a whole log, or with `follow=true` a gated chunked stream.
