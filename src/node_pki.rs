@@ -13,6 +13,11 @@
 //! pair from two generations is never used: a run after a crash between the two renames issues a
 //! new pair.
 //!
+//! Writers take turns: each holds an exclusive `flock` on the directory's `.lock` from its first
+//! read to its last write, so two on one node (the init container and a running guard, two
+//! DaemonSets, `node-pki` run by hand beside them) never interleave their files, and the second
+//! finds what the first wrote.
+//!
 //! Renewal rule, for this command and for the running guard alike: a client certificate is kept
 //! while more than a third of its validity is left, and replaced otherwise.
 //!
@@ -184,6 +189,15 @@ pub fn ensure(
     make_ca: bool,
 ) -> Result<Outcome, PkiError> {
     check_dir(&paths.dir)?;
+    if make_ca && !paths.dir.exists() {
+        make_dir(&paths.dir)?;
+    }
+    // At run time a directory that is gone is refused below, naming the CA.
+    let _turn = if make_ca || paths.dir.is_dir() {
+        Some(take_turn(&paths.dir)?)
+    } else {
+        None
+    };
     // A CA key alone, with no certificate of either kind: a first run stopped between its
     // first two writes (the key goes first). No kubelet can trust a CA whose certificate was never
     // written, and nothing was signed with it: make it anew. Any other missing file is an error.
@@ -277,7 +291,19 @@ pub async fn renew(
         // a CA that is gone is not made anew at run time: the guard read the one it must never
         // trust for callers at start.
         let validity = validity.unwrap_or(DEFAULT_VALIDITY);
-        match ensure(&paths, &node, validity, SystemTime::now(), false) {
+        // Blocking: key generation, fsync, and a turn behind another writer of the directory.
+        let (dir, name) = (paths.clone(), node.clone());
+        let ensured = tokio::task::spawn_blocking(move || {
+            ensure(&dir, &name, validity, SystemTime::now(), false)
+        })
+        .await;
+        let ensured = match ensured {
+            Ok(ensured) => ensured,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => return,
+        };
+        match ensured {
             Ok(outcome) if outcome.issued.is_some() => tracing::info!(%outcome, "node PKI"),
             Ok(outcome) => tracing::debug!(%outcome, "node PKI"),
             Err(e) => {
@@ -370,7 +396,7 @@ impl Dates {
     }
 }
 
-/// An existing path must be a directory; a missing one is made later, after every check.
+/// An existing path must be a directory; a missing one is made before anything is read.
 fn check_dir(dir: &Path) -> Result<(), PkiError> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
@@ -378,6 +404,21 @@ fn check_dir(dir: &Path) -> Result<(), PkiError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(file_error(dir, e)),
     }
+}
+
+/// Waits for the directory's lock (see the module docs) and holds it until the file is dropped.
+fn take_turn(dir: &Path) -> Result<std::fs::File, PkiError> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| file_error(&path, format!("cannot open: {e}")))?;
+    file.lock()
+        .map_err(|e| file_error(&path, format!("cannot lock: {e}")))?;
+    Ok(file)
 }
 
 /// Makes the directory if missing and restricts it to its owner.

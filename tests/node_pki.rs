@@ -87,6 +87,73 @@ fn a_first_run_makes_the_pki_and_a_second_keeps_it() {
 }
 
 #[test]
+fn a_run_waits_its_turn_behind_another_writer_of_the_directory() {
+    let dir = support::temp_dir("node-pki-turn").join("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Another writer (a guard renewing, a second init container) holds the directory's lock.
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".lock"))
+        .unwrap();
+    held.lock().unwrap();
+    let mut waiting = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .args(["node-pki", "--node-name=node-a"])
+        .arg(format!("--dir={}", dir.display()))
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let early = waiting.try_wait().unwrap();
+    assert!(early.is_none(), "ran beside the other writer: {early:?}");
+    assert!(
+        !dir.join("ca.key").exists(),
+        "wrote beside the other writer"
+    );
+    drop(held);
+    let output = waiting.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("created the node-local CA"));
+}
+
+#[test]
+fn concurrent_first_runs_make_one_ca_and_a_matching_pair() {
+    let dir = support::temp_dir("node-pki-race").join("pki");
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+                .args(["node-pki", "--node-name=node-a"])
+                .arg(format!("--dir={}", dir.display()))
+                .env_clear()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let said: Vec<String> = runs
+        .into_iter()
+        .map(|run| {
+            let output = run.wait_with_output().unwrap();
+            assert!(output.status.success(), "{}", text(&output));
+            text(&output)
+        })
+        .collect();
+    let created = said
+        .iter()
+        .filter(|s| s.contains("created the node-local CA"))
+        .count();
+    assert_eq!(created, 1, "{said:#?}");
+    // A later run loads the CA (its key must match its certificate) and keeps everything.
+    let after = node_pki(&dir, &[]);
+    assert!(after.status.success(), "{}", text(&after));
+    assert!(text(&after).contains("kept the client certificate"));
+}
+
+#[test]
 fn every_flag_has_its_environment_twin() {
     let dir = support::temp_dir("node-pki-env").join("pki");
     let dir_text = dir.display().to_string();
