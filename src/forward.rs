@@ -13,7 +13,8 @@
 //!   graceful shutdown and closed at the end of `--shutdown-grace-period`.
 //! - An HTTP/1.1 caller's requests come one at a time, so its connection keeps one kubelet
 //!   connection for them (a [`Lane`]): no pool between them, no more kubelet connections than
-//!   callers. Upgrades, HTTP/2 callers and observe mode's caller credential use the pooled client.
+//!   callers. Upgrades, HTTP/2 callers and observe mode's caller credential use the pooled client,
+//!   which keeps at most 32 idle kubelet connections after a burst.
 //! - The TLS files towards the kubelet are polled: when they change, new connections use a new
 //!   pooled client and lanes reconnect, while requests in flight finish on the old connections.
 //! - The client speaks HTTP/1.1 only (HTTP/2 cannot carry `Upgrade`) and never follows redirects.
@@ -217,6 +218,7 @@ impl Upstream {
                     .wrap_connector(tcp);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(KEPT_IDLE)
+                    .pool_max_idle_per_host(POOLED_IDLE)
                     .pool_timer(TokioTimer::new())
                     .build(connector)
             };
@@ -462,6 +464,12 @@ impl Upstream {
 /// timeout (90 s, its `http.Server`'s `IdleTimeout`), so a request is never written to a
 /// connection the kubelet is closing at that moment.
 const KEPT_IDLE: Duration = Duration::from_secs(60);
+
+/// How many idle kubelet connections the pooled client keeps, for HTTP/2 callers, upgrades and
+/// observe mode's callers: every stream of an HTTP/2 burst takes a kubelet connection of its own
+/// (HTTP/1.1 carries one exchange at a time), and the ones past this close once their exchange is
+/// over instead of holding memory for [`KEPT_IDLE`].
+const POOLED_IDLE: usize = 32;
 
 /// The kubelet connection one HTTP/1.1 caller connection keeps for its requests, which come one
 /// at a time: taken for an exchange, put back once the kubelet's response head is in (the next

@@ -1,6 +1,7 @@
 //! How the guard's requests reach the kubelet: an HTTP/1.1 caller connection keeps one kubelet
-//! connection for its requests (its lane), and a kept connection the kubelet closed is replaced
-//! without the caller noticing.
+//! connection for its requests (its lane), a kept connection the kubelet closed is replaced
+//! without the caller noticing, and an HTTP/2 burst leaves only a bounded pool of idle kubelet
+//! connections behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::support;
@@ -73,4 +74,61 @@ async fn a_kubelet_connection_closed_after_a_response_is_replaced_unnoticed() {
         !caller.is_closed(),
         "the caller's own connection stays open"
     );
+}
+
+#[tokio::test]
+async fn an_http2_burst_leaves_at_most_32_idle_kubelet_connections() {
+    const BURST: usize = 48;
+    let cluster = cluster().await;
+    let tls = cluster
+        .client()
+        .connect(cluster.addr(), b"h2")
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // Every stream's exchange is held at the kubelet until all are there: one kubelet connection
+    // each, since HTTP/1.1 carries one exchange at a time.
+    cluster.kubelet.hold_answers();
+    let streams: Vec<_> = (0..BURST)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let request = http::Request::get("/metrics")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            tokio::spawn(async move {
+                let response = sender.send_request(request).await.unwrap();
+                let status = response.status();
+                response.into_body().collect().await.unwrap();
+                status
+            })
+        })
+        .collect();
+    support::with_deadline("every stream at the kubelet", async {
+        while cluster.kubelet.count() < BURST {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(cluster.kubelet.open_connections(), BURST);
+    for _ in 0..BURST {
+        cluster.kubelet.release_answer();
+    }
+    for stream in streams {
+        assert_eq!(stream.await.unwrap(), StatusCode::OK);
+    }
+    // The pool keeps 32 for the next burst; the others close now, not a minute later.
+    support::with_deadline("the pool's surplus closed", async {
+        while cluster.kubelet.open_connections() > 32 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(cluster.kubelet.open_connections(), 32);
 }

@@ -106,6 +106,8 @@ struct Shared {
     client_ca: Arc<dyn ClientCertVerifier>,
     /// TLS connections accepted.
     connections: AtomicUsize,
+    /// TLS connections accepted and not yet closed.
+    open: AtomicUsize,
     /// Answer with `Connection: close`, as a server shedding its keep-alive connections does.
     closing: std::sync::atomic::AtomicBool,
     requests: Mutex<Vec<Recorded>>,
@@ -174,6 +176,7 @@ impl KubeletDouble {
             auth,
             client_ca,
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             closing: std::sync::atomic::AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             log_lines: Arc::new(Semaphore::new(0)),
@@ -189,6 +192,11 @@ impl KubeletDouble {
     /// How many TLS connections the kubelet has accepted.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many TLS connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// From now on, closes each connection after its response (`Connection: close`).
@@ -268,6 +276,8 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
                 return;
             };
             shared.connections.fetch_add(1, Ordering::SeqCst);
+            shared.open.fetch_add(1, Ordering::SeqCst);
+            let open = Arc::clone(&shared);
             let chain: Arc<[CertificateDer<'static>]> = tls
                 .get_ref()
                 .1
@@ -293,6 +303,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
                 .serve_connection(TokioIo::new(tls), svc)
                 .with_upgrades()
                 .await;
+            open.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
