@@ -399,11 +399,12 @@ impl Upstream {
 
     /// A GET of `path` as the guard itself, on a connection of its own, for the guard's checks of
     /// its own kubelet (the lockdown's read of `/configz`): the status and at most `limit` bytes of
-    /// body. Never carries anything of a caller's.
+    /// body, within `timeout`. Never carries anything of a caller's.
     pub async fn get_as_guard(
         &self,
         path: &'static str,
         limit: usize,
+        timeout: Duration,
     ) -> Result<(StatusCode, Bytes), ForwardError> {
         let clients = self.clients.current();
         let mut request = Request::get(path)
@@ -426,9 +427,9 @@ impl Upstream {
                 .map_err(ForwardError::Unreachable)?;
             Ok((status, body.to_bytes()))
         };
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ForwardError::Timeout(self.timeout))?
+            .map_err(|_| ForwardError::Timeout(timeout))?
     }
 
     /// A new kubelet connection for a lane or the guard's own request: TCP without Nagle, TLS with

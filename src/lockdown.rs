@@ -11,10 +11,11 @@
 //!
 //! The read-only port takes no credential at all, so it is read from the kubelet's running
 //! configuration instead: `GET /configz` as the guard itself (its one request with the guard's
-//! credential), where `kubeletconfig.readOnlyPort` other than 0 (absent means 0) means exposed:
-//! credential `read-only-port`. A kubelet that serves no readable `/configz` (debugging handlers
-//! off) is asked on the default read-only port, 10255 on the kubelet's host: any HTTP answer there
-//! means exposed, a refused connection locked.
+//! credential), where `kubeletconfig.readOnlyPort` other than 0 (v1beta1 omits 0) means exposed:
+//! credential `read-only-port`. A kubelet whose `/configz` is a 404 (debugging handlers off) is
+//! asked on the default read-only port, 10255 on the kubelet's host: a kubelet's `ok` from
+//! `/healthz` there means exposed, a refused connection locked; a read-only port moved elsewhere
+//! goes unseen on such a kubelet. Any other answer to `/configz` tells nothing.
 //!
 //! With the node PKI (`--node-pki-dir`), the first probe's handshake also says which client CAs
 //! the kubelet trusts: a Go TLS server names every CA of its client CA pool in its certificate
@@ -24,17 +25,19 @@
 //!
 //! Reported in `kubelet_guard_kubelet_exposed{credential}`, logged at ERROR when a credential is
 //! first seen to get through (with the kubelet setting to change) and at INFO when it stops; with
-//! `--kubelet-lockdown=require`, `/readyz` answers 503 until both are proven refused.
+//! `--kubelet-lockdown=require`, `/readyz` answers 503 until every check has found it locked.
 //!
 //! Must not: send any caller's credential, or any request but those GETs; the `/healthz` probes
 //! never carry the guard's credential.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, header};
-use http_body_util::Empty;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::AlertDescription;
 use tokio::net::TcpStream;
@@ -58,7 +61,7 @@ const CONFIGZ_PATH: &str = "/configz";
 const CONFIGZ_LIMIT: usize = 1 << 20;
 
 /// The kubelet's `--read-only-port` default, asked when its configuration cannot be read.
-pub const DEFAULT_READ_ONLY_PORT: u16 = 10255;
+const DEFAULT_READ_ONLY_PORT: u16 = 10255;
 
 /// How long one probe may take at most.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,13 +187,13 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
     if probe.token.is_some() {
         credentials.push(Credential::Token);
     }
+    credentials.push(Credential::ReadOnlyPort);
     let own: Vec<Vec<u8>> = probe
         .node_ca
         .iter()
         .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
         .map(|(_, ca)| ca.subject().as_raw().to_vec())
         .collect();
-    credentials.push(Credential::ReadOnlyPort);
     if own.is_empty() {
         tracing::warn!(
             "without --node-pki-dir the lockdown probe cannot tell the guard's client CA from one \
@@ -257,39 +260,26 @@ impl Probe {
         tls.client_auth_cert_resolver = named.clone();
         let authority = self.upstream.authority.clone();
         let server_name = self.upstream.server_name.clone();
-        let mut request = Request::get(PROBE_PATH)
-            .header(header::HOST, authority.as_str())
-            .header(header::USER_AGENT, "kubelet-guard lockdown probe");
+        let mut request = probe_request(authority.as_str())?;
         if let Some(token) = bearer {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
             value.set_sensitive(true);
-            request = request.header(header::AUTHORIZATION, value);
+            request.headers_mut().insert(header::AUTHORIZATION, value);
         }
-        let request = request
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
         let exchange = async move {
             let tcp = TcpStream::connect(authority.as_str()).await?;
             tcp.set_nodelay(true)?;
             let stream = TlsConnector::from(Arc::new(tls))
                 .connect(server_name, tcp)
                 .await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let response = sender.send_request(request).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response.status())
+            Ok(send(stream, request).await?.status())
         };
-        let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
-        let verdict = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => return Err(ProbeError::Timeout(timeout)),
-            Ok(Ok(StatusCode::UNAUTHORIZED)) => Verdict::Locked,
-            Ok(Ok(status)) => Verdict::Exposed(status),
-            Ok(Err(e)) if refused_for_want_of_a_certificate(e.as_ref()) => Verdict::Locked,
-            Ok(Err(e)) => return Err(ProbeError::Unreachable(e)),
+        let verdict = match self.in_time(exchange).await? {
+            Ok(StatusCode::UNAUTHORIZED) => Verdict::Locked,
+            Ok(status) => Verdict::Exposed(status),
+            Err(e) if refused_for_want_of_a_certificate(e.as_ref()) => Verdict::Locked,
+            Err(e) => return Err(ProbeError::Unreachable(e)),
         };
         let client_cas = named
             .0
@@ -302,66 +292,111 @@ impl Probe {
         })
     }
 
-    /// Whether the kubelet serves its read-only port: as its `/configz` says, or where it answers
-    /// without one it can read, as the default port answers. A kubelet that cannot be reached
-    /// tells nothing.
+    /// Whether the kubelet serves its read-only port, as its `/configz` says; where it has none
+    /// (a 404: debugging handlers off), as the default port answers. Any other failure tells
+    /// nothing, so the last verdict stands.
     async fn read_only_port(&self) -> Result<Verdict, ProbeError> {
-        let configured = match self.kubelet.get_as_guard(CONFIGZ_PATH, CONFIGZ_LIMIT).await {
-            Ok((StatusCode::OK, body)) => configured_read_only_port(&body),
-            Ok((status, _)) => {
-                tracing::debug!(
-                    status = status.as_u16(),
-                    "the kubelet's /configz is not readable"
-                );
-                None
-            }
+        let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
+        let (status, body) = match self
+            .kubelet
+            .get_as_guard(CONFIGZ_PATH, CONFIGZ_LIMIT, timeout)
+            .await
+        {
+            Ok(answer) => answer,
             Err(ForwardError::Timeout(timeout)) => return Err(ProbeError::Timeout(timeout)),
             Err(error) => return Err(ProbeError::Unreachable(Box::new(error))),
         };
-        match configured {
-            Some(0) => Ok(Verdict::Locked),
-            Some(port) => Ok(Verdict::ReadOnly(port)),
-            None => self.answers_on(DEFAULT_READ_ONLY_PORT).await,
+        match status {
+            StatusCode::OK => match configured_read_only_port(&body) {
+                Some(0) => Ok(Verdict::Locked),
+                Some(port) => Ok(Verdict::ReadOnly(port)),
+                None => Err(ProbeError::Unreachable(
+                    "the kubelet's /configz holds no KubeletConfiguration it can read".into(),
+                )),
+            },
+            StatusCode::NOT_FOUND => self.answers_on(DEFAULT_READ_ONLY_PORT).await,
+            status => Err(ProbeError::Unreachable(
+                format!(
+                    "the kubelet answered {} to the guard's own GET /configz",
+                    status.as_u16()
+                )
+                .into(),
+            )),
         }
     }
 
-    /// Whether anything answers plain HTTP on `port` of the kubelet's host: a refused connection
-    /// is locked, any HTTP answer exposed.
+    /// Whether a kubelet answers plain HTTP on `port` of the kubelet's host: a refused connection
+    /// is locked, a kubelet's `ok` from `/healthz` exposed, anything else tells nothing.
     async fn answers_on(&self, port: u16) -> Result<Verdict, ProbeError> {
         let address = format!("{}:{port}", self.upstream.authority.host());
-        let request = Request::get(PROBE_PATH)
-            .header(header::HOST, address.as_str())
-            .header(header::USER_AGENT, "kubelet-guard lockdown probe")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ProbeError::Unreachable(Box::new(e)))?;
+        let request = probe_request(&address)?;
         let exchange = async {
             let tcp = match TcpStream::connect(address.as_str()).await {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
                 tcp => tcp?,
             };
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            sender.send_request(request).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(true)
+            let response = send(tcp, request).await?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), 64).collect().await?;
+            Ok(Some((status, body.to_bytes())))
         };
-        let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(ProbeError::Timeout(timeout)),
-            Ok(Ok(true)) => Ok(Verdict::ReadOnly(port)),
-            Ok(Ok(false)) => Ok(Verdict::Locked),
-            Ok(Err(e)) => Err(ProbeError::Unreachable(e)),
+        match self.in_time(exchange).await? {
+            Ok(None) => Ok(Verdict::Locked),
+            Ok(Some((StatusCode::OK, body))) if body.as_ref() == b"ok" => {
+                Ok(Verdict::ReadOnly(port))
+            }
+            Ok(Some((status, _))) => Err(ProbeError::Unreachable(
+                format!(
+                    "{address} answered {} to GET {PROBE_PATH}, not as a kubelet does",
+                    status.as_u16()
+                )
+                .into(),
+            )),
+            Err(e) => Err(ProbeError::Unreachable(e)),
         }
+    }
+
+    /// `exchange`'s outcome, unless it takes longer than a probe may.
+    async fn in_time<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, BoxError>>,
+    ) -> Result<Result<T, BoxError>, ProbeError> {
+        let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ProbeError::Timeout(timeout))
     }
 }
 
-/// The read-only port in a kubelet's `/configz` (0: none; absent is 0, as v1beta1 omits it), or
-/// `None` if the body is not a kubelet's configuration.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A probe's `GET /healthz` to `host`, with no credential.
+fn probe_request(host: &str) -> Result<Request<Empty<Bytes>>, ProbeError> {
+    Request::get(PROBE_PATH)
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "kubelet-guard lockdown probe")
+        .body(Empty::new())
+        .map_err(|e| ProbeError::Unreachable(Box::new(e)))
+}
+
+/// Sends `request` as the one exchange of an HTTP/1.1 connection over `io`.
+async fn send<S>(io: S, request: Request<Empty<Bytes>>) -> Result<Response<Incoming>, BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender.send_request(request).await?)
+}
+
+/// The read-only port in a kubelet's `/configz` (0: none), or `None` if the body is no
+/// KubeletConfiguration v1beta1: that omits a `readOnlyPort` of 0, but never its `port`.
 fn configured_read_only_port(body: &[u8]) -> Option<u16> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let config = value.get("kubeletconfig")?.as_object()?;
+    config.get("port")?.as_u64()?;
     match config.get("readOnlyPort") {
         None => Some(0),
         Some(port) => port.as_u64().and_then(|port| u16::try_from(port).ok()),
@@ -466,7 +501,7 @@ fn report(metrics: &Metrics, credential: Credential, before: Option<&Verdict>, n
             if before != Some(&Verdict::Locked) {
                 tracing::info!(
                     credential = label,
-                    "the kubelet refuses requests without the guard's certificate"
+                    "the kubelet is locked to the guard for this credential"
                 );
             }
         }
@@ -574,21 +609,27 @@ mod tests {
     #[test]
     fn the_read_only_port_is_read_from_a_kubelets_configuration_only() {
         let port = |body: &str| configured_read_only_port(body.as_bytes());
-        // v1beta1 omits a port of 0.
+        // v1beta1 omits a read-only port of 0.
         assert_eq!(port(r#"{"kubeletconfig":{"port":10250}}"#), Some(0));
-        assert_eq!(port(r#"{"kubeletconfig":{"readOnlyPort":0}}"#), Some(0));
         assert_eq!(
-            port(r#"{"kubeletconfig":{"readOnlyPort":10255}}"#),
+            port(r#"{"kubeletconfig":{"port":10250,"readOnlyPort":0}}"#),
+            Some(0)
+        );
+        assert_eq!(
+            port(r#"{"kubeletconfig":{"port":10250,"readOnlyPort":10255}}"#),
             Some(10255)
         );
         for unreadable in [
             "",
             "ok",
-            r#"{"componentconfig":{}}"#,
+            r#"{"componentconfig":{"port":10250}}"#,
             r#"{"kubeletconfig":"x"}"#,
-            r#"{"kubeletconfig":{"readOnlyPort":"10255"}}"#,
-            r#"{"kubeletconfig":{"readOnlyPort":-1}}"#,
-            r#"{"kubeletconfig":{"readOnlyPort":65536}}"#,
+            // Not a kubelet's: v1beta1 always has its port.
+            r#"{"kubeletconfig":{}}"#,
+            r#"{"kubeletconfig":{"readOnlyPort":10255}}"#,
+            r#"{"kubeletconfig":{"port":10250,"readOnlyPort":"10255"}}"#,
+            r#"{"kubeletconfig":{"port":10250,"readOnlyPort":-1}}"#,
+            r#"{"kubeletconfig":{"port":10250,"readOnlyPort":65536}}"#,
         ] {
             assert_eq!(port(unreadable), None, "{unreadable}");
         }

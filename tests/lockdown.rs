@@ -209,6 +209,19 @@ async fn a_kubelet_that_also_trusts_the_cluster_ca_reads_exposed_to_certificates
     assert!(readyz.contains("clientCAFile"), "{readyz}");
 }
 
+/// Waits until the guard's `/readyz` answers 200.
+async fn until_ready(cluster: &Cluster) {
+    support::with_deadline("ready", async {
+        while !admin_get(cluster.guard.admin_addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Waits until `kubelet_guard_kubelet_exposed{credential="read-only-port"}` reads `value`.
 async fn read_only_port_reads(cluster: &Cluster, value: &str) {
     let line = format!("kubelet_guard_kubelet_exposed{{credential=\"read-only-port\"}} {value}");
@@ -245,15 +258,7 @@ async fn a_kubelet_serving_its_read_only_port_reads_exposed_until_it_stops() {
 
     cluster.kubelet.report_read_only_port(0);
     read_only_port_reads(&cluster, "0").await;
-    support::with_deadline("ready again", async {
-        while !admin_get(cluster.guard.admin_addr, "/readyz")
-            .await
-            .starts_with("HTTP/1.1 200")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_ready(&cluster).await;
 }
 
 #[tokio::test]
@@ -262,12 +267,12 @@ async fn a_kubelet_without_configz_is_asked_on_the_default_read_only_port() {
         Auth::Locked,
         "168h",
         &[
-            "--kubelet-lockdown=warn",
+            "--kubelet-lockdown=require",
             "--kubelet-lockdown-interval=100ms",
         ],
     )
     .await;
-    cluster.kubelet.disable_debugging_handlers();
+    cluster.kubelet.answer_configz_with(StatusCode::NOT_FOUND);
     // A plain HTTP server on the kubelet's host and default read-only port, as the kubelet's own.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:10255")
         .await
@@ -292,6 +297,8 @@ async fn a_kubelet_without_configz_is_asked_on_the_default_read_only_port() {
         }
     });
     read_only_port_reads(&cluster, "1").await;
+    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
     let head = asked.recv().await.expect("a request on the read-only port");
     assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
     assert!(
@@ -303,8 +310,46 @@ async fn a_kubelet_without_configz_is_asked_on_the_default_read_only_port() {
     server.abort();
     let _ = server.await;
     read_only_port_reads(&cluster, "0").await;
+    until_ready(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_configz_the_kubelet_fails_to_answer_keeps_the_last_verdict() {
+    let cluster = Cluster::start_with_node_pki(
+        Auth::Locked,
+        "168h",
+        &[
+            "--kubelet-lockdown=require",
+            "--kubelet-lockdown-interval=100ms",
+        ],
+    )
+    .await;
+    cluster.kubelet.report_read_only_port(10266);
+    read_only_port_reads(&cluster, "1").await;
+    // The kubelet cannot authorize the guard's read for a while (its API server is away): that
+    // proves nothing, and nothing is asked on port 10255 instead.
+    cluster
+        .kubelet
+        .answer_configz_with(StatusCode::INTERNAL_SERVER_ERROR);
+    let failed = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("kubelet_guard_upstream_errors_total{kind=\"lockdown-probe\"} ")
+            })
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = failed(&cluster.metrics().await);
+    support::with_deadline("three failed reads", async {
+        while failed(&cluster.metrics().await) < before + 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    read_only_port_reads(&cluster, "1").await;
     let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
-    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("read-only port 10266"), "{readyz}");
 }
 
 #[tokio::test]
@@ -454,6 +499,10 @@ async fn an_unreachable_kubelet_changes_nothing_and_is_counted() {
     );
     assert!(
         metrics.contains("kubelet_guard_kubelet_exposed{credential=\"token\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kubelet_guard_kubelet_exposed{credential=\"read-only-port\"} 0"),
         "{metrics}"
     );
     let readyz = admin_get(admin, "/readyz").await;

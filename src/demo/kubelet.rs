@@ -82,7 +82,7 @@ fn route(node: &str, request: Request<Incoming>) -> Response<Body> {
         "configz" | "flagz" | "statusz" => text(
             StatusCode::OK,
             "application/json",
-            r#"{"kubeletconfig":{"readOnlyPort":0}}"#.into(),
+            r#"{"kubeletconfig":{"port":10250,"readOnlyPort":0}}"#.into(),
         ),
         "containerLogs" => text(
             StatusCode::OK,

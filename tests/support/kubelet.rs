@@ -116,12 +116,9 @@ struct Shared {
     /// While set, each request is recorded and then waits for a permit of `answers`.
     holding: std::sync::atomic::AtomicBool,
     answers: Semaphore,
-    /// The `readOnlyPort` `/configz` reports; [`NO_CONFIGZ`]: no `/configz` at all.
-    read_only_port: std::sync::atomic::AtomicI32,
+    /// The `readOnlyPort` `/configz` reports, or the status it answers instead.
+    configz: Mutex<Result<u16, StatusCode>>,
 }
-
-/// `Shared::read_only_port` of a kubelet whose debugging handlers are off: `/configz` is a 404.
-const NO_CONFIGZ: i32 = -1;
 
 impl KubeletDouble {
     /// Starts the kubelet with `serving` as its certificate, verifying client certificates from
@@ -183,7 +180,7 @@ impl KubeletDouble {
             upgrades: AtomicUsize::new(0),
             holding: std::sync::atomic::AtomicBool::new(false),
             answers: Semaphore::new(0),
-            read_only_port: std::sync::atomic::AtomicI32::new(0),
+            configz: Mutex::new(Ok(0)),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
         KubeletDouble { addr, shared, task }
@@ -238,16 +235,14 @@ impl KubeletDouble {
     /// From now on, `/configz` says the kubelet serves its read-only port on `port` (0: none, as by
     /// default). The double listens on no such port.
     pub fn report_read_only_port(&self, port: u16) {
-        self.shared
-            .read_only_port
-            .store(i32::from(port), Ordering::SeqCst);
+        *self.shared.configz.lock().expect("configz") = Ok(port);
     }
 
-    /// From now on, `/configz` is a 404, as on a kubelet with `enableDebuggingHandlers: false`.
-    pub fn disable_debugging_handlers(&self) {
-        self.shared
-            .read_only_port
-            .store(NO_CONFIGZ, Ordering::SeqCst);
+    /// From now on, `/configz` answers `status` with a plain-text body: 404 as on a kubelet with
+    /// `enableDebuggingHandlers: false`, 500 as on one that cannot reach the API server to
+    /// authorize the caller.
+    pub fn answer_configz_with(&self, status: StatusCode) {
+        *self.shared.configz.lock().expect("configz") = Err(status);
     }
 
     /// Lets one held request be answered.
@@ -505,10 +500,11 @@ async fn route(
 
 /// `/configz`: KubeletConfiguration v1beta1, which omits a `readOnlyPort` of 0.
 fn configz(shared: &Shared) -> Response<Body> {
-    let read_only_port = shared.read_only_port.load(Ordering::SeqCst);
-    if read_only_port == NO_CONFIGZ {
-        return not_found();
-    }
+    let read_only_port = match *shared.configz.lock().expect("configz") {
+        Ok(port) => port,
+        Err(StatusCode::NOT_FOUND) => return not_found(),
+        Err(status) => return text(status, "text/plain; charset=utf-8", "configz failed"),
+    };
     let mut config = json!({"kind": "KubeletConfiguration",
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "address": "127.0.0.1", "port": 10250,
         "authentication": {"webhook": {"enabled": true}}, "authorization": {"mode": "Webhook"}});
