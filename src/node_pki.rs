@@ -13,10 +13,10 @@
 //! pair from two generations is never used: a run after a crash between the two renames issues a
 //! new pair.
 //!
-//! Writers take turns: each holds an exclusive `flock` on the directory's `.lock` from its first
-//! read to its last write, so two on one node (the init container and a running guard, two
-//! DaemonSets, `node-pki` run by hand beside them) never interleave their files, and the second
-//! finds what the first wrote.
+//! Writers take turns: each holds an exclusive `flock` on the directory itself from its first read
+//! to its last write, so two on one node (the init container and a running guard, two DaemonSets,
+//! `node-pki` run by hand beside them) never interleave their files, and the second finds what the
+//! first wrote. A writer that waits longer than [`TURN_WAIT`] gives up, naming the directory.
 //!
 //! Renewal rule, for this command and for the running guard alike: a client certificate is kept
 //! while more than a third of its validity is left, and replaced otherwise.
@@ -341,6 +341,8 @@ pub fn check_issued(paths: &Paths) -> Result<(), PkiError> {
         }
     }
     load_ca(paths)?;
+    // In turn with other writers: two guards starting at once would race on the probe's name.
+    let _turn = take_turn(&paths.dir)?;
     let probe = paths.dir.join(".write-probe");
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
@@ -406,19 +408,36 @@ fn check_dir(dir: &Path) -> Result<(), PkiError> {
     }
 }
 
-/// Waits for the directory's lock (see the module docs) and holds it until the file is dropped.
+/// How long a writer waits for its turn: another writer holds it for milliseconds (a key and
+/// four small files), so this much means one is stuck.
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits for the directory's lock (see the module docs), at most [`TURN_WAIT`], and holds it
+/// until the handle is dropped. Creates nothing.
 fn take_turn(dir: &Path) -> Result<std::fs::File, PkiError> {
-    let path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| file_error(&path, format!("cannot open: {e}")))?;
-    file.lock()
-        .map_err(|e| file_error(&path, format!("cannot lock: {e}")))?;
-    Ok(file)
+    let handle =
+        std::fs::File::open(dir).map_err(|e| file_error(dir, format!("cannot open: {e}")))?;
+    let deadline = std::time::Instant::now() + TURN_WAIT;
+    loop {
+        match handle.try_lock() {
+            Ok(()) => return Ok(handle),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(file_error(
+                    dir,
+                    format!(
+                        "another writer (a second init container or guard, a `node-pki` run by \
+                         hand) has held it for {TURN_WAIT:?}"
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(file_error(dir, format!("cannot lock: {e}")));
+            }
+        }
+    }
 }
 
 /// Makes the directory if missing and restricts it to its owner.

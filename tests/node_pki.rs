@@ -91,12 +91,7 @@ fn a_run_waits_its_turn_behind_another_writer_of_the_directory() {
     let dir = support::temp_dir("node-pki-turn").join("pki");
     std::fs::create_dir_all(&dir).unwrap();
     // Another writer (a guard renewing, a second init container) holds the directory's lock.
-    let held = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(".lock"))
-        .unwrap();
+    let held = std::fs::File::open(&dir).unwrap();
     held.lock().unwrap();
     let mut waiting = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
         .args(["node-pki", "--node-name=node-a"])
