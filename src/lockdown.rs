@@ -12,8 +12,8 @@
 //! The read-only port takes no credential at all, so it is read from the kubelet's running
 //! configuration instead: `GET /configz` as the guard itself (its one request with the guard's
 //! credential), where `kubeletconfig.readOnlyPort` other than 0 (v1beta1 omits 0) means exposed:
-//! credential `read-only-port`. A kubelet whose `/configz` is a 404 (debugging handlers off) is
-//! asked on the default read-only port, 10255 on the kubelet's host: a kubelet's `ok` from
+//! credential `read-only-port`. A kubelet whose `/configz` is a 404 (debugging handlers off), or
+//! a 401 (it does not take the guard's certificate yet), is asked on the default read-only port, 10255 on the kubelet's host: a kubelet's `ok` from
 //! `/healthz` there means exposed, a refused connection locked; a read-only port moved elsewhere
 //! goes unseen on such a kubelet. Any other answer to `/configz` tells nothing.
 //!
@@ -28,7 +28,7 @@
 //! `--kubelet-lockdown=require`, `/readyz` answers 503 until every check has found it locked.
 //!
 //! Must not: send any caller's credential, or any request but those GETs; the `/healthz` probes
-//! never carry the guard's credential.
+//! never carry the guard's client certificate (one carries its API-server token, on purpose).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -206,40 +206,49 @@ pub async fn run(probe: Probe, interval: Duration, mut stop: watch::Receiver<boo
     // The last verdict per credential: None until one probe got an answer.
     let mut known: Vec<Option<Verdict>> = vec![None; credentials.len()];
     loop {
-        // The client CAs the kubelet named in the first probe's handshake, if it answered.
-        let mut named = None;
-        for (credential, known) in credentials.iter().zip(known.iter_mut()) {
-            let outcome = match credential {
-                Credential::None => probe.check(None).await.map(|probed| {
-                    named = Some(probed.client_cas);
-                    probed.verdict
-                }),
-                Credential::Token => match probe.token.as_ref().map(OwnToken::read) {
-                    Some(Ok(token)) => probe.check(Some(&token)).await.map(|probed| probed.verdict),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "the guard's own API-server token cannot be read");
-                        continue;
+        // One round: at most a probe's timeout per check, and shutdown does not wait for it.
+        let round = async {
+            // The client CAs the kubelet named in the first probe's handshake, if it answered.
+            let mut named = None;
+            for (credential, known) in credentials.iter().zip(known.iter_mut()) {
+                let outcome = match credential {
+                    Credential::None => probe.check(None).await.map(|probed| {
+                        named = Some(probed.client_cas);
+                        probed.verdict
+                    }),
+                    Credential::Token => match probe.token.as_ref().map(OwnToken::read) {
+                        Some(Ok(token)) => {
+                            probe.check(Some(&token)).await.map(|probed| probed.verdict)
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "the guard's own API-server token cannot be read");
+                            continue;
+                        }
+                        None => continue,
+                    },
+                    Credential::Certificate => {
+                        let Some(named) = &named else {
+                            continue;
+                        };
+                        trusted_besides(named.as_deref(), &own)
                     }
-                    None => continue,
-                },
-                Credential::Certificate => {
-                    let Some(named) = &named else {
-                        continue;
-                    };
-                    trusted_besides(named.as_deref(), &own)
-                }
-                Credential::ReadOnlyPort => probe.read_only_port().await,
-            };
-            match outcome {
-                Ok(verdict) => {
-                    report(&probe.metrics, *credential, known.as_ref(), &verdict);
-                    *known = Some(verdict);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, credential = credential.label(), "lockdown probe failed");
-                    probe.metrics.upstream_error("lockdown-probe");
+                    Credential::ReadOnlyPort => probe.read_only_port().await,
+                };
+                match outcome {
+                    Ok(verdict) => {
+                        report(&probe.metrics, *credential, known.as_ref(), &verdict);
+                        *known = Some(verdict);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, credential = credential.label(), "lockdown probe failed");
+                        probe.metrics.upstream_error("lockdown-probe");
+                    }
                 }
             }
+        };
+        tokio::select! {
+            () = round => {}
+            () = crate::shutdown::stopped(&mut stop) => return,
         }
         if require {
             probe.ready.hold(hold_reason(&credentials, &known));
@@ -293,8 +302,8 @@ impl Probe {
     }
 
     /// Whether the kubelet serves its read-only port, as its `/configz` says; where it has none
-    /// (a 404: debugging handlers off), as the default port answers. Any other failure tells
-    /// nothing, so the last verdict stands.
+    /// (a 404: debugging handlers off) or does not take the guard's certificate (a 401), as the
+    /// default port answers. Any other failure tells nothing, so the last verdict stands.
     async fn read_only_port(&self) -> Result<Verdict, ProbeError> {
         let timeout = self.upstream.timeout.min(PROBE_TIMEOUT);
         let (status, body) = match self
@@ -314,7 +323,11 @@ impl Probe {
                     "the kubelet's /configz holds no KubeletConfiguration it can read".into(),
                 )),
             },
-            StatusCode::NOT_FOUND => self.answers_on(DEFAULT_READ_ONLY_PORT).await,
+            // No /configz (debugging handlers off), or no read of it for the guard: a kubelet that
+            // does not take the guard's certificate yet (the rollout's observe step).
+            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED => {
+                self.answers_on(DEFAULT_READ_ONLY_PORT).await
+            }
             status => Err(ProbeError::Unreachable(
                 format!(
                     "the kubelet answered {} to the guard's own GET /configz",

@@ -412,6 +412,48 @@ async fn another_nodes_guard_certificate_is_refused_by_a_locked_kubelet() {
 }
 
 #[tokio::test]
+async fn a_kubelet_that_does_not_take_the_guards_certificate_yet_is_asked_on_the_default_port() {
+    // The rollout's observe step: the kubelet does not trust this guard's node CA yet, so it
+    // answers the guard's own GET /configz with 401. The read-only port still gets a verdict,
+    // from port 10255, and nothing counts as a failed probe.
+    let cluster = Cluster::start_with_node_pki(Auth::Locked, "168h", &[]).await;
+    let other = support::temp_dir("not-yet-trusted").join("pki");
+    make_node_pki(&other, "node-2", "168h");
+    let mut argv: Vec<String> = cluster
+        .flags(&[
+            "--kubelet-lockdown=warn",
+            "--kubelet-lockdown-interval=100ms",
+        ])
+        .into_iter()
+        .filter(|flag| !flag.starts_with("--upstream-client-"))
+        .collect();
+    argv.push(format!("--node-pki-dir={}", other.display()));
+    let guard = start_with_flags(&argv).await.unwrap();
+    let metrics = support::with_deadline("a read-only-port verdict", async {
+        loop {
+            let metrics = admin_get(guard.admin_addr, "/metrics").await;
+            if metrics.contains("kubelet_guard_kubelet_exposed{credential=\"read-only-port\"}") {
+                return metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        !metrics.contains("kind=\"lockdown-probe\""),
+        "a 401 to /configz is no failed probe: {metrics}"
+    );
+    let configz: Vec<_> = cluster
+        .kubelet
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/configz")
+        .collect();
+    assert!(!configz.is_empty());
+    assert!(configz.iter().all(|r| r.client_cn.is_none()), "{configz:?}");
+}
+
+#[tokio::test]
 async fn the_guard_renews_its_certificate_under_load_without_a_failed_request() {
     // Valid 10 s: renewed after about 6.7 s, expired at 10 s; the load runs past both.
     let cluster = Cluster::start_with_node_pki(Auth::Locked, "10s", &[]).await;

@@ -503,10 +503,17 @@ fn configz(shared: &Shared) -> Response<Body> {
     let read_only_port = match *shared.configz.lock().expect("configz") {
         Ok(port) => port,
         Err(StatusCode::NOT_FOUND) => return not_found(),
-        Err(status) => return text(status, "text/plain; charset=utf-8", "configz failed"),
+        Err(status) => {
+            return text(
+                status,
+                "text/plain; charset=utf-8",
+                "Authorization error (user=kubelet-guard, verb=get, resource=nodes, \
+                 subresource=configz)",
+            );
+        }
     };
-    let mut config = json!({"kind": "KubeletConfiguration",
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "address": "127.0.0.1", "port": 10250,
+    // Converted to v1beta1 without its type metadata, as the kubelet's configz shows it.
+    let mut config = json!({"address": "127.0.0.1", "port": 10250,
         "authentication": {"webhook": {"enabled": true}}, "authorization": {"mode": "Webhook"}});
     if read_only_port != 0 {
         config["readOnlyPort"] = json!(read_only_port);
