@@ -44,6 +44,12 @@ fi
 version=$(cargo metadata --locked --no-deps --format-version 1 |
   jq -r '.packages[] | select(.name == "kubelet-guard") | .version')
 source_url=${SOURCE_URL:-$(git remote get-url origin 2>/dev/null || true)}
+# The binary is built for this machine, so the image is for its architecture (OCI's names).
+case $(uname -m) in
+  x86_64) arch=amd64 ;;
+  aarch64) arch=arm64 ;;
+  *) echo "build.sh: no OCI architecture name known for $(uname -m)" >&2; exit 1 ;;
+esac
 
 # The Dockerfile's build stage remaps the same way (/src and /usr/local/cargo there).
 export RUSTFLAGS="--remap-path-prefix=$repo=. --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=cargo"
@@ -97,9 +103,9 @@ if [ -z "$source_url" ]; then
   echo "note: no SOURCE_URL and no git remote origin: label org.opencontainers.image.source left out" >&2
 fi
 
-jq -cn --arg created "$created" --arg diff_id "$diff_id" --argjson labels "$labels" '{
+jq -cn --arg created "$created" --arg diff_id "$diff_id" --argjson labels "$labels" --arg arch "$arch" '{
   created: $created,
-  architecture: "amd64",
+  architecture: $arch,
   os: "linux",
   config: {
     User: "65532:65532",
@@ -126,14 +132,15 @@ manifest_digest=$(blob "$work/manifest.json")
 
 # ref.name is the tag (`skopeo copy oci-archive:FILE:VERSION`); containerd and Docker name the
 # imported image after io.containerd.image.name, the reference the DaemonSet uses.
-jq -cn --arg manifest "$manifest_digest" --argjson size "$manifest_size" --arg version "$version" '{
+jq -cn --arg manifest "$manifest_digest" --argjson size "$manifest_size" --arg version "$version" \
+  --arg arch "$arch" '{
   schemaVersion: 2,
   mediaType: "application/vnd.oci.image.index.v1+json",
   manifests: [{
     mediaType: "application/vnd.oci.image.manifest.v1+json",
     digest: $manifest,
     size: $size,
-    platform: {architecture: "amd64", os: "linux"},
+    platform: {architecture: $arch, os: "linux"},
     annotations: {
       "org.opencontainers.image.ref.name": $version,
       "io.containerd.image.name": ("docker.io/library/kubelet-guard:" + $version)
