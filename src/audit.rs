@@ -43,8 +43,11 @@ pub const POD_CHECK: &str = "kubelet-guard.io/pod-check";
 pub const OBSERVED: &str = "kubelet-guard.io/observe";
 /// Annotation: bytes relayed to the kubelet over an upgraded stream.
 pub const BYTES_TO_KUBELET: &str = "kubelet-guard.io/bytes-to-kubelet";
-/// Annotation: bytes relayed to the caller over an upgraded stream.
+/// Annotation: bytes relayed to the caller over an upgraded stream, or of a forwarded response's
+/// body.
 pub const BYTES_TO_CALLER: &str = "kubelet-guard.io/bytes-to-caller";
+/// Annotation: how a forwarded response's body ended (`complete`, `caller-closed`, `error`).
+pub const RESPONSE_END: &str = "kubelet-guard.io/response-end";
 /// Annotation: how long an upgraded stream was open, in seconds to the millisecond (`1.500s`).
 pub const STREAM_DURATION: &str = "kubelet-guard.io/stream-duration";
 /// Annotation: how an upgraded stream ended (`caller-closed`, `kubelet-closed`, `shutdown`,

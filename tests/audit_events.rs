@@ -9,6 +9,7 @@ use std::process::Stdio;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
+use http_body_util::BodyExt;
 use serde_json::json;
 use support::audit_log::AuditLog;
 use support::guard::{Cluster, NODE};
@@ -200,6 +201,78 @@ async fn an_upgraded_stream_is_audited_when_it_starts_and_when_it_closes() {
             .as_str()
             .unwrap()
             .ends_with('s')
+    );
+}
+
+/// Opens a followed container log through the guard and reads its first line.
+async fn follow(cluster: &Cluster) -> hyper::body::Incoming {
+    let request = support::client::request("GET", FOLLOW, Some(TOKEN));
+    let response = cluster.client().send(cluster.addr(), request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"line 1\n");
+    body
+}
+
+const FOLLOW: &str = "/containerLogs/default/web-0/web?follow=true";
+
+#[tokio::test]
+async fn a_followed_log_is_audited_when_it_starts_and_when_its_body_ends() {
+    let (cluster, log) = audited(&[]).await;
+    cluster.api.allow(USER, "get", "proxy");
+    let body = follow(&cluster).await;
+    // While the log streams, its start is on record, and nothing says it is over.
+    let started = log.events(1).await;
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(started[0]["stage"], "ResponseStarted");
+    assert_eq!(started[0]["requestURI"], FOLLOW);
+    assert_eq!(started[0]["responseStatus"]["code"], 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 1..support::kubelet::FOLLOW_LINES {
+        cluster.kubelet.release_log_line();
+    }
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"line 2\nline 3\nline 4\nline 5\n");
+
+    let events = log.events(2).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let done = &events[1];
+    assert_eq!(done["stage"], "ResponseComplete");
+    assert_eq!(done["auditID"], started[0]["auditID"]);
+    assert_eq!(
+        done["annotations"]["kubelet-guard.io/bytes-to-caller"],
+        "35"
+    );
+    assert_eq!(
+        done["annotations"]["kubelet-guard.io/response-end"],
+        "complete"
+    );
+    let at = |event: &serde_json::Value| {
+        humantime::parse_rfc3339(event["stageTimestamp"].as_str().unwrap()).unwrap()
+    };
+    let lasted = at(done).duration_since(at(&started[0])).unwrap();
+    assert!(
+        lasted >= std::time::Duration::from_millis(300),
+        "the end is stamped when the body ended: {lasted:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_a_followed_log_is_recorded_as_gone_with_what_it_got() {
+    let (cluster, log) = audited(&[]).await;
+    cluster.api.allow(USER, "get", "proxy");
+    let body = follow(&cluster).await;
+    drop(body);
+    let done = log
+        .find("the followed log's end", |event| {
+            event["stage"] == "ResponseComplete"
+        })
+        .await;
+    assert_eq!(done["annotations"]["kubelet-guard.io/bytes-to-caller"], "7");
+    assert_eq!(
+        done["annotations"]["kubelet-guard.io/response-end"],
+        "caller-closed"
     );
 }
 

@@ -1,21 +1,29 @@
 //! The record step: for every request one audit event (two for an upgraded stream: at the 101 and
-//! when the stream closes), its metric samples, the `Audit-ID` response header, and a debug line.
-//! Nothing here may block the response or write a credential.
+//! when the stream closes; two for a followed container log: at its headers and when its body
+//! ends), its metric samples, the `Audit-ID` response header, and a debug line. A forwarded
+//! response's event is written when its body has ended, with the bytes the caller got and how it
+//! ended, so a log streamed for hours is not recorded as done in a millisecond. Nothing here may
+//! block the response or write a credential.
 
 mod enrich;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
 use super::{Peer, State};
 use crate::audit::redact::redact_target;
-use crate::audit::sink::Priority;
+use crate::audit::sink::{Auditor, Priority};
 use crate::audit::{self, Event, ObjectReference, ResponseStatus, Stage, UserInfo};
 use crate::authn::Identity;
 use crate::authz::{Decision, PodResource, Resource, Verdict};
@@ -167,7 +175,7 @@ fn finish(
     arrival: Arrival,
     trail: Trail,
     outcome: Outcome,
-    response: Option<&mut Response<Body>>,
+    mut response: Option<&mut Response<Body>>,
     stream: Option<JoinHandle<(Relayed, Tracked)>>,
 ) {
     let status = response.as_ref().map_or_else(
@@ -211,7 +219,8 @@ fn finish(
         return;
     }
     let audit_id = audit_id();
-    if let (Some(response), Ok(value)) = (response, HeaderValue::from_str(&audit_id)) {
+    if let (Some(response), Ok(value)) = (response.as_deref_mut(), HeaderValue::from_str(&audit_id))
+    {
         response.headers_mut().insert("audit-id", value);
     }
     // A caller that proved who it is keeps its events when unauthenticated noise floods the queue.
@@ -220,8 +229,8 @@ fn finish(
         _ => Priority::Unauthenticated,
     };
     let mut event = event(state, peer, &arrival, &trail, audit_id, status, decided);
-    match stream {
-        Some(stream) if status == StatusCode::SWITCHING_PROTOCOLS => {
+    match (stream, response) {
+        (Some(stream), _) if status == StatusCode::SWITCHING_PROTOCOLS => {
             event.stage = Stage::ResponseStarted;
             state.audit.record(event.clone(), priority);
             let audit = state.audit.clone();
@@ -259,7 +268,97 @@ fn finish(
                 audit.record(event, priority);
             });
         }
+        (_, Some(response)) if trail.forwarded && !response.body().is_end_stream() => {
+            // A followed log can stream for hours: say at once that it started.
+            if arrival.target.starts_with("/containerLogs/")
+                && response.body().size_hint().exact().is_none()
+            {
+                let mut started = event.clone();
+                started.stage = Stage::ResponseStarted;
+                state.audit.record(started, priority);
+            }
+            let empty = http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed();
+            let body = std::mem::replace(response.body_mut(), empty);
+            *response.body_mut() = Audited {
+                body,
+                sent: 0,
+                pending: Some((event, state.audit.clone(), priority)),
+            }
+            .boxed();
+        }
         _ => state.audit.record(event, priority),
+    }
+}
+
+/// A forwarded response's body, whose event is recorded when it ends or is dropped unfinished.
+struct Audited {
+    body: Body,
+    /// Bytes passed on to the caller so far.
+    sent: u64,
+    /// The event, until it is recorded.
+    pending: Option<(Event, Auditor, Priority)>,
+}
+
+impl Audited {
+    fn ended(&mut self, end: &'static str) {
+        if let Some((mut event, audit, priority)) = self.pending.take() {
+            event.stage_timestamp = timestamp(SystemTime::now());
+            event
+                .annotations
+                .insert(audit::BYTES_TO_CALLER, self.sent.to_string());
+            event
+                .annotations
+                .insert(audit::RESPONSE_END, end.to_owned());
+            audit.record(event, priority);
+        }
+    }
+}
+
+impl hyper::body::Body for Audited {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                if this.body.is_end_stream() {
+                    this.ended("complete");
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.ended("error"),
+            Poll::Ready(None) => this.ended("complete"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        let end = if self.body.is_end_stream() {
+            "complete"
+        } else {
+            "caller-closed"
+        };
+        self.ended(end);
     }
 }
 
