@@ -277,6 +277,35 @@ async fn a_caller_that_leaves_a_followed_log_is_recorded_as_gone_with_what_it_go
 }
 
 #[tokio::test]
+async fn an_ipv4_caller_of_a_dual_stack_listener_is_recorded_by_its_ipv4_address() {
+    let cluster = Cluster::start(&[]).await;
+    cluster.api.add_token(TOKEN, USER, "uid-42", &["ops"]);
+    cluster.api.allow("ops", "get", "proxy");
+    let log = AuditLog::new();
+    let argv: Vec<String> = cluster
+        .flags(&[log.flag()])
+        .into_iter()
+        .map(|flag| {
+            if flag.starts_with("--listen=") {
+                "--listen=[::]:0".to_owned()
+            } else {
+                flag
+            }
+        })
+        .collect();
+    let guard = support::guard::start_with_flags(&argv).await.unwrap();
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], guard.proxy_addr.port()));
+    let (status, _, _) = cluster.client().get(v4, "/pods", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    let event = log.events(1).await.remove(0);
+    assert_eq!(
+        event["sourceIPs"],
+        json!(["127.0.0.1"]),
+        "not ::ffff:127.0.0.1"
+    );
+}
+
+#[tokio::test]
 async fn no_token_reaches_an_event_or_a_log_line() {
     let cluster = Cluster::start(&[]).await;
     cluster.api.add_token(TOKEN, USER, "", &[]);

@@ -495,7 +495,8 @@ fn event(
             .map_or("", |c| c.verb().as_str())
             .to_owned(),
         user: trail.who.as_deref().map(user_info).unwrap_or_default(),
-        source_ips: vec![peer.addr.ip().to_string()],
+        // An IPv4 caller of a dual-stack listener as kube-apiserver writes it, not `::ffff:a.b.c.d`.
+        source_ips: vec![peer.addr.ip().to_canonical().to_string()],
         user_agent: arrival.user_agent.clone(),
         object_ref: trail.classified.as_ref().map(|_| ObjectReference {
             resource: "nodes",
