@@ -178,7 +178,7 @@ impl Metrics {
         registry.register(Box::new(connections.clone()))?;
         let audit_dropped = counter(
             "kubelet_guard_audit_events_dropped_total",
-            "Audit events dropped: queue-full (no room at all), reserved-for-authenticated (an unauthenticated request's event met the share kept for authenticated ones), or write-error (the audit log file could not be written).",
+            "Audit events dropped: queue-full (no room at all), reserved-for-authenticated (an unauthenticated request's event met the share kept for authenticated ones), write-error (the audit log file could not be written), or webhook-failed (the events of a webhook batch given up after its retries).",
             &["reason"],
         )?;
         for reason in crate::audit::sink::DROP_REASONS {

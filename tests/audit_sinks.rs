@@ -297,7 +297,9 @@ async fn a_receiver_that_stays_down_costs_one_counted_batch() {
     assert_eq!(batches[0]["items"][0]["auditID"], audit_id(1));
     let stopped = trail.stop().await;
     assert_eq!(stopped.webhook_failures, 1);
-    assert_eq!(stopped.dropped, 0, "a failed batch is not a full queue");
+    let lost = |reason: &str| stopped.dropped_counter.with_label_values(&[reason]).get();
+    assert_eq!(lost("webhook-failed"), 1, "the batch's one event");
+    assert_eq!(stopped.dropped, 1, "a failed batch is not a full queue");
 }
 
 #[tokio::test]

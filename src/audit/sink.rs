@@ -116,7 +116,12 @@ pub enum Priority {
 }
 
 /// The `reason` labels of `kubelet_guard_audit_events_dropped_total`.
-pub const DROP_REASONS: [&str; 3] = ["queue-full", "reserved-for-authenticated", "write-error"];
+pub const DROP_REASONS: [&str; 4] = [
+    "queue-full",
+    "reserved-for-authenticated",
+    "write-error",
+    "webhook-failed",
+];
 
 /// Most bytes of events (by [`Event::weight`]) one sink's queue holds.
 pub const QUEUE_BYTES: usize = 64 << 20;
@@ -161,8 +166,8 @@ impl Auditor {
     /// task per sink. The returned handle finishes once every writer has drained its queue after
     /// `shutdown` turns true (or its sender is dropped, or every `Auditor` clone is).
     ///
-    /// `dropped` counts events a full queue refused; `webhook_failures` counts webhook batches
-    /// abandoned after every retry.
+    /// `dropped` counts events a full queue refused, a file could not take, or a webhook batch
+    /// abandoned held; `webhook_failures` counts those batches.
     pub async fn start(
         settings: &AuditSettings,
         dropped: IntCounterVec,
@@ -172,7 +177,14 @@ impl Auditor {
         // Open everything before spawning anything, so a bad file leaves no task behind.
         let log = settings.log.as_ref().map(LogSink::open).transpose()?;
         let webhook = match &settings.webhook {
-            Some(webhook) => Some(WebhookSink::connect(webhook, webhook_failures).await?),
+            Some(webhook) => Some(
+                WebhookSink::connect(
+                    webhook,
+                    webhook_failures,
+                    dropped.with_label_values(&["webhook-failed"]),
+                )
+                .await?,
+            ),
             None => None,
         };
         if log.is_none() && webhook.is_none() {

@@ -48,6 +48,8 @@ pub(crate) struct WebhookSink {
     batch_max_wait: Duration,
     initial_backoff: Duration,
     failures: IntCounter,
+    /// The events of abandoned batches.
+    lost: IntCounter,
 }
 
 /// Most attempts per batch, the first included (kube-apiserver's backoff has 5 steps).
@@ -76,6 +78,7 @@ impl WebhookSink {
     pub(crate) async fn connect(
         settings: &WebhookSettings,
         failures: IntCounter,
+        lost: IntCounter,
     ) -> Result<Self, AuditError> {
         let fail = |message: String| AuditError {
             flag: FLAG,
@@ -102,6 +105,7 @@ impl WebhookSink {
             batch_max_wait: settings.batch_max_wait,
             initial_backoff: settings.initial_backoff,
             failures,
+            lost,
         })
     }
 
@@ -160,6 +164,7 @@ impl WebhookSink {
 
     fn give_up(&self, events: usize, attempts: u32, error: &str) {
         self.failures.inc();
+        self.lost.inc_by(events as u64);
         tracing::error!(
             config = %self.config_file.display(),
             events,
