@@ -570,7 +570,6 @@ fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at.max(SystemTime::UNIX_EPOCH)).to_string()
 }
 
-/// A random (version 4) UUID.
 /// A version-4 UUID: 64 random bits drawn once per process, then a counter mixed by a bijection
 /// so that IDs are unique within the process and look random across it, with no system call per
 /// request. Audit IDs name events; they are no secret.
@@ -589,10 +588,17 @@ fn audit_id() -> String {
         u64::from_le_bytes(bytes)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    uuid(seed, mix(n ^ seed.rotate_left(32)))
+}
+
+/// The UUID of `seed` and `mixed`, every bit of `mixed` kept: the variant takes the top two bits
+/// of its half, so those two go into the seed's half instead, where nothing else varies.
+fn uuid(seed: u64, mixed: u64) -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&seed.to_be_bytes());
-    bytes[8..].copy_from_slice(&mix(n ^ seed.rotate_left(32)).to_be_bytes());
+    bytes[8..].copy_from_slice(&mixed.to_be_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[7] ^= (mixed >> 62) as u8;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(36);
@@ -627,6 +633,11 @@ mod tests {
         assert_ne!(id, audit_id());
         let many: std::collections::HashSet<String> = (0..10_000).map(|_| audit_id()).collect();
         assert_eq!(many.len(), 10_000);
+        // The variant's two bits overwrite none of the counter's.
+        let mixed = 0x0123_4567_89ab_cdef;
+        let ids: std::collections::HashSet<String> =
+            (0..4u64).map(|top| uuid(7, mixed ^ (top << 62))).collect();
+        assert_eq!(ids.len(), 4, "{ids:?}");
     }
 
     #[test]
