@@ -46,7 +46,8 @@ pub const BYTES_TO_KUBELET: &str = "kubelet-guard.io/bytes-to-kubelet";
 /// Annotation: bytes relayed to the caller over an upgraded stream, or of a forwarded response's
 /// body.
 pub const BYTES_TO_CALLER: &str = "kubelet-guard.io/bytes-to-caller";
-/// Annotation: how a forwarded response's body ended (`complete`, `caller-closed`, `error`).
+/// Annotation: how a forwarded response's body ended (`complete`, `caller-closed`, `shutdown`,
+/// `certificate-expired`, `error`).
 pub const RESPONSE_END: &str = "kubelet-guard.io/response-end";
 /// Annotation: how long an upgraded stream was open, in seconds to the millisecond (`1.500s`).
 pub const STREAM_DURATION: &str = "kubelet-guard.io/stream-duration";
@@ -96,7 +97,7 @@ pub struct Event {
     /// Unique per request; also sent to the caller as `Audit-ID`.
     #[serde(rename = "auditID")]
     pub audit_id: String,
-    /// `ResponseStarted` (an upgrade's 101) or `ResponseComplete`.
+    /// `ResponseStarted` (an upgrade's 101, a container log's headers) or `ResponseComplete`.
     pub stage: Stage,
     /// Path and query as received, with the credentials [`redact`] recognises redacted.
     #[serde(rename = "requestURI")]
@@ -155,7 +156,8 @@ impl Event {
 /// Audit stages used by the guard.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub enum Stage {
-    /// The response headers were sent and the body keeps flowing (an upgraded stream).
+    /// The response headers were sent and the body keeps flowing (an upgraded stream, a
+    /// container log).
     ResponseStarted,
     /// The exchange is over.
     ResponseComplete,

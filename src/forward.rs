@@ -251,6 +251,13 @@ impl Upstream {
         watched
     }
 
+    /// Counts a response still on its way to a caller, so that shutdown's drain waits for what it
+    /// records when it ends (an HTTP/2 stream's body lives in a task of its own, outside its
+    /// connection's).
+    pub fn track(&self) -> Tracked {
+        self.streams.track()
+    }
+
     /// The polled TLS files, to poll at once when the guard renewed its own certificate.
     pub fn client_files(&self) -> Arc<dyn Poll> {
         self.clients.clone()

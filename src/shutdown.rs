@@ -87,6 +87,11 @@ impl Tracked {
     pub async fn closing(&mut self) {
         let _ = self.0.wait_for(|phase| *phase == Phase::Closing).await;
     }
+
+    /// Whether the grace period is over and everything must close.
+    pub fn is_closing(&self) -> bool {
+        *self.0.borrow() == Phase::Closing
+    }
 }
 
 #[cfg(test)]

@@ -206,8 +206,16 @@ async fn an_upgraded_stream_is_audited_when_it_starts_and_when_it_closes() {
 
 /// Opens a followed container log through the guard and reads its first line.
 async fn follow(cluster: &Cluster) -> hyper::body::Incoming {
+    follow_with(cluster, cluster.client()).await
+}
+
+/// As [`follow`], with `client`.
+async fn follow_with(
+    cluster: &Cluster,
+    client: support::client::TlsClient,
+) -> hyper::body::Incoming {
     let request = support::client::request("GET", FOLLOW, Some(TOKEN));
-    let response = cluster.client().send(cluster.addr(), request).await;
+    let response = client.send(cluster.addr(), request).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -273,6 +281,28 @@ async fn a_caller_that_leaves_a_followed_log_is_recorded_as_gone_with_what_it_go
     assert_eq!(
         done["annotations"]["kubelet-guard.io/response-end"],
         "caller-closed"
+    );
+}
+
+#[tokio::test]
+async fn logs_cut_at_shutdown_end_as_shutdown_and_are_still_written() {
+    let (cluster, log) = audited(&["--shutdown-grace-period=200ms"]).await;
+    cluster.api.allow(USER, "get", "proxy");
+    // Over HTTP/2 a stream's body lives in a task of its own, outside its connection's.
+    let _h1 = follow(&cluster).await;
+    let _h2 = follow_with(&cluster, cluster.client().http2()).await;
+    support::with_deadline("the guard stops", cluster.guard.stop()).await;
+    let text = log.text();
+    let ends: Vec<String> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["stage"] == "ResponseComplete")
+        .map(|event| event["annotations"]["kubelet-guard.io/response-end"].to_string())
+        .collect();
+    assert_eq!(
+        ends,
+        [r#""shutdown""#, r#""shutdown""#],
+        "written before the guard stopped:\n{text}"
     );
 }
 

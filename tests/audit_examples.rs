@@ -91,10 +91,12 @@ async fn the_documented_examples_are_what_the_guard_writes() {
     scrape
         .headers_mut()
         .insert("user-agent", "Prometheus/3.5.0".parse().unwrap());
-    assert_eq!(
-        cluster.client().send(cluster.addr(), scrape).await.status(),
-        StatusCode::OK
-    );
+    let scraped = cluster.client().send(cluster.addr(), scrape).await;
+    assert_eq!(scraped.status(), StatusCode::OK);
+    // Read whole, so its event says `complete`, not that the caller left.
+    http_body_util::BodyExt::collect(scraped.into_body())
+        .await
+        .unwrap();
     let refused = "/exec/team-a/web-0/app?command=sh&command=-c\
                    &command=cat%20/var/run/secrets/kubernetes.io/serviceaccount/token\
                    &input=1&output=1&tty=1";

@@ -15,7 +15,8 @@
 //! each later wait 1.5 times the last (kube-apiserver's factor), for at most [`MAX_ATTEMPTS`]
 //! attempts; then the batch is dropped. Any other answer (a 400, or a 413 for a body the receiver
 //! will never take) drops it at once, as kube-apiserver's webhook does not retry it either. A
-//! dropped batch is counted in `kubelet_guard_audit_webhook_failures_total` and logged.
+//! dropped batch is counted in `kubelet_guard_audit_webhook_failures_total`, its events in
+//! `kubelet_guard_audit_events_dropped_total{reason="webhook-failed"}`, and logged.
 //! Batches go out one at a time; while one is retried new events wait in the queue, whose overflow
 //! the `Auditor` counts. On shutdown the batch in hand and everything queued are sent within
 //! [`SHUTDOWN_GRACE`], retries included. Logs name the kubeconfig file, never the URL (it may

@@ -1,7 +1,7 @@
 //! The record step: for every request one audit event (two for an upgraded stream: at the 101 and
-//! when the stream closes; two for a followed container log: at its headers and when its body
-//! ends), its metric samples, the `Audit-ID` response header, and a debug line. A forwarded
-//! response's event is written when its body has ended, with the bytes the caller got and how it
+//! when the stream closes; two for a container log: at its headers and when its body ends), its
+//! metric samples, the `Audit-ID` response header, and a debug line. A forwarded response's event
+//! is written when its body has ended, with the bytes handed to the caller's connection and how it
 //! ended, so a log streamed for hours is not recorded as done in a millisecond. Nothing here may
 //! block the response or write a credential.
 
@@ -62,6 +62,9 @@ pub(super) struct Pending<'a> {
     arrival: Option<Arrival>,
     /// What the pipeline learns.
     pub(super) trail: Trail,
+    /// With an audit sink, keeps shutdown's drain (and so the audit writers) waiting until the
+    /// event is queued: dropped after [`Drop::drop`] has recorded it.
+    _open: Option<Tracked>,
 }
 
 /// The status an abandoned request is recorded with: nginx's "client closed request", as no
@@ -76,6 +79,7 @@ impl<'a> Pending<'a> {
             peer,
             arrival: Some(arrival),
             trail: Trail::default(),
+            _open: state.audit.is_enabled().then(|| state.upstream.track()),
         }
     }
 
@@ -268,11 +272,19 @@ fn finish(
                 audit.record(event, priority);
             });
         }
-        (_, Some(response)) if trail.forwarded && !response.body().is_end_stream() => {
-            // A followed log can stream for hours: say at once that it started.
-            if arrival.target.starts_with("/containerLogs/")
-                && response.body().size_hint().exact().is_none()
-            {
+        (_, Some(response)) if trail.forwarded && outcome == Outcome::Allowed => {
+            // The kubelet's body: recorded once it has gone to the caller.
+            if response.body().is_end_stream() {
+                event.annotations.insert(audit::BYTES_TO_CALLER, "0".into());
+                event
+                    .annotations
+                    .insert(audit::RESPONSE_END, "complete".into());
+                state.audit.record(event, priority);
+                return;
+            }
+            // A container log can stream for hours (kube-apiserver counts `log` as long-running):
+            // say at once that it started.
+            if arrival.target.starts_with("/containerLogs/") {
                 let mut started = event.clone();
                 started.stage = Stage::ResponseStarted;
                 state.audit.record(started, priority);
@@ -285,6 +297,8 @@ fn finish(
                 body,
                 sent: 0,
                 pending: Some((event, state.audit.clone(), priority)),
+                expires: peer.expires,
+                open: state.upstream.track(),
             }
             .boxed();
         }
@@ -295,10 +309,15 @@ fn finish(
 /// A forwarded response's body, whose event is recorded when it ends or is dropped unfinished.
 struct Audited {
     body: Body,
-    /// Bytes passed on to the caller so far.
+    /// Bytes handed to the caller's connection so far.
     sent: u64,
     /// The event, until it is recorded.
     pending: Option<(Event, Auditor, Priority)>,
+    /// When the caller's certificate expires, which closes its connection.
+    expires: Option<tokio::time::Instant>,
+    /// Keeps shutdown's drain waiting until the event is queued (dropped after [`Drop::drop`]),
+    /// and says whether the guard is closing everything.
+    open: Tracked,
 }
 
 impl Audited {
@@ -355,6 +374,13 @@ impl Drop for Audited {
     fn drop(&mut self) {
         let end = if self.body.is_end_stream() {
             "complete"
+        } else if self.open.is_closing() {
+            "shutdown"
+        } else if self
+            .expires
+            .is_some_and(|at| at <= tokio::time::Instant::now())
+        {
+            "certificate-expired"
         } else {
             "caller-closed"
         };
