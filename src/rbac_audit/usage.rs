@@ -93,6 +93,10 @@ impl Usage {
             };
             for event in &events {
                 usage.events += 1;
+                // A stream's or a log's start and end are one call: counted once, at its end.
+                if event.stage == "ResponseStarted" {
+                    continue;
+                }
                 usage.calls.extend(Call::of(event));
                 usage.refused.extend(Refused::of(event));
             }
@@ -186,6 +190,8 @@ pub(super) struct Recorded {
     #[serde(default)]
     kind: String,
     #[serde(default)]
+    stage: String,
+    #[serde(default)]
     pub(super) verb: String,
     #[serde(default, rename = "requestURI")]
     pub(super) request_uri: String,
@@ -258,6 +264,20 @@ mod tests {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
         }
+    }
+
+    #[test]
+    fn a_stream_started_and_completed_is_one_call() {
+        let complete = event("alice", "get", "proxy", "allow", "");
+        let started = complete.replacen(
+            r#""kind":"Event""#,
+            r#""kind":"Event","stage":"ResponseStarted""#,
+            1,
+        );
+        let log = started + "\n" + &complete;
+        let usage = Usage::parse("a.log", &log);
+        assert_eq!(usage.events, 2);
+        assert_eq!(usage.of(&subject("User", "alice", "")).calls, 1);
     }
 
     #[test]
