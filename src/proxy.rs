@@ -99,7 +99,10 @@ pub async fn handle(state: &State, peer: &Peer, request: Request<Incoming>) -> R
     let mut pending = Pending::new(state, peer, arrival);
     let trail = &mut pending.trail;
     let (mut response, outcome, stream) = match guard(state, peer, request, trail).await {
-        Ok(Forwarded { response, stream }) => (response, Outcome::Allowed, stream),
+        Ok(Forwarded { response, stream }) => {
+            trail.kubelet_answered = true;
+            (response, Outcome::Allowed, stream)
+        }
         Err(refusal) => {
             let (response, outcome, message) = refuse(&refusal, &state.metrics);
             trail.message = Some(message);

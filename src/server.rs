@@ -148,12 +148,16 @@ pub async fn serve_proxy(proxy: Proxy, mut stop: watch::Receiver<bool>) {
     }
     // No new connections from here on; the kernel refuses them once the socket is closed.
     drop(listener);
-    tracing::info!(open = drain.open(), "draining connections");
+    tracing::info!(
+        open = drain.open(),
+        "draining connections, streams and responses"
+    );
     let closed = drain.run(grace).await;
     if closed > 0 {
         tracing::warn!(
             closed,
-            "connections and streams still open at the end of --shutdown-grace-period were closed"
+            "connections, streams and responses still open at the end of \
+             --shutdown-grace-period were closed"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! Graceful shutdown's bookkeeping, below every module that must stop: the stop signal every
 //! background task waits on ([`stopped`]), and the drain of the guarded listener: every caller
-//! connection and every upgraded stream holds a [`Tracked`] for as long as it is open, so the
-//! listener knows when all of them are gone.
+//! connection and every upgraded stream holds a [`Tracked`] for as long as it is open (and, with
+//! an audit sink, every request and forwarded body until its event is queued), so the listener
+//! knows when all of them are gone.
 //!
 //! Shutdown has two phases. *Draining*: connections finish the requests they are serving and
 //! close (HTTP/1.1 after the response in flight, HTTP/2 after a GOAWAY), while upgraded streams
@@ -29,7 +30,7 @@ enum Phase {
 #[derive(Clone, Debug)]
 pub struct Drain(watch::Sender<Phase>);
 
-/// One open connection or stream, counted until dropped.
+/// One open connection, stream, or (with an audit sink) request or body, counted until dropped.
 #[derive(Debug)]
 pub struct Tracked(watch::Receiver<Phase>);
 
@@ -65,7 +66,7 @@ impl Drain {
             .await
             .is_err()
         {
-            tracing::warn!(open = self.open(), "connections still open after closing");
+            tracing::warn!(open = self.open(), "still open after closing");
         }
         left
     }

@@ -285,6 +285,26 @@ async fn a_caller_that_leaves_a_followed_log_is_recorded_as_gone_with_what_it_go
 }
 
 #[tokio::test]
+async fn the_guards_own_answer_for_a_failed_kubelet_is_not_recorded_as_its_body() {
+    let (cluster, log) = audited(&[]).await;
+    cluster.api.allow(USER, "get", "proxy");
+    drop(cluster.kubelet);
+    let client = support::client::TlsClient::new(cluster.ca.cert_path(), None);
+    let (status, _, _) = client
+        .get(cluster.guard.proxy_addr, "/pods", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let event = log.events(1).await.remove(0);
+    assert_eq!(event["responseStatus"]["code"], 502);
+    let annotations = event["annotations"].as_object().unwrap();
+    assert!(
+        !annotations.contains_key("kubelet-guard.io/response-end")
+            && !annotations.contains_key("kubelet-guard.io/bytes-to-caller"),
+        "{annotations:?}"
+    );
+}
+
+#[tokio::test]
 async fn logs_cut_at_shutdown_end_as_shutdown_and_are_still_written() {
     let (cluster, log) = audited(&["--shutdown-grace-period=200ms"]).await;
     cluster.api.allow(USER, "get", "proxy");

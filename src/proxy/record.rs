@@ -51,6 +51,8 @@ pub(super) struct Trail {
     pub(super) authorized: bool,
     /// Whether the request went to the kubelet.
     pub(super) forwarded: bool,
+    /// Whether the response is the kubelet's (not the guard's 5xx for a kubelet that failed).
+    pub(super) kubelet_answered: bool,
 }
 
 /// A request being handled; recorded when it is answered, or, if hyper drops the handler first
@@ -272,7 +274,14 @@ fn finish(
                 audit.record(event, priority);
             });
         }
-        (_, Some(response)) if trail.forwarded && outcome == Outcome::Allowed => {
+        (_, Some(response)) if trail.kubelet_answered => {
+            // A container log can stream for hours (kube-apiserver counts `log` as long-running):
+            // say at once that it started.
+            if arrival.target.starts_with("/containerLogs/") {
+                let mut started = event.clone();
+                started.stage = Stage::ResponseStarted;
+                state.audit.record(started, priority);
+            }
             // The kubelet's body: recorded once it has gone to the caller.
             if response.body().is_end_stream() {
                 event.annotations.insert(audit::BYTES_TO_CALLER, "0".into());
@@ -281,13 +290,6 @@ fn finish(
                     .insert(audit::RESPONSE_END, "complete".into());
                 state.audit.record(event, priority);
                 return;
-            }
-            // A container log can stream for hours (kube-apiserver counts `log` as long-running):
-            // say at once that it started.
-            if arrival.target.starts_with("/containerLogs/") {
-                let mut started = event.clone();
-                started.stage = Stage::ResponseStarted;
-                state.audit.record(started, priority);
             }
             let empty = http_body_util::Empty::new()
                 .map_err(|never| match never {})
