@@ -72,6 +72,9 @@ impl Usage {
             warnings: Vec::new(),
         };
         let mut skipped = Vec::new();
+        // A stream's or a log's start and end are two events with one audit ID and one call: it
+        // counts once, from whichever is read first (a stream still open has only its start).
+        let mut seen = std::collections::HashSet::new();
         for (index, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -93,8 +96,7 @@ impl Usage {
             };
             for event in &events {
                 usage.events += 1;
-                // A stream's or a log's start and end are one call: counted once, at its end.
-                if event.stage == "ResponseStarted" {
+                if !event.audit_id.is_empty() && !seen.insert(event.audit_id.clone()) {
                     continue;
                 }
                 usage.calls.extend(Call::of(event));
@@ -189,8 +191,8 @@ impl Call {
 pub(super) struct Recorded {
     #[serde(default)]
     kind: String,
-    #[serde(default)]
-    stage: String,
+    #[serde(default, rename = "auditID")]
+    audit_id: String,
     #[serde(default)]
     pub(super) verb: String,
     #[serde(default, rename = "requestURI")]
@@ -267,17 +269,19 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_started_and_completed_is_one_call() {
-        let complete = event("alice", "get", "proxy", "allow", "");
-        let started = complete.replacen(
-            r#""kind":"Event""#,
-            r#""kind":"Event","stage":"ResponseStarted""#,
-            1,
-        );
-        let log = started + "\n" + &complete;
+    fn a_stream_started_and_completed_is_one_call_and_one_still_open_is_one_too() {
+        let with_id = |id: &str| {
+            event("alice", "get", "proxy", "allow", "").replacen(
+                r#""kind":"Event""#,
+                &format!(r#""kind":"Event","auditID":"{id}""#),
+                1,
+            )
+        };
+        // Started and completed, then one whose end is not in the log yet.
+        let log = [with_id("a"), with_id("a"), with_id("b")].join("\n");
         let usage = Usage::parse("a.log", &log);
-        assert_eq!(usage.events, 2);
-        assert_eq!(usage.of(&subject("User", "alice", "")).calls, 1);
+        assert_eq!(usage.events, 3);
+        assert_eq!(usage.of(&subject("User", "alice", "")).calls, 2);
     }
 
     #[test]
