@@ -585,6 +585,13 @@ fn reason(status: StatusCode) -> Option<&'static str> {
         StatusCode::FORBIDDEN => "Forbidden",
         StatusCode::NOT_FOUND => "NotFound",
         StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::NOT_ACCEPTABLE => "NotAcceptable",
+        StatusCode::CONFLICT => "Conflict",
+        StatusCode::GONE => "Gone",
+        StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        StatusCode::UNPROCESSABLE_ENTITY => "Invalid",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
         StatusCode::GATEWAY_TIMEOUT => "Timeout",
         s if s.is_server_error() => "InternalError",
@@ -666,6 +673,30 @@ mod tests {
         let ids: std::collections::HashSet<String> =
             (0..4u64).map(|top| uuid(7, mixed ^ (top << 62))).collect();
         assert_eq!(ids.len(), 4, "{ids:?}");
+    }
+
+    #[test]
+    fn every_kubernetes_status_reason_a_kubelet_answer_can_have_is_named() {
+        for (code, wanted) in [
+            (400, Some("BadRequest")),
+            (404, Some("NotFound")),
+            (409, Some("Conflict")),
+            (410, Some("Gone")),
+            (413, Some("RequestEntityTooLarge")),
+            (415, Some("UnsupportedMediaType")),
+            (422, Some("Invalid")),
+            (429, Some("TooManyRequests")),
+            (500, Some("InternalError")),
+            (504, Some("Timeout")),
+            (499, None),
+            (200, None),
+        ] {
+            assert_eq!(
+                reason(StatusCode::from_u16(code).unwrap()),
+                wanted,
+                "{code}"
+            );
+        }
     }
 
     #[test]
