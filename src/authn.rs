@@ -84,6 +84,18 @@ pub enum PeerCertificate {
 }
 
 impl PeerCertificate {
+    /// Who a verified certificate names, while it is valid.
+    pub fn current_identity(&self) -> Option<&Arc<Identity>> {
+        match self {
+            Self::Identity {
+                identity,
+                not_after,
+                ..
+            } if std::time::SystemTime::now() <= *not_after => Some(identity),
+            _ => None,
+        }
+    }
+
     /// When a verified certificate stops being valid, on the runtime's clock: a second after its
     /// `notAfter`, through which it is valid. `None` without one.
     pub fn expires(&self) -> Option<tokio::time::Instant> {

@@ -285,6 +285,34 @@ async fn a_caller_that_leaves_a_followed_log_is_recorded_as_gone_with_what_it_go
 }
 
 #[tokio::test]
+async fn a_request_refused_before_authentication_names_the_verified_certificate() {
+    let (cluster, log) = audited(&[]).await;
+    let client = cluster.client_with_cert("probe-bot", &["scanners"]);
+    let raw = client
+        .raw(
+            cluster.addr(),
+            b"GET /stats/%2e%2e/exec/a/b/c HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    let event = log.events(1).await.remove(0);
+    assert_eq!(event["user"]["username"], "probe-bot");
+    assert_eq!(
+        event["user"]["groups"],
+        json!(["scanners", "system:authenticated"])
+    );
+    assert_eq!(
+        event["annotations"]["kubelet-guard.io/authentication"],
+        "x509"
+    );
+    assert!(
+        event["annotations"]
+            .get("authorization.k8s.io/decision")
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn the_guards_own_answer_for_a_failed_kubelet_is_not_recorded_as_its_body() {
     let (cluster, log) = audited(&[]).await;
     cluster.api.allow(USER, "get", "proxy");

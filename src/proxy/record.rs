@@ -179,11 +179,19 @@ fn finish(
     state: &State,
     peer: &Peer,
     arrival: Arrival,
-    trail: Trail,
+    mut trail: Trail,
     outcome: Outcome,
     mut response: Option<&mut Response<Body>>,
     stream: Option<JoinHandle<(Relayed, Tracked)>>,
 ) {
+    // Refused before authentication (a target read two ways, a method the kubelet has no route
+    // for), a caller whose certificate the handshake verified is still named.
+    if trail.who.is_none()
+        && trail.classified.is_none()
+        && peer.trust.as_ref().is_none_or(|trust| trust.holds())
+    {
+        trail.who = peer.certificate.current_identity().cloned();
+    }
     let status = response.as_ref().map_or_else(
         || StatusCode::from_u16(ABANDONED).unwrap_or(StatusCode::BAD_REQUEST),
         |response| response.status(),
