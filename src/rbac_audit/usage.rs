@@ -96,7 +96,13 @@ impl Usage {
             };
             for event in &events {
                 usage.events += 1;
-                if !event.audit_id.is_empty() && !seen.insert(event.audit_id.clone()) {
+                let repeated = if event.audit_id.is_empty() {
+                    // No ID to pair them by: the start is the one left out.
+                    event.stage == "ResponseStarted"
+                } else {
+                    !seen.insert(event.audit_id.clone())
+                };
+                if repeated {
                     continue;
                 }
                 usage.calls.extend(Call::of(event));
@@ -194,6 +200,8 @@ pub(super) struct Recorded {
     #[serde(default, rename = "auditID")]
     audit_id: String,
     #[serde(default)]
+    stage: String,
+    #[serde(default)]
     pub(super) verb: String,
     #[serde(default, rename = "requestURI")]
     pub(super) request_uri: String,
@@ -282,6 +290,15 @@ mod tests {
         let usage = Usage::parse("a.log", &log);
         assert_eq!(usage.events, 3);
         assert_eq!(usage.of(&subject("User", "alice", "")).calls, 2);
+        // Without IDs, the start is left out.
+        let complete = event("alice", "get", "proxy", "allow", "");
+        let started = complete.replacen(
+            r#""kind":"Event""#,
+            r#""kind":"Event","stage":"ResponseStarted""#,
+            1,
+        );
+        let usage = Usage::parse("a.log", &(started + "\n" + &complete));
+        assert_eq!(usage.of(&subject("User", "alice", "")).calls, 1);
     }
 
     #[test]
