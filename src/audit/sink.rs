@@ -109,9 +109,9 @@ pub struct Auditor {
 /// Whose request an event records, which decides how much of a queue it may fill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
-    /// A caller that authenticated: the whole queue.
+    /// A caller that authenticated, or whose verified certificate names it: the whole queue.
     Authenticated,
-    /// A request refused before anyone was authenticated: half the queue.
+    /// A request from nobody the guard could name: half the queue.
     Unauthenticated,
 }
 

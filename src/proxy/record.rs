@@ -186,7 +186,8 @@ fn finish(
 ) {
     // Refused before authentication (a target read two ways, a method the kubelet has no route
     // for), a caller whose certificate the handshake verified is still named.
-    if trail.who.is_none()
+    if state.audit.is_enabled()
+        && trail.who.is_none()
         && trail.classified.is_none()
         && peer.trust.as_ref().is_none_or(|trust| trust.holds())
     {
