@@ -209,17 +209,41 @@ async fn a_kubelet_that_also_trusts_the_cluster_ca_reads_exposed_to_certificates
     assert!(readyz.contains("clientCAFile"), "{readyz}");
 }
 
+/// A locked kubelet and a guard that requires it, probing every 100 ms.
+async fn requiring() -> Cluster {
+    Cluster::start_with_node_pki(
+        Auth::Locked,
+        "168h",
+        &[
+            "--kubelet-lockdown=require",
+            "--kubelet-lockdown-interval=100ms",
+        ],
+    )
+    .await
+}
+
 /// Waits until the guard's `/readyz` answers 200.
 async fn until_ready(cluster: &Cluster) {
-    support::with_deadline("ready", async {
-        while !admin_get(cluster.guard.admin_addr, "/readyz")
-            .await
-            .starts_with("HTTP/1.1 200")
-        {
+    until_readyz(cluster, "HTTP/1.1 200").await;
+}
+
+/// Waits until the guard's `/readyz` answers 503 (readiness is held at the end of a probe round,
+/// a moment after its gauges are set) and returns the answer.
+async fn until_unready(cluster: &Cluster) -> String {
+    until_readyz(cluster, "HTTP/1.1 503").await
+}
+
+async fn until_readyz(cluster: &Cluster, status_line: &str) -> String {
+    support::with_deadline(status_line, async {
+        loop {
+            let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+            if readyz.starts_with(status_line) {
+                return readyz;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .await;
+    .await
 }
 
 /// Waits until `kubelet_guard_kubelet_exposed{credential="read-only-port"}` reads `value`.
@@ -235,24 +259,15 @@ async fn read_only_port_reads(cluster: &Cluster, value: &str) {
 
 #[tokio::test]
 async fn a_kubelet_serving_its_read_only_port_reads_exposed_until_it_stops() {
-    let cluster = Cluster::start_with_node_pki(
-        Auth::Locked,
-        "168h",
-        &[
-            "--kubelet-lockdown=require",
-            "--kubelet-lockdown-interval=100ms",
-        ],
-    )
-    .await;
+    let cluster = requiring().await;
     // Tokens and anonymous requests refused, but the port that takes no credential is open.
     cluster.kubelet.report_read_only_port(10255);
     read_only_port_reads(&cluster, "1").await;
-    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
+    let readyz = until_unready(&cluster).await;
     eprintln!(
         "kubelet serving its read-only port, require:\n{}\n{readyz}",
         gauges(&cluster).await
     );
-    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
     assert!(readyz.contains("read-only port 10255"), "{readyz}");
     assert!(readyz.contains("readOnlyPort: 0"), "{readyz}");
 
@@ -263,15 +278,7 @@ async fn a_kubelet_serving_its_read_only_port_reads_exposed_until_it_stops() {
 
 #[tokio::test]
 async fn a_kubelet_without_configz_is_asked_on_the_default_read_only_port() {
-    let cluster = Cluster::start_with_node_pki(
-        Auth::Locked,
-        "168h",
-        &[
-            "--kubelet-lockdown=require",
-            "--kubelet-lockdown-interval=100ms",
-        ],
-    )
-    .await;
+    let cluster = requiring().await;
     cluster.kubelet.answer_configz_with(StatusCode::NOT_FOUND);
     // A plain HTTP server on the kubelet's host and default read-only port, as the kubelet's own.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:10255")
@@ -297,8 +304,7 @@ async fn a_kubelet_without_configz_is_asked_on_the_default_read_only_port() {
         }
     });
     read_only_port_reads(&cluster, "1").await;
-    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
-    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    until_unready(&cluster).await;
     let head = asked.recv().await.expect("a request on the read-only port");
     assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
     assert!(
@@ -315,15 +321,7 @@ async fn a_kubelet_without_configz_is_asked_on_the_default_read_only_port() {
 
 #[tokio::test]
 async fn a_configz_the_kubelet_fails_to_answer_keeps_the_last_verdict() {
-    let cluster = Cluster::start_with_node_pki(
-        Auth::Locked,
-        "168h",
-        &[
-            "--kubelet-lockdown=require",
-            "--kubelet-lockdown-interval=100ms",
-        ],
-    )
-    .await;
+    let cluster = requiring().await;
     cluster.kubelet.report_read_only_port(10266);
     read_only_port_reads(&cluster, "1").await;
     // The kubelet cannot authorize the guard's read for a while (its API server is away): that
@@ -347,8 +345,7 @@ async fn a_configz_the_kubelet_fails_to_answer_keeps_the_last_verdict() {
     })
     .await;
     read_only_port_reads(&cluster, "1").await;
-    let readyz = admin_get(cluster.guard.admin_addr, "/readyz").await;
-    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    let readyz = until_unready(&cluster).await;
     assert!(readyz.contains("read-only port 10266"), "{readyz}");
 }
 

@@ -30,6 +30,18 @@ fn node_pki(dir: &Path, extra: &[&str]) -> Output {
     run(&args, &[])
 }
 
+/// Starts `node-pki` on `dir` for node-a, its output piped.
+fn spawn_node_pki(dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
+        .args(["node-pki", "--node-name=node-a"])
+        .arg(format!("--dir={}", dir.display()))
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -93,14 +105,7 @@ fn a_run_waits_its_turn_behind_another_writer_of_the_directory() {
     // Another writer (a guard renewing, a second init container) holds the directory's lock.
     let held = std::fs::File::open(&dir).unwrap();
     held.lock().unwrap();
-    let mut waiting = Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
-        .args(["node-pki", "--node-name=node-a"])
-        .arg(format!("--dir={}", dir.display()))
-        .env_clear()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut waiting = spawn_node_pki(&dir);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let early = waiting.try_wait().unwrap();
     assert!(early.is_none(), "ran beside the other writer: {early:?}");
@@ -117,18 +122,7 @@ fn a_run_waits_its_turn_behind_another_writer_of_the_directory() {
 #[test]
 fn concurrent_first_runs_make_one_ca_and_a_matching_pair() {
     let dir = support::temp_dir("node-pki-race").join("pki");
-    let runs: Vec<_> = (0..8)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_kubelet-guard"))
-                .args(["node-pki", "--node-name=node-a"])
-                .arg(format!("--dir={}", dir.display()))
-                .env_clear()
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let runs: Vec<_> = (0..8).map(|_| spawn_node_pki(&dir)).collect();
     let said: Vec<String> = runs
         .into_iter()
         .map(|run| {
