@@ -436,7 +436,12 @@ async fn a_ca_removed_from_the_client_bundle_stops_admitting_its_open_connection
         "ca.crt",
         &format!("{}{}", cluster.ca.cert_pem(), other.cert_pem()),
     )]);
-    let guard = guard_reading_client_ca(&cluster, &volume, |argv| argv).await;
+    let log = support::audit_log::AuditLog::new();
+    let guard = guard_reading_client_ca(&cluster, &volume, |mut argv| {
+        argv.push(log.flag().to_owned());
+        argv
+    })
+    .await;
     let client = TlsClient::new(
         cluster.ca.cert_path(),
         Some(&other.client_cert("scraper-other", &[])),
@@ -451,6 +456,23 @@ async fn a_ca_removed_from_the_client_bundle_stops_admitting_its_open_connection
     };
     let status = kept.send_request(scrape()).await.unwrap().status();
     assert_eq!(status, StatusCode::OK);
+    // A target read two ways is refused before authentication; its event names the certificate
+    // while its CA is trusted, and nobody after.
+    let confused = || support::client::request("GET", "/stats/%2e%2e/exec/a/b/c", None);
+    let named = |events: Vec<serde_json::Value>| {
+        let event = events
+            .into_iter()
+            .rev()
+            .find(|e| e["responseStatus"]["code"] == 400)
+            .unwrap();
+        event["user"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let status = kept.send_request(confused()).await.unwrap().status();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(named(log.events(2).await), "scraper-other");
 
     // The other CA leaves the bundle (it was compromised, say). The kubelet verifies a caller's
     // chain against its current bundle on every request; so does the guard.
@@ -466,6 +488,13 @@ async fn a_ca_removed_from_the_client_bundle_stops_admitting_its_open_connection
         status,
         StatusCode::UNAUTHORIZED,
         "on the connection it opened before"
+    );
+    let status = kept.send_request(confused()).await.unwrap().status();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        named(log.events(4).await),
+        "",
+        "a CA no longer trusted names nobody"
     );
     // A certificate of a CA still in the bundle is still admitted.
     let cluster_client = TlsClient::new(
