@@ -65,8 +65,8 @@ pub(super) struct Pending<'a> {
     /// What the pipeline learns.
     pub(super) trail: Trail,
     /// With an audit sink, keeps shutdown's drain (and so the audit writers) waiting until the
-    /// event is queued: dropped after [`Drop::drop`] has recorded it.
-    _open: Option<Tracked>,
+    /// event is queued; handed on to a body that records it later.
+    open: Option<Tracked>,
 }
 
 /// The status an abandoned request is recorded with: nginx's "client closed request", as no
@@ -81,7 +81,7 @@ impl<'a> Pending<'a> {
             peer,
             arrival: Some(arrival),
             trail: Trail::default(),
-            _open: state.audit.is_enabled().then(|| state.upstream.track()),
+            open: state.audit.is_enabled().then(|| state.upstream.track()),
         }
     }
 
@@ -94,15 +94,12 @@ impl<'a> Pending<'a> {
     ) {
         if let Some(arrival) = self.arrival.take() {
             let trail = std::mem::take(&mut self.trail);
-            finish(
-                self.state,
-                self.peer,
-                arrival,
-                trail,
-                outcome,
-                Some(response),
+            let answer = Answer {
+                response: Some(response),
                 stream,
-            );
+                open: self.open.take(),
+            };
+            finish(self.state, self.peer, arrival, trail, outcome, answer);
         }
     }
 }
@@ -119,7 +116,12 @@ impl Drop for Pending<'_> {
         } else {
             Outcome::Abandoned
         };
-        finish(self.state, self.peer, arrival, trail, outcome, None, None);
+        let answer = Answer {
+            response: None,
+            stream: None,
+            open: self.open.take(),
+        };
+        finish(self.state, self.peer, arrival, trail, outcome, answer);
     }
 }
 
@@ -173,17 +175,31 @@ impl Arrival {
     }
 }
 
+/// What went back to the caller, if anything, and what the event may still wait for.
+struct Answer<'r> {
+    /// `None` for a request dropped unanswered.
+    response: Option<&'r mut Response<Body>>,
+    /// An upgraded stream's splice.
+    stream: Option<JoinHandle<(Relayed, Tracked)>>,
+    /// The request's hold on shutdown's drain (with an audit sink), for a body to keep.
+    open: Option<Tracked>,
+}
+
 /// Records a finished request: metrics, the audit event(s), the `Audit-ID` header.
-/// `response` is `None` for a request dropped unanswered (recorded as [`ABANDONED`]).
+/// `answer.response` is `None` for a request dropped unanswered (recorded as [`ABANDONED`]).
 fn finish(
     state: &State,
     peer: &Peer,
     arrival: Arrival,
     mut trail: Trail,
     outcome: Outcome,
-    mut response: Option<&mut Response<Body>>,
-    stream: Option<JoinHandle<(Relayed, Tracked)>>,
+    answer: Answer<'_>,
 ) {
+    let Answer {
+        mut response,
+        stream,
+        open,
+    } = answer;
     // Refused before authentication (a target read two ways, a method the kubelet has no route
     // for), a caller whose certificate the handshake verified is still named.
     if state.audit.is_enabled()
@@ -291,15 +307,8 @@ fn finish(
                 started.stage = Stage::ResponseStarted;
                 state.audit.record(started, priority);
             }
-            // The kubelet's body: recorded once it has gone to the caller.
-            if response.body().is_end_stream() {
-                event.annotations.insert(audit::BYTES_TO_CALLER, "0".into());
-                event
-                    .annotations
-                    .insert(audit::RESPONSE_END, "complete".into());
-                state.audit.record(event, priority);
-                return;
-            }
+            // The kubelet's body: recorded once it has gone to the caller (an empty one as soon as
+            // hyper drops it).
             let empty = http_body_util::Empty::new()
                 .map_err(|never| match never {})
                 .boxed();
@@ -309,7 +318,7 @@ fn finish(
                 sent: 0,
                 pending: Some((event, state.audit.clone(), priority)),
                 expires: peer.expires,
-                open: state.upstream.track(),
+                open: open.unwrap_or_else(|| state.upstream.track()),
             }
             .boxed();
         }
